@@ -1,0 +1,24 @@
+"""Typed errors: every one says what was expected and what arrived, so CLIs and servers can map them.
+
+All derive from ValueError (bad input) or RuntimeError (environment), never bare Exception.
+"""
+
+
+class NeuroVitError(Exception):
+    """Base of every error NeuroViT raises on purpose."""
+
+
+class DataError(NeuroVitError, ValueError):
+    """The dataset is unusable as given (missing folder, no images, one class, unknown layout)."""
+
+
+class UnreadableImageError(DataError):
+    """A file is not a decodable 2-D image (corrupt, truncated, not an image, a volume)."""
+
+
+class StoreError(NeuroVitError, RuntimeError):
+    """The artifact store cannot be read or written (unwritable folder, bad credentials, unreachable S3)."""
+
+
+class IntegrityError(StoreError):
+    """A stored version is incomplete or a file does not match its manifest checksum."""

@@ -1,0 +1,113 @@
+"""The one preprocessing transform shared by training, evaluation and serving.
+
+Two steps, so that training can cache the expensive part and serving runs exactly the same code:
+1. ``canonicalise``: grey float image -> square uint8 image of ``image_size`` (aspect kept, padded),
+   intensities scaled per image between two percentiles. MRI intensities are in arbitrary scanner units,
+   so a per-image scale is the only normalisation that transfers across scanners and bit depths.
+2. ``to_tensor``: uint8 image(s) -> float tensor, standardised with the saved mean and std.
+
+The parameters live in ``PreprocessConfig``; it is saved as ``preprocessing.json`` beside the weights and
+read back everywhere, never re-declared as constants.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of the transform.
+
+    Args:
+        image_size: side of the square model input, in pixels.
+        low_percentile: intensity percentile mapped to 0 (robust to a few dark outliers).
+        high_percentile: intensity percentile mapped to 1 (robust to bright spots and text burnt in).
+        mean: value subtracted after scaling to [0, 1].
+        std: divisor after subtracting ``mean``.
+    """
+
+    image_size: int = 128
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ValueError(
+                f"need 0 <= low_percentile < high_percentile <= 100, got {self.low_percentile}, "
+                f"{self.high_percentile}"
+            )
+        if self.std <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / PREPROCESSING_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PreprocessConfig:
+        path = Path(folder) / PREPROCESSING_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {PREPROCESSING_FILE} in {folder}: not a NeuroViT model folder")
+        return cls(**json.loads(path.read_text()))
+
+
+def resize_keep_aspect(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize a 2-D float image so its longer side is ``size``, then centre it on a zero square."""
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
+    height, width = pixels.shape
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        # PIL's float mode keeps full precision; bilinear with antialiasing when shrinking.
+        resized = Image.fromarray(pixels.astype(np.float32), mode="F").resize((new_w, new_h), Image.BILINEAR)
+        pixels = np.asarray(resized, dtype=np.float32)
+    canvas = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = pixels
+    return canvas
+
+
+def canonicalise(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Grey float image (any range) -> ``image_size`` square uint8 image, intensities scaled per image."""
+    square = resize_keep_aspect(np.asarray(pixels, dtype=np.float32), config.image_size)
+    low, high = np.percentile(square, [config.low_percentile, config.high_percentile])
+    if high - low < 1e-6:  # a flat image: keep it flat rather than dividing by zero
+        scaled = np.zeros_like(square)
+    else:
+        scaled = np.clip((square - low) / (high - low), 0.0, 1.0)
+    return np.round(scaled * 255.0).astype(np.uint8)
+
+
+def to_tensor(images: np.ndarray | torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """uint8 image (H, W) or batch (N, H, W) -> float tensor (N, 1, H, W), standardised."""
+    tensor = torch.as_tensor(images)
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"to_tensor expects uint8 canonical images, got {tensor.dtype}")
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 3:
+        raise ValueError(f"expected (H, W) or (N, H, W), got shape {tuple(tensor.shape)}")
+    return (tensor.float().div_(255.0).sub_(config.mean).div_(config.std)).unsqueeze(1)
+
+
+def preprocess(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
+    """The full transform for one decoded grey image: (1, 1, size, size) float tensor."""
+    return to_tensor(canonicalise(pixels, config), config)
+
+
+__all__ = ["PREPROCESSING_FILE", "PreprocessConfig", "canonicalise", "preprocess", "resize_keep_aspect", "to_tensor"]
