@@ -1,0 +1,192 @@
+"""Classification metrics for a multi-class probabilistic classifier, as a JSON-serialisable report.
+
+The counting metrics come from scikit-learn; only the expected calibration error (ECE), which scikit-learn
+does not provide, is computed here. Undefined values are reported as ``None`` (JSON ``null``) rather than
+as a misleading 0 or a warning:
+
+- ``sensitivity`` is undefined for a class absent from ``y_true`` (no positives to find);
+- ``specificity`` is undefined when every sample belongs to the class (no negatives);
+- ``auc`` is undefined in both of those cases;
+- ``f1`` is undefined for a class that is neither present nor predicted.
+
+A class that is present but never predicted gets precision 0 (and F1 0), as scikit-learn's
+``zero_division=0`` gives. ``macro_f1`` averages F1 over the classes that occur in ``y_true`` or in the
+predictions (scikit-learn's default label set), so a class missing from a small test split does not drag
+it down.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+DEFAULT_ECE_BINS = 15
+
+# Rows of a probability matrix may drift from 1 by float32 rounding; more than this means logits were passed.
+_ROW_SUM_TOLERANCE = 1e-3
+
+
+def check_probabilities(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels (N,) and probabilities (N, C); return them as int64 and row-normalised float64."""
+    labels = np.asarray(y_true)
+    matrix = np.asarray(probs, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[1] < 2:
+        raise ValueError(f"probs must be a 2-D (N, C) array with C >= 2, got shape {matrix.shape}")
+    if labels.ndim != 1 or labels.shape[0] != matrix.shape[0]:
+        raise ValueError(
+            f"y_true must be 1-D with one label per row of probs: {labels.shape} vs {matrix.shape}"
+        )
+    if labels.shape[0] == 0:
+        raise ValueError("cannot compute metrics on zero samples")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"y_true must hold integer class indices, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= matrix.shape[1]:
+        raise ValueError(
+            f"y_true must be class indices in [0, {matrix.shape[1] - 1}], got {labels.min()}..{labels.max()}"
+        )
+    if not np.all(np.isfinite(matrix)) or matrix.min() < 0 or matrix.max() > 1:
+        raise ValueError(
+            "probs must be finite and within [0, 1] (were logits passed instead of probabilities?)"
+        )
+    row_sums = matrix.sum(axis=1)
+    if np.max(np.abs(row_sums - 1.0)) > _ROW_SUM_TOLERANCE:
+        raise ValueError("each row of probs must sum to 1 (were logits passed instead of probabilities?)")
+    return labels.astype(np.int64), matrix / row_sums[:, None]
+
+
+def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> dict:
+    """Top-label reliability statistics in ``n_bins`` equal-width confidence bins over [0, 1].
+
+    A confidence c falls in bin k when edges[k] < c <= edges[k + 1] (bin 0 also takes c = 0), as in
+    Guo et al. 2017. Returns ``edges`` (n_bins + 1,), and per bin ``count``, ``confidence`` (mean top
+    probability) and ``accuracy`` (fraction correct); the last two are NaN for empty bins.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    labels, matrix = check_probabilities(y_true, probs)
+    confidence = matrix.max(axis=1)
+    correct = (matrix.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # side="left" on the inner edges puts a confidence equal to an edge into the bin below it.
+    bin_index = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(bin_index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN on purpose
+        mean_confidence = np.bincount(bin_index, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(bin_index, weights=correct, minlength=n_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_confidence, "accuracy": accuracy}
+
+
+def expected_calibration_error(
+    probs: np.ndarray, y_true: np.ndarray, n_bins: int = DEFAULT_ECE_BINS
+) -> float:
+    """Top-label ECE: sum over bins of (bin size / N) * |bin accuracy - bin mean confidence|."""
+    bins = reliability_bins(probs, y_true, n_bins)
+    filled = bins["count"] > 0
+    gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    return float(np.sum(bins["count"][filled] * gaps) / np.sum(bins["count"]))
+
+
+def _one_vs_rest_defined(labels: np.ndarray, class_index: int) -> bool:
+    """A one-vs-rest ROC needs both positives and negatives for the class."""
+    positives = int(np.sum(labels == class_index))
+    return 0 < positives < labels.shape[0]
+
+
+def roc_curves(
+    y_true: np.ndarray, probs: np.ndarray, class_names: list[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One-vs-rest ROC curves ``{class name: (fpr, tpr)}``; classes whose ROC is undefined are left out.
+
+    Without ``class_names`` the classes are named by their index ("0", "1", ...).
+    """
+    labels, matrix = check_probabilities(y_true, probs)
+    names = _class_names(class_names, matrix.shape[1])
+    curves = {}
+    for index, name in enumerate(names):
+        if _one_vs_rest_defined(labels, index):
+            fpr, tpr, _ = roc_curve(labels == index, matrix[:, index])
+            curves[name] = (fpr, tpr)
+    return curves
+
+
+def _class_names(class_names: list[str] | None, n_classes: int) -> list[str]:
+    if class_names is None:
+        return [str(index) for index in range(n_classes)]
+    if len(class_names) != n_classes:
+        raise ValueError(f"got {len(class_names)} class names for {n_classes} probability columns")
+    if len(set(class_names)) != n_classes:
+        raise ValueError(f"class names must be unique, got {class_names}")
+    return list(class_names)
+
+
+def _ratio_or_none(numerator: int, denominator: int) -> float | None:
+    return float(numerator / denominator) if denominator > 0 else None
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, macro F1, ECE, NLL, per-class metrics and the confusion matrix, JSON-serialisable.
+
+    Args:
+        y_true: (N,) integer class indices.
+        probs: (N, C) predicted probabilities, rows summing to 1; the prediction is the argmax.
+        class_names: C names, in column order of ``probs``.
+
+    Returns:
+        ``{"n", "accuracy", "macro_f1", "ece", "nll", "per_class": {name: {"sensitivity", "specificity",
+        "precision", "f1", "auc", "support"}}, "confusion_matrix" (rows true, columns predicted),
+        "class_names"}``. See the module docstring for when a value is ``None``.
+    """
+    labels, matrix = check_probabilities(y_true, probs)
+    names = _class_names(class_names, matrix.shape[1])
+    all_classes = list(range(len(names)))
+    predicted = matrix.argmax(axis=1)
+
+    counts = confusion_matrix(labels, predicted, labels=all_classes)
+    precision, _, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=all_classes, zero_division=0
+    )
+    total = int(counts.sum())
+    per_class = {}
+    for index, name in enumerate(names):
+        true_positive = int(counts[index, index])
+        actual_positive = int(counts[index, :].sum())
+        predicted_positive = int(counts[:, index].sum())
+        actual_negative = total - actual_positive
+        true_negative = actual_negative - (predicted_positive - true_positive)
+        defined = _one_vs_rest_defined(labels, index)
+        per_class[name] = {
+            "sensitivity": _ratio_or_none(true_positive, actual_positive),
+            "specificity": _ratio_or_none(true_negative, actual_negative),
+            "precision": float(precision[index]),
+            "f1": float(f1[index]) if actual_positive + predicted_positive > 0 else None,
+            "auc": float(roc_auc_score(labels == index, matrix[:, index])) if defined else None,
+            "support": int(support[index]),
+        }
+
+    return {
+        "n": total,
+        "accuracy": float(np.mean(predicted == labels)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "ece": expected_calibration_error(matrix, labels),
+        "nll": float(log_loss(labels, matrix, labels=all_classes)),
+        "per_class": per_class,
+        "confusion_matrix": counts.tolist(),
+        "class_names": names,
+    }
+
+
+__all__ = [
+    "DEFAULT_ECE_BINS",
+    "check_probabilities",
+    "classification_metrics",
+    "expected_calibration_error",
+    "reliability_bins",
+    "roc_curves",
+]

@@ -1,0 +1,199 @@
+"""Write the evaluation of a trained model from its logits: ``metrics.json`` and three PNG plots.
+
+The inference loop lives elsewhere; this module only turns (labels, logits) into the report. The
+temperature is fitted on validation logits (``fit_on``), never on the test logits being reported, so the
+"after calibration" numbers are honest.
+
+Plots are drawn on bare ``Figure`` objects with the Agg canvas: no pyplot state, no display needed, safe
+to call from a server thread.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from neurovit.calibration import apply_temperature, fit_temperature
+from neurovit.metrics import DEFAULT_ECE_BINS, classification_metrics, reliability_bins, roc_curves
+
+METRICS_FILE = "metrics.json"
+CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
+ROC_CURVES_PLOT = "roc_curves.png"
+RELIABILITY_PLOT = "reliability.png"
+
+_DPI = 120
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)  # attaches the Agg canvas explicitly, whatever the default backend is
+    figure.savefig(path, dpi=_DPI)
+
+
+def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], path: Path) -> None:
+    """Confusion matrix heat map, rows true and columns predicted, each cell annotated with its count."""
+    side = 3.0 + 0.6 * len(class_names)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    axes = figure.add_subplot()
+    display = ConfusionMatrixDisplay(np.asarray(confusion), display_labels=class_names)
+    display.plot(ax=axes, cmap="Blues", values_format="d", xticks_rotation=45, colorbar=True)
+    axes.set_title("Confusion matrix (counts)")
+    _save(figure, path)
+
+
+def plot_roc_curves(
+    y_true: np.ndarray, probs: np.ndarray, class_names: list[str], per_class: dict, path: Path
+) -> None:
+    """One-vs-rest ROC curve per class, its AUC in the legend; classes with an undefined ROC are omitted."""
+    figure = Figure(figsize=(6.0, 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    curves = roc_curves(y_true, probs, class_names)
+    for name, (fpr, tpr) in curves.items():
+        axes.plot(fpr, tpr, label=f"{name} (AUC = {per_class[name]['auc']:.3f})")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    if not curves:
+        axes.text(0.5, 0.5, "ROC undefined: fewer than two classes present", ha="center", va="center")
+    axes.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="False positive rate (1 - specificity)",
+        ylabel="True positive rate (sensitivity)",
+        title="One-vs-rest ROC curves",
+    )
+    axes.legend(loc="lower right")
+    _save(figure, path)
+
+
+def _draw_reliability(axes, probs: np.ndarray, y_true: np.ndarray, title: str) -> None:
+    bins = reliability_bins(probs, y_true, DEFAULT_ECE_BINS)
+    edges, filled = bins["edges"], bins["count"] > 0
+    width = edges[1] - edges[0]
+    axes.bar(
+        edges[:-1][filled],
+        bins["accuracy"][filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy",
+    )
+    axes.plot(
+        bins["confidence"][filled],
+        bins["confidence"][filled],
+        "o",
+        color="tab:red",
+        markersize=4,
+        label="mean confidence",
+    )
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes.set(
+        xlim=(0, 1), ylim=(0, 1), xlabel="Confidence (top-label probability)", ylabel="Accuracy", title=title
+    )
+    axes.legend(loc="upper left")
+
+
+def plot_reliability(
+    y_true: np.ndarray, probs_before: np.ndarray, probs_after: np.ndarray, metrics: dict, path: Path
+) -> None:
+    """Reliability diagrams side by side, before and after temperature scaling, with ECE in the titles."""
+    figure = Figure(figsize=(11.0, 5.0), layout="constrained")
+    before_axes, after_axes = figure.subplots(1, 2)
+    _draw_reliability(
+        before_axes,
+        probs_before,
+        y_true,
+        f"Before calibration (T = 1)\nECE = {metrics['ece_before_calibration']:.4f}",
+    )
+    _draw_reliability(
+        after_axes,
+        probs_after,
+        y_true,
+        f"After calibration (T = {metrics['temperature']:.3f})\nECE = {metrics['ece_after_calibration']:.4f}",
+    )
+    _save(figure, path)
+
+
+def _choose_temperature(
+    temperature: float | None, fit_on: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[float, str]:
+    """The temperature to apply and where it came from ("validation", "given" or "none")."""
+    if temperature is not None and fit_on is not None:
+        raise ValueError("pass either temperature or fit_on, not both")
+    if fit_on is not None:
+        validation_logits, validation_labels = fit_on
+        return fit_temperature(validation_logits, validation_labels), "validation"
+    if temperature is not None:
+        return float(temperature), "given"
+    return 1.0, "none"
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    y_true: np.ndarray,
+    logits: np.ndarray,
+    class_names: list[str],
+    *,
+    temperature: float | None = None,
+    fit_on: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
+    """Compute metrics before and after temperature scaling and write the report into ``out_dir``.
+
+    Args:
+        out_dir: folder to write into (created if missing).
+        y_true: (N,) integer labels of the evaluated split.
+        logits: (N, C) raw model outputs for the same samples.
+        class_names: C names in logit column order.
+        temperature: a temperature fitted earlier (e.g. saved with the model); exclusive with ``fit_on``.
+        fit_on: (validation logits, validation labels) to fit the temperature on. With neither argument
+            T = 1 and the before/after numbers coincide.
+
+    Returns:
+        The dict written to ``metrics.json``: the calibrated metrics of ``classification_metrics`` at top
+        level plus ``temperature``, ``temperature_source``, ``ece_before_calibration``,
+        ``ece_after_calibration``, ``nll_before_calibration`` and ``nll_after_calibration``.
+    """
+    out_path = Path(out_dir)
+    labels = np.asarray(y_true)
+    chosen_temperature, source = _choose_temperature(temperature, fit_on)
+    probs_before = apply_temperature(logits, 1.0)
+    probs_after = apply_temperature(logits, chosen_temperature)
+    before = classification_metrics(labels, probs_before, class_names)
+    after = classification_metrics(labels, probs_after, class_names)
+
+    metrics = {
+        **after,
+        "temperature": chosen_temperature,
+        "temperature_source": source,
+        "ece_before_calibration": before["ece"],
+        "ece_after_calibration": after["ece"],
+        "nll_before_calibration": before["nll"],
+        "nll_after_calibration": after["nll"],
+    }
+
+    out_path.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: undefined values are None by construction; a NaN here would be a bug, not data.
+    (out_path / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"], metrics["class_names"], out_path / CONFUSION_MATRIX_PLOT
+    )
+    plot_roc_curves(
+        labels, probs_after, metrics["class_names"], metrics["per_class"], out_path / ROC_CURVES_PLOT
+    )
+    plot_reliability(labels, probs_before, probs_after, metrics, out_path / RELIABILITY_PLOT)
+    return metrics
+
+
+__all__ = [
+    "CONFUSION_MATRIX_PLOT",
+    "METRICS_FILE",
+    "RELIABILITY_PLOT",
+    "ROC_CURVES_PLOT",
+    "plot_confusion_matrix",
+    "plot_reliability",
+    "plot_roc_curves",
+    "write_evaluation",
+]
