@@ -1,0 +1,774 @@
+"""Versioned, checksummed artifact store: a local folder (default) or MinIO / any S3 API via the minio SDK.
+
+Layout: ``<root>/<model>/<version>/<files...>`` where root is a local folder or ``s3://<bucket>[/<prefix>]``.
+Version ids sort by time, ``vYYYYMMDD-HHMMSS-<6 hex>`` (UTC). Every version holds a ``manifest.json`` that is
+written last: ``{model, version, created_at, files: {relpath: {sha256, size}}}`` plus the publisher's
+metadata (metrics, data fingerprint, preprocessing, code version...). A version without a manifest is an
+interrupted publish: it is never listed nor loaded, publishing it again completes it, ``prune`` removes it.
+Versions are immutable: republishing one with different content is refused.
+
+The local back end builds each version in a hidden folder inside the model folder and renames it into place,
+so a version appears complete or not at all. The S3 back end uploads the objects, then the manifest; a retry
+skips objects already uploaded with the same checksum.
+
+Environment variables (S3 back end only; secrets are never logged):
+
+``NEUROVIT_S3_ENDPOINT``
+    ``host:port`` of the S3 API, e.g. ``minio.neurovit.svc:9000`` or ``s3.amazonaws.com``. Required for
+    ``s3://`` stores. An ``http://`` or ``https://`` prefix is accepted and overrides ``NEUROVIT_S3_SECURE``.
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``
+    Credentials; when unset, requests are anonymous.
+``AWS_SESSION_TOKEN``
+    Optional, for temporary credentials.
+``NEUROVIT_S3_SECURE``
+    ``1`` (default): HTTPS; ``0``: plain HTTP (a MinIO inside the cluster).
+``NEUROVIT_S3_REGION``
+    Region of the bucket; when unset the SDK asks the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+
+from neurovit.errors import IntegrityError, StoreError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+LATEST = "latest"
+VERSION_PATTERN = re.compile(r"^v\d{8}-\d{6}-[0-9a-f]{6}$")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED_KEYS = ("model", "version", "created_at", "files")
+_SUMMARY_METRICS = 6
+_PUBLISHING_PREFIX = ".publishing-"
+_CREDENTIAL_ERRORS = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+# Short timeouts and few retries: an unreachable endpoint must fail in seconds, not minutes.
+_S3_TIMEOUT = urllib3.Timeout(connect=3.0, read=30.0)
+_S3_RETRIES = urllib3.Retry(
+    total=2,
+    connect=1,
+    read=1,
+    backoff_factor=0.2,
+    status_forcelist=(500, 502, 503, 504),
+    raise_on_status=False,
+)
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """A fresh version id that sorts by creation time: ``vYYYYMMDD-HHMMSS-<6 hex>`` (UTC)."""
+    now = now or datetime.now(UTC)
+    return f"v{now.astimezone(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _NAME_PATTERN.match(value) or value == LATEST:
+        raise ValueError(
+            f"invalid {what} name {value!r}: use letters, digits, '.', '_' or '-', not starting with '.' "
+            f"or '-', and not {LATEST!r}"
+        )
+    return value
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _safe_relpath(relpath: str, where: str) -> PurePosixPath:
+    """A manifest path that stays inside its version folder (a tampered manifest must not write elsewhere)."""
+    path = PurePosixPath(relpath)
+    if path.is_absolute() or ".." in path.parts or not path.parts or relpath == MANIFEST_FILE:
+        raise IntegrityError(f"{where}: manifest lists an unsafe file path {relpath!r}")
+    return path
+
+
+def _check_file(path: Path, entry: dict, label: str) -> None:
+    """Raise IntegrityError naming ``label`` when ``path`` is missing or differs from its manifest entry."""
+    if not path.is_file():
+        raise IntegrityError(f"{label}: file missing")
+    size = path.stat().st_size
+    if size != entry["size"]:
+        raise IntegrityError(f"{label}: size {size} bytes, manifest says {entry['size']}")
+    digest = _sha256(path)
+    if digest != entry["sha256"]:
+        raise IntegrityError(f"{label}: sha256 {digest} does not match the manifest's {entry['sha256']}")
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy and flush to disk, so a version renamed into place survives a power cut."""
+    with source.open("rb") as reader, target.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _write_json_durably(path: Path, document: dict) -> None:
+    with path.open("w") as handle:
+        handle.write(json.dumps(document, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _collect_files(source_dir: str | Path) -> dict[str, Path]:
+    """Every regular file under ``source_dir`` by POSIX relative path (a top manifest.json is dropped)."""
+    source = Path(source_dir)
+    if not source.is_dir():
+        raise StoreError(f"nothing to publish: {source} is not a folder")
+    files = {}
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        relpath = path.relative_to(source).as_posix()
+        if relpath == MANIFEST_FILE:
+            # A folder fetched from the store carries its old manifest; the new one replaces it.
+            log.warning("publish: ignoring %s; the store writes its own manifest", path)
+            continue
+        files[relpath] = path
+    if not files:
+        raise StoreError(f"nothing to publish: {source} holds no files")
+    return files
+
+
+def _summary(manifest: dict) -> dict:
+    """The one-line view of a version that ``list_versions`` returns."""
+    metrics = manifest.get("metrics")
+    scalars = {}
+    if isinstance(metrics, dict):
+        scalars = {
+            name: value
+            for name, value in metrics.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+    return {
+        "version": manifest["version"],
+        "created_at": manifest["created_at"],
+        "size": sum(entry["size"] for entry in manifest["files"].values()),
+        "n_files": len(manifest["files"]),
+        "metrics": dict(list(scalars.items())[:_SUMMARY_METRICS]),
+    }
+
+
+class ArtifactStore(ABC):
+    """Shared logic of the back ends; they supply the storage primitives (the ``_`` methods)."""
+
+    uri: str
+
+    # --- storage primitives -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _model_names(self) -> list[str]:
+        """Every model folder name."""
+
+    @abstractmethod
+    def _version_names(self, model: str) -> list[str]:
+        """Every version folder name of ``model``, complete or not (hidden build folders excluded)."""
+
+    @abstractmethod
+    def _read_manifest_text(self, model: str, version: str) -> str | None:
+        """The manifest's text, or None when the version has none."""
+
+    @abstractmethod
+    def _write_version(self, model: str, version: str, files: dict[str, Path], manifest: dict) -> None:
+        """Store ``files`` under the version, then its manifest, last."""
+
+    @abstractmethod
+    def _download(self, model: str, version: str, relpath: str, target: Path) -> None:
+        """Copy one stored file to ``target``; IntegrityError when it is missing."""
+
+    @abstractmethod
+    def _delete_version(self, model: str, version: str) -> None:
+        """Remove a version folder, complete or not."""
+
+    @abstractmethod
+    def _incomplete_leftovers(self, model: str, older_than_s: float) -> list[str]:
+        """Names of interrupted publishes of ``model`` untouched for ``older_than_s`` seconds."""
+
+    # --- public API ---------------------------------------------------------------------------------------
+
+    def publish(
+        self, model: str, source_dir: str | Path, *, metadata: dict, version: str | None = None
+    ) -> str:
+        """Upload every file under ``source_dir`` as a new version of ``model`` and return its id.
+
+        ``metadata`` (JSON-serialisable) is merged into the manifest. Passing the ``version`` of an
+        interrupted publish completes it; republishing a complete version with the same files is a no-op.
+        """
+        _check_name(model, "model")
+        version = _check_name(version, "version") if version is not None else new_version_id()
+        clashes = sorted(set(metadata) & set(_RESERVED_KEYS))
+        if clashes:
+            raise ValueError(f"metadata keys {clashes} are reserved for the manifest")
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"metadata is not JSON-serialisable: {error}") from error
+        files = _collect_files(source_dir)
+        entries = {
+            relpath: {"sha256": _sha256(path), "size": path.stat().st_size} for relpath, path in files.items()
+        }
+
+        existing = self._load_manifest(model, version)
+        if existing is not None:
+            if existing["files"] == entries:
+                log.info("publish: %s/%s already holds these files; nothing to do", model, version)
+                return version
+            raise StoreError(
+                f"version {version} of {model} already exists in {self.uri} with other files; "
+                "versions are immutable, publish a new version"
+            )
+        manifest = {
+            "model": model,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "files": entries,
+            **metadata,
+        }
+        self._write_version(model, version, files, manifest)
+        log.info("published %s/%s (%d files) to %s", model, version, len(files), self.uri)
+        return version
+
+    def list_models(self) -> list[str]:
+        """Models with at least one complete version, sorted by name."""
+        return sorted(model for model in self._model_names() if self._complete_manifests(model))
+
+    def list_versions(self, model: str) -> list[dict]:
+        """Complete versions of ``model``, oldest first: version, created_at, size, n_files, a few metrics."""
+        return [_summary(manifest) for manifest in self._complete_manifests(model)]
+
+    def latest(self, model: str) -> str:
+        """The newest complete version of ``model``; StoreError when there is none."""
+        manifests = self._complete_manifests(model)
+        if not manifests:
+            raise StoreError(f"no complete version of model {model!r} in {self.uri}")
+        return manifests[-1]["version"]
+
+    def manifest(self, model: str, version: str) -> dict:
+        """The manifest of a complete version (``version`` may be ``"latest"``)."""
+        version = self._resolve_version(model, version)
+        manifest = self._load_manifest(model, version)
+        if manifest is not None:
+            return manifest
+        if version in self._version_names(model):
+            raise IntegrityError(
+                f"version {version} of {model} in {self.uri} is incomplete (no {MANIFEST_FILE}): "
+                "an interrupted publish; publish it again or prune it"
+            )
+        raise StoreError(f"no version {version!r} of model {model!r} in {self.uri}")
+
+    def fetch(self, model: str, version: str, dest_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Download a version to ``dest_dir`` (with its manifest) and verify every checksum.
+
+        Files land in a temporary folder beside ``dest_dir`` that is renamed into place only once all of them
+        verify, so a failure leaves nothing half-written. A ``dest_dir`` that already holds this verified
+        version is returned as is; other content is replaced only with ``overwrite``.
+        """
+        manifest = self.manifest(model, version)
+        version = manifest["version"]
+        dest = Path(dest_dir)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            if _holds_version(dest, manifest):
+                log.info("fetch: %s already holds %s/%s", dest, model, version)
+                return dest
+            if not overwrite:
+                raise StoreError(
+                    f"cannot fetch {model}/{version}: {dest} exists and holds something else "
+                    "(pass overwrite=True to replace it)"
+                )
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetching-", dir=dest.parent))
+        except OSError as error:
+            raise StoreError(f"cannot write to {dest.parent}: {error}") from error
+        try:
+            for relpath, entry in manifest["files"].items():
+                label = f"{model}/{version}/{relpath}"
+                target = staging / _safe_relpath(relpath, label)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._download(model, version, relpath, target)
+                _check_file(target, entry, label)
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+            _replace_dir(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("fetched %s/%s from %s to %s", model, version, self.uri, dest)
+        return dest
+
+    def verify(self, model: str, version: str) -> dict:
+        """Check every file of a version against its manifest; return the manifest or raise IntegrityError."""
+        manifest = self.manifest(model, version)
+        with tempfile.TemporaryDirectory(prefix="neurovit-verify-") as scratch:
+            self.fetch(model, manifest["version"], Path(scratch) / "version")
+        return manifest
+
+    def prune(self, model: str, keep: int, *, stale_after_s: float = 3600.0) -> list[str]:
+        """Remove the oldest complete versions beyond ``keep`` (>= 1) and interrupted publishes; return them.
+
+        Interrupted publishes younger than ``stale_after_s`` are left alone: they may be in progress.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (the latest version is never pruned), got {keep}")
+        complete = [manifest["version"] for manifest in self._complete_manifests(model)]
+        removed = []
+        for version in complete[: max(0, len(complete) - keep)]:
+            self._delete_version(model, version)
+            removed.append(version)
+        for leftover in self._incomplete_leftovers(model, stale_after_s):
+            self._delete_version(model, leftover)
+            removed.append(leftover)
+        if removed:
+            log.info("pruned %s from %s/%s", removed, self.uri, model)
+        return removed
+
+    # --- helpers ------------------------------------------------------------------------------------------
+
+    def _resolve_version(self, model: str, version: str) -> str:
+        return self.latest(model) if version == LATEST else version
+
+    def _load_manifest(self, model: str, version: str) -> dict | None:
+        # Names become paths and keys: checking them keeps every read inside the store.
+        text = self._read_manifest_text(_check_name(model, "model"), _check_name(version, "version"))
+        if text is None:
+            return None
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise IntegrityError(f"{model}/{version}/{MANIFEST_FILE} is not valid JSON: {error}") from error
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise IntegrityError(f"{model}/{version}/{MANIFEST_FILE} has no 'files' table")
+        if (manifest.get("model"), manifest.get("version")) != (model, version):
+            raise IntegrityError(
+                f"{model}/{version}/{MANIFEST_FILE} describes "
+                f"{manifest.get('model')}/{manifest.get('version')}: a moved or copied folder"
+            )
+        return manifest
+
+    def _complete_manifests(self, model: str) -> list[dict]:
+        """Manifests of the complete versions, oldest first; unreadable ones are skipped with a warning."""
+        manifests = []
+        for version in self._version_names(model):
+            try:
+                manifest = self._load_manifest(model, version)
+            except IntegrityError as error:
+                log.warning("skipping %s: %s", version, error)
+                continue
+            if manifest is not None:
+                manifests.append(manifest)
+        return sorted(manifests, key=lambda manifest: (manifest["created_at"], manifest["version"]))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+def _holds_version(folder: Path, manifest: dict) -> bool:
+    """Whether ``folder`` is an intact earlier fetch of the version ``manifest`` describes."""
+    try:
+        local = json.loads((folder / MANIFEST_FILE).read_text())
+        if (local.get("version"), local.get("files")) != (manifest["version"], manifest["files"]):
+            return False
+        for relpath, entry in manifest["files"].items():
+            _check_file(folder / relpath, entry, relpath)
+    except (OSError, ValueError, AttributeError, IntegrityError):
+        return False
+    return True
+
+
+def _replace_dir(staging: Path, dest: Path) -> None:
+    """Rename ``staging`` to ``dest``, moving anything already at ``dest`` out of the way first."""
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    elif dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / "content")
+        os.rename(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.rename(staging, dest)
+
+
+class LocalStore(ArtifactStore):
+    """A store in a local (or mounted) folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+        # A file anywhere on the path makes the store unusable for reading and writing alike.
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise StoreError(f"store path {self.root} is unusable: {folder} is a file, not a folder")
+                break
+
+    def _model_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name for entry in self.root.iterdir() if entry.is_dir() and _NAME_PATTERN.match(entry.name)
+        )
+
+    def _version_names(self, model: str) -> list[str]:
+        model_dir = self.root / _check_name(model, "model")
+        if not model_dir.is_dir():
+            return []
+        return sorted(
+            entry.name for entry in model_dir.iterdir() if entry.is_dir() and _NAME_PATTERN.match(entry.name)
+        )
+
+    def _read_manifest_text(self, model: str, version: str) -> str | None:
+        path = self.root / model / version / MANIFEST_FILE
+        try:
+            return path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error}") from error
+
+    def _write_version(self, model: str, version: str, files: dict[str, Path], manifest: dict) -> None:
+        model_dir = self.root / model
+        target = model_dir / version
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+            if target.exists():  # an incomplete version folder (a complete one was handled by publish)
+                log.warning("publish: replacing incomplete version folder %s", target)
+                shutil.rmtree(target)
+            staging = Path(tempfile.mkdtemp(prefix=f"{_PUBLISHING_PREFIX}{version}-", dir=model_dir))
+        except OSError as error:
+            raise StoreError(f"store path {self.root} is not writable: {error}") from error
+        try:
+            for relpath, source in files.items():
+                destination = staging / relpath
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                _copy_file(source, destination)
+            _write_json_durably(staging / MANIFEST_FILE, manifest)
+            os.chmod(staging, 0o755)  # mkdtemp makes it owner-only
+            os.rename(staging, target)  # atomic: the version appears complete or not at all
+            _fsync_dir(model_dir)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise StoreError(f"cannot publish {model}/{version} to {self.root}: {error}") from error
+            raise
+
+    def _download(self, model: str, version: str, relpath: str, target: Path) -> None:
+        source = self.root / model / version / relpath
+        if not source.is_file():
+            raise IntegrityError(f"{model}/{version}/{relpath}: file missing from the store")
+        _copy_file(source, target)
+
+    def _delete_version(self, model: str, version: str) -> None:
+        shutil.rmtree(self.root / model / version)
+
+    def _incomplete_leftovers(self, model: str, older_than_s: float) -> list[str]:
+        model_dir = self.root / model
+        if not model_dir.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        leftovers = []
+        for entry in sorted(model_dir.iterdir()):
+            interrupted = entry.name.startswith(_PUBLISHING_PREFIX) or (
+                _NAME_PATTERN.match(entry.name) and not (entry / MANIFEST_FILE).is_file()
+            )
+            if entry.is_dir() and interrupted and _newest_mtime(entry) <= cutoff:
+                leftovers.append(entry.name)
+        return leftovers
+
+    def verify(self, model: str, version: str) -> dict:
+        """Check every file in place against the manifest (no copy)."""
+        manifest = self.manifest(model, version)
+        folder = self.root / model / manifest["version"]
+        for relpath, entry in manifest["files"].items():
+            label = f"{model}/{manifest['version']}/{relpath}"
+            _check_file(folder / _safe_relpath(relpath, label), entry, label)
+        return manifest
+
+
+def _newest_mtime(folder: Path) -> float:
+    return max([folder.stat().st_mtime, *(path.stat().st_mtime for path in folder.rglob("*"))])
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class S3Store(ArtifactStore):
+    """A store in an S3 bucket (MinIO, AWS or any S3 API), under an optional key prefix."""
+
+    def __init__(
+        self, client: Minio, endpoint: str, bucket: str, prefix: str = "", *, create_bucket: bool = False
+    ):
+        self._client = client
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        with self._errors("checking the bucket"):
+            if not client.bucket_exists(bucket):
+                if not create_bucket:
+                    raise StoreError(
+                        f"S3 bucket {bucket!r} does not exist at {endpoint}: create it, or open the "
+                        "store with create_bucket=True"
+                    )
+                client.make_bucket(bucket)
+                log.info("created S3 bucket %s at %s", bucket, endpoint)
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate SDK and network failures into StoreErrors that say what to fix."""
+        try:
+            yield
+        except S3Error as error:
+            if error.code in _CREDENTIAL_ERRORS:
+                raise StoreError(
+                    f"S3 rejected the credentials for {self.endpoint} ({error.code}) while {action}: check "
+                    f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the key's rights on {self.bucket!r}"
+                ) from error
+            if error.code == "NoSuchBucket":
+                raise StoreError(f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}") from error
+            raise StoreError(
+                f"S3 error while {action} at {self.endpoint}: {error.code}: {error.message}"
+            ) from error
+        except urllib3.exceptions.HTTPError as error:
+            reason = getattr(error, "reason", None) or error
+            raise StoreError(f"cannot reach S3 endpoint {self.endpoint}: {reason}") from error
+        except MinioException as error:
+            raise StoreError(
+                f"unexpected answer from S3 endpoint {self.endpoint} while {action}: {error}"
+            ) from error
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + "/".join(parts)
+
+    def _folders(self, prefix: str) -> list[str]:
+        with self._errors(f"listing {prefix or '/'}"):
+            entries = list(self._client.list_objects(self.bucket, prefix=prefix, recursive=False))
+        return sorted(entry.object_name[len(prefix) :].rstrip("/") for entry in entries if entry.is_dir)
+
+    def _model_names(self) -> list[str]:
+        return [name for name in self._folders(self.prefix) if _NAME_PATTERN.match(name)]
+
+    def _version_names(self, model: str) -> list[str]:
+        names = self._folders(self._key(_check_name(model, "model"), ""))
+        return [name for name in names if _NAME_PATTERN.match(name)]
+
+    def _read_manifest_text(self, model: str, version: str) -> str | None:
+        key = self._key(model, version, MANIFEST_FILE)
+        try:
+            with self._errors(f"reading {key}"):
+                response = self._client.get_object(self.bucket, key)
+                try:
+                    return response.read().decode()
+                finally:
+                    response.close()
+                    response.release_conn()
+        except StoreError as error:
+            if isinstance(error.__cause__, S3Error) and error.__cause__.code == "NoSuchKey":
+                return None
+            raise
+
+    def _uploaded_sha256(self, key: str) -> str | None:
+        """The checksum recorded on an already uploaded object, so a retried publish can skip it."""
+        try:
+            with self._errors(f"checking {key}"):
+                stat = self._client.stat_object(self.bucket, key)
+        except StoreError as error:
+            if isinstance(error.__cause__, S3Error) and error.__cause__.code in {"NoSuchKey", "NoSuchObject"}:
+                return None
+            raise
+        return (stat.metadata or {}).get("x-amz-meta-sha256")
+
+    def _write_version(self, model: str, version: str, files: dict[str, Path], manifest: dict) -> None:
+        for relpath, source in files.items():
+            key = self._key(model, version, relpath)
+            digest = manifest["files"][relpath]["sha256"]
+            if self._uploaded_sha256(key) == digest:
+                log.debug("publish: %s already uploaded", key)
+                continue
+            with self._errors(f"uploading {key}"), source.open("rb") as handle:
+                self._client.put_object(
+                    self.bucket, key, handle, length=source.stat().st_size, metadata={"sha256": digest}
+                )
+        # The manifest goes last: until it exists, the version is incomplete and invisible.
+        body = (json.dumps(manifest, indent=2) + "\n").encode()
+        key = self._key(model, version, MANIFEST_FILE)
+        with self._errors(f"uploading {key}"):
+            self._client.put_object(
+                self.bucket, key, io.BytesIO(body), length=len(body), content_type="application/json"
+            )
+
+    def _download(self, model: str, version: str, relpath: str, target: Path) -> None:
+        key = self._key(model, version, relpath)
+        try:
+            with self._errors(f"downloading {key}"):
+                response = self._client.get_object(self.bucket, key)
+                try:
+                    with target.open("wb") as handle:
+                        for chunk in response.stream(1 << 20):
+                            handle.write(chunk)
+                finally:
+                    response.close()
+                    response.release_conn()
+        except StoreError as error:
+            if isinstance(error.__cause__, S3Error) and error.__cause__.code == "NoSuchKey":
+                raise IntegrityError(f"{model}/{version}/{relpath}: file missing from the store") from None
+            raise
+
+    def _delete_version(self, model: str, version: str) -> None:
+        prefix = self._key(model, version, "")
+        with self._errors(f"deleting {prefix}"):
+            keys = [
+                entry.object_name
+                for entry in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
+            failures = list(self._client.remove_objects(self.bucket, [DeleteObject(key) for key in keys]))
+        if failures:
+            raise StoreError(f"could not delete {len(failures)} objects under {prefix}: {failures[0]}")
+
+    def _incomplete_leftovers(self, model: str, older_than_s: float) -> list[str]:
+        cutoff = datetime.now(UTC).timestamp() - older_than_s
+        leftovers = []
+        for version in self._version_names(model):
+            prefix = self._key(model, version, "")
+            with self._errors(f"listing {prefix}"):
+                entries = list(self._client.list_objects(self.bucket, prefix=prefix, recursive=True))
+            names = {entry.object_name[len(prefix) :] for entry in entries}
+            newest = max(
+                (entry.last_modified.timestamp() for entry in entries if entry.last_modified), default=0.0
+            )
+            if MANIFEST_FILE not in names and newest <= cutoff:
+                leftovers.append(version)
+        return leftovers
+
+
+def _s3_client_from_env() -> tuple[Minio, str]:
+    """A minio client configured from the environment (see the module docstring) and its endpoint."""
+    endpoint = os.environ.get("NEUROVIT_S3_ENDPOINT", "").strip()
+    if not endpoint:
+        raise StoreError("s3:// stores need NEUROVIT_S3_ENDPOINT (host:port of the S3 API)")
+    secure_setting = os.environ.get("NEUROVIT_S3_SECURE", "1").strip().lower()
+    if secure_setting not in {"1", "0", "true", "false"}:
+        raise StoreError(f"NEUROVIT_S3_SECURE must be 1 or 0, got {secure_setting!r}")
+    secure = secure_setting in {"1", "true"}
+    if "://" in endpoint:
+        parsed = urlsplit(endpoint)
+        secure, endpoint = parsed.scheme == "https", parsed.netloc
+    http_client = urllib3.PoolManager(
+        timeout=_S3_TIMEOUT,
+        retries=_S3_RETRIES,
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+    )
+    try:
+        client = Minio(
+            endpoint,
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            secure=secure,
+            region=os.environ.get("NEUROVIT_S3_REGION") or None,
+            http_client=http_client,
+        )
+    except ValueError as error:
+        raise StoreError(f"bad S3 settings for endpoint {endpoint}: {error}") from error
+    return client, endpoint
+
+
+def open_store(uri: str | Path, *, create_bucket: bool = False) -> ArtifactStore:
+    """Open a store: a local folder path, or ``s3://bucket[/prefix]`` configured from the environment.
+
+    Args:
+        uri: the store root.
+        create_bucket: for S3, create the bucket when it does not exist instead of failing.
+    """
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        parsed = urlsplit(uri)
+        if not parsed.netloc:
+            raise StoreError(f"no bucket in S3 store URI {uri!r}: expected s3://<bucket>[/<prefix>]")
+        client, endpoint = _s3_client_from_env()
+        log.info("opening S3 store %s at %s", uri, endpoint)
+        return S3Store(client, endpoint, parsed.netloc, parsed.path, create_bucket=create_bucket)
+    if uri.startswith("file://"):
+        uri = urlsplit(uri).path
+    elif "://" in uri:
+        raise StoreError(f"unsupported store URI {uri!r}: use a folder path or s3://<bucket>[/<prefix>]")
+    return LocalStore(uri)
+
+
+def resolve(uri: str | Path, *, model: str | None = None) -> tuple[ArtifactStore, str, str]:
+    """Turn a version address into ``(store, model, version)``, checking the version exists and is complete.
+
+    Accepted: ``<root>/<model>/<version>``, ``<root>/<model>/latest``, ``<root>/<model>`` (latest), with
+    root a folder or ``s3://bucket[/prefix]``; or a store root with ``model=`` given (latest).
+    """
+    uri = str(uri)
+    if model is not None:
+        store = open_store(uri)
+        return store, model, store.latest(model)
+    if uri.startswith("s3://"):
+        parsed = urlsplit(uri)
+        base, parts = f"s3://{parsed.netloc}", [part for part in parsed.path.split("/") if part]
+    else:
+        path = Path(urlsplit(uri).path if uri.startswith("file://") else uri).expanduser().absolute()
+        base, parts = path.anchor, list(path.parts[1:])
+    if not parts:
+        raise StoreError(f"{uri!r} names no model: expected <store>/<model>[/<version>|/latest]")
+
+    def store_at(root_parts: list[str]) -> ArtifactStore:
+        return open_store(base.rstrip("/") + "/" + "/".join(root_parts) if root_parts else base)
+
+    *rest, last = parts
+
+    def is_version_folder() -> bool:
+        if VERSION_PATTERN.match(last):
+            return True
+        # A custom version name: only a manifest tells it apart from a model folder.
+        names_valid = _NAME_PATTERN.match(rest[-1]) and _NAME_PATTERN.match(last) and last != LATEST
+        return bool(names_valid and store_at(rest[:-1])._read_manifest_text(rest[-1], last) is not None)
+
+    if last == LATEST and rest:
+        store, model, version = store_at(rest[:-1]), rest[-1], LATEST
+    elif rest and is_version_folder():
+        store, model, version = store_at(rest[:-1]), rest[-1], last
+    else:
+        store, model, version = store_at(rest), last, LATEST
+    manifest = store.manifest(model, version)
+    return store, model, manifest["version"]
+
+
+__all__ = [
+    "LATEST",
+    "MANIFEST_FILE",
+    "VERSION_PATTERN",
+    "ArtifactStore",
+    "LocalStore",
+    "S3Store",
+    "new_version_id",
+    "open_store",
+    "resolve",
+]
