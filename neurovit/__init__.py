@@ -6,5 +6,6 @@ Research tool only: not a medical device, not for diagnosis.
 __version__ = "0.1.0"
 
 RESEARCH_DISCLAIMER = (
-    "NeuroViT is a research tool. Its outputs are not a diagnosis and must not be used for clinical decisions."
+    "NeuroViT is a research tool. Its outputs are not a diagnosis "
+    "and must not be used for clinical decisions."
 )

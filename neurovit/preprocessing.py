@@ -102,7 +102,12 @@ def to_tensor(images: np.ndarray | torch.Tensor, config: PreprocessConfig) -> to
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 3:
         raise ValueError(f"expected (H, W) or (N, H, W), got shape {tuple(tensor.shape)}")
-    return (tensor.float().div_(255.0).sub_(config.mean).div_(config.std)).unsqueeze(1)
+    return standardise(tensor.float().div_(255.0).unsqueeze(1), config)
+
+
+def standardise(images01: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Float images with values in [0, 1] -> model input (training applies it after augmentation)."""
+    return (images01 - config.mean) / config.std
 
 
 def preprocess(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
@@ -110,4 +115,12 @@ def preprocess(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     return to_tensor(canonicalise(pixels, config), config)
 
 
-__all__ = ["PREPROCESSING_FILE", "PreprocessConfig", "canonicalise", "preprocess", "resize_keep_aspect", "to_tensor"]
+__all__ = [
+    "PREPROCESSING_FILE",
+    "PreprocessConfig",
+    "canonicalise",
+    "preprocess",
+    "resize_keep_aspect",
+    "standardise",
+    "to_tensor",
+]

@@ -248,6 +248,10 @@ class ArtifactStore(ABC):
         log.info("published %s/%s (%d files) to %s", model, version, len(files), self.uri)
         return version
 
+    def version_uri(self, model: str, version: str) -> str:
+        """The URI that names one version (a folder path or an s3:// URI); ``resolve`` reads it back."""
+        return f"{self.uri.rstrip('/')}/{_check_name(model, 'model')}/{_check_name(version, 'version')}"
+
     def list_models(self) -> list[str]:
         """Models with at least one complete version, sorted by name."""
         return sorted(model for model in self._model_names() if self._complete_manifests(model))

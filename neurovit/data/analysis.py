@@ -269,6 +269,18 @@ def _is_noise(fingerprint: ImageFingerprint) -> bool:
     return correlation is not None and correlation < NOISE_CORRELATION and (fingerprint.std or 0) >= FLAT_STD
 
 
+def suspect_reason(fingerprint: ImageFingerprint) -> str | None:
+    """Why a readable image cannot be an MRI slice (pure noise, or one flat value); None when it can be."""
+    if not fingerprint.readable:
+        return None
+    if _is_noise(fingerprint):
+        correlation = fingerprint.neighbour_correlation
+        return f"noise-like: neighbour pixel correlation {correlation} < {NOISE_CORRELATION}"
+    if fingerprint.std is not None and fingerprint.std < FLAT_STD:
+        return "flat: a single intensity"
+    return None
+
+
 def _ordered_counts(counts: Counter, order: Sequence[str]) -> dict[str, int]:
     return {key: counts[key] for key in order if counts[key]}
 

@@ -1,0 +1,91 @@
+# NeuroViT: from brain-MRI slices to an explained, monitored prediction service.
+# `make help` lists the targets. Every target sets up .venv itself on first use.
+
+# ---- GLOBALS -----------------------------------------------------------------------------------
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+VENV_BIN     := $(VENV)/bin
+OUTPUT_DIR   ?= outputs
+DATA_DIR     ?= $(OUTPUT_DIR)/demo-data
+REAL_DATA    ?= ../shared/data/brain-tumor-mri
+STORE        ?= $(OUTPUT_DIR)/store
+MODEL        ?= latest
+PYTEST_ARGS  ?=
+NEUROVIT     := $(VENV_BIN)/neurovit
+
+export NEUROVIT_OUTPUT_DIR := $(abspath $(OUTPUT_DIR))
+export NEUROVIT_STORE ?= $(abspath $(STORE))
+
+.DEFAULT_GOAL := help
+
+# ---- SET-UP ------------------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_BIN)/pip install --quiet --upgrade pip
+	# torch is pinned in pyproject.toml to the CPU wheel (2.13.0); a bare `torch` would pull CUDA wheels.
+	$(VENV_BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create .venv and install NeuroViT with its pinned dependencies
+
+# ---- MAIN JOB ----------------------------------------------------------------------------------
+.PHONY: demo
+demo: venv ## Generate the demo set, then analyse, split, train, evaluate and publish a version
+	$(NEUROVIT) demo --store $(NEUROVIT_STORE)
+
+.PHONY: demo-data
+demo-data: venv ## Generate the built-in demo dataset (MNI152 slices with synthetic lesions and masks)
+	$(NEUROVIT) demo-data --out $(OUTPUT_DIR)/demo-data
+
+.PHONY: analyze
+analyze: venv ## Analyse DATA_DIR: counts, sizes, intensities, corrupt files, duplicates and leaks
+	$(NEUROVIT) analyze --data-dir $(DATA_DIR)
+
+.PHONY: train
+train: venv ## Analyse, split, train, evaluate and publish a model from DATA_DIR
+	$(NEUROVIT) run --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(TRAIN_ARGS)
+
+.PHONY: evaluate
+evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the images in DATA_DIR
+	$(NEUROVIT) evaluate --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE)
+
+.PHONY: versions
+versions: venv ## List the complete versions in the store
+	$(NEUROVIT) versions list --store $(NEUROVIT_STORE)
+
+.PHONY: pipeline
+pipeline: venv ## Run the Kubeflow pipeline on this machine with kfp's local runner (demo data)
+	$(VENV_BIN)/python -m training.pipeline run-local --store $(NEUROVIT_STORE)
+
+.PHONY: pipeline-compile
+pipeline-compile: venv ## Recompile training/pipeline.yaml from training/pipeline.py
+	$(VENV_BIN)/python -m training.pipeline compile
+
+# ---- BENCHMARKS --------------------------------------------------------------------------------
+.PHONY: bench-train
+bench-train: venv ## Train the default recipe on real slices within a time budget; prints a JSON line
+	$(VENV_BIN)/python -m training.bench_train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+
+.PHONY: bench-analyze
+bench-analyze: venv ## Time the analysis of 10,000 images
+	$(VENV_BIN)/python -m training.bench_analyze
+
+# ---- QUALITY -----------------------------------------------------------------------------------
+.PHONY: test
+test: venv ## Run the whole test suite (unit and integration)
+	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: venv ## Ruff lint and format check
+	$(VENV_BIN)/ruff check neurovit training handlers tests
+	$(VENV_BIN)/ruff format --check neurovit training handlers tests
+
+.PHONY: clean
+clean: ## Remove generated outputs (not the venv)
+	rm -rf $(OUTPUT_DIR)
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'

@@ -1,0 +1,276 @@
+"""The stages of the main job, each a function from files to files.
+
+The CLI, the Make targets and the Kubeflow components all call these, so a local run and a pipeline run
+execute the same code. Each stage reads its inputs from paths and writes its outputs under one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import neurovit
+from neurovit.data import analysis, split
+from neurovit.data.arrays import load_arrays
+from neurovit.data.layout import discover
+from neurovit.errors import DataError
+from neurovit.model import ModelInfo, load_model, save_model
+from neurovit.preprocessing import PreprocessConfig
+from neurovit.store import open_store
+from training.evaluate import write_evaluation
+from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.json"
+
+
+FINGERPRINTS_FILE = "fingerprints.json"
+
+
+def analyze_stage(data_dir: str | Path, out_dir: str | Path, workers: int = 2) -> dict:
+    """Dataset report (report.json, report.html) in ``out_dir``, plus the per-file fingerprints.
+
+    The fingerprints (hashes, sizes, intensities) let the split stage group duplicates without decoding
+    every image a second time.
+    """
+    index = discover(data_dir)
+    fingerprints = analysis.scan(index, workers=workers)
+    report = analysis.write_report(index, fingerprints, out_dir)
+    payload = [asdict(fingerprint) for fingerprint in fingerprints]
+    (Path(out_dir) / FINGERPRINTS_FILE).write_text(json.dumps(payload) + "\n")
+    return report
+
+
+def split_stage(
+    data_dir: str | Path,
+    analysis_dir: str | Path | None,
+    out_path: str | Path,
+    *,
+    seed: int = 0,
+    leak_policy: str = "drop",
+    val_fraction: float = 0.15,
+    given_val_as_test: bool = False,
+    keep_suspect: bool = False,
+) -> split.SplitPlan:
+    """Leak-free split written to ``out_path``; reuses an analysis' fingerprints when they match.
+
+    ``given_val_as_test`` treats a pre-split input's val folder as the held-out test set and carves a
+    new val (for checkpoint selection and calibration) out of train, so the given folder is never seen
+    before the final evaluation. Public collections often ship only train + validation.
+
+    Images the analysis flags as not being MRI at all (pure noise, flat) are left out unless
+    ``keep_suspect``: trained on, they teach a shortcut ("noise means no tumour"); evaluated on, they
+    inflate accuracy. How many were left out is recorded in the plan's params.
+    """
+    index = discover(data_dir)
+    if given_val_as_test:
+        if "test" in index.splits:
+            raise DataError("given_val_as_test needs pre-split data without a test split")
+        index.records = [replace(r, split="test") if r.split == "val" else r for r in index.records]
+    fingerprints = None
+    stored = Path(analysis_dir) / FINGERPRINTS_FILE if analysis_dir else None
+    if stored and stored.is_file():
+        fingerprints = [analysis.ImageFingerprint(**f) for f in json.loads(stored.read_text())]
+        if [f.relpath for f in fingerprints] != [r.relpath for r in index.records]:
+            log.warning("analysis in %s is of other files: scanning again", analysis_dir)
+            fingerprints = None
+        else:
+            fingerprints = [
+                replace(f, split=r.split) for f, r in zip(fingerprints, index.records, strict=True)
+            ]
+    if fingerprints is None:
+        fingerprints = analysis.scan(index)
+    plan = split.plan_split(
+        index, fingerprints, seed=seed, leak_policy=leak_policy, val_fraction=val_fraction
+    )
+    plan.write(out_path)
+    return plan
+
+
+def split_arrays(
+    data_dir: str | Path,
+    plan: split.SplitPlan,
+    split_name: str,
+    preprocessing: PreprocessConfig,
+    cache_dir=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical uint8 images and label indices of one split."""
+    root = Path(data_dir).resolve()
+    entries = [e for e in plan.entries if e.split == split_name]
+    if not entries:
+        raise DataError(f"split {split_name!r} is empty")
+    return load_arrays(
+        [root / e.relpath for e in entries],
+        [plan.classes.index(e.label) for e in entries],
+        [e.sha256 for e in entries],
+        preprocessing,
+        cache_dir=cache_dir,
+    )
+
+
+def train_stage(
+    data_dir: str | Path,
+    split_path: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    preprocessing: PreprocessConfig | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on the split's train part, select on its val part; the best model lands in run_dir/best."""
+    preprocessing = preprocessing or PreprocessConfig(image_size=config.model.image_size)
+    plan = split.load_split(split_path)
+    cache = Path(run_dir).parent / "cache"
+    train_data = split_arrays(data_dir, plan, "train", preprocessing, cache)
+    val_data = split_arrays(data_dir, plan, "val", preprocessing, cache)
+    return train(train_data, val_data, plan.classes, preprocessing, config, run_dir, progress=progress)
+
+
+def _logits(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    loaded = load_model(model_dir, device=pick_device("auto"))
+    loader = BatchLoader(
+        images,
+        labels,
+        256,
+        loaded.preprocessing,
+        next(loaded.model.parameters()).device,
+        shuffle=False,
+        drop_last=False,
+    )
+    return predict_logits(loaded.model, loader)
+
+
+def calibrate_and_evaluate_stage(
+    data_dir: str | Path,
+    split_path: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    model_out: str | Path,
+) -> dict:
+    """Fit the temperature on val, evaluate on test (val when there is no test), save the calibrated model.
+
+    ``model_out`` receives a copy of the model whose neurovit.json carries the fitted temperature.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    plan = split.load_split(split_path)
+    loaded = load_model(model_dir)
+    cache = out_dir.parent / "cache"  # shared with the train stage of the same run
+    val_images, val_labels = split_arrays(data_dir, plan, "val", loaded.preprocessing, cache)
+    val_logits, val_labels = _logits(model_dir, val_images, val_labels)
+    has_test = any(e.split == "test" for e in plan.entries)
+    if has_test:
+        test_images, test_labels = split_arrays(data_dir, plan, "test", loaded.preprocessing, cache)
+        test_logits, test_labels = _logits(model_dir, test_images, test_labels)
+    else:
+        log.warning("no test split: reporting on val, which also chose the checkpoint (optimistic)")
+        test_logits, test_labels = val_logits, val_labels
+    metrics = write_evaluation(
+        out_dir, test_labels, test_logits, plan.classes, fit_on=(val_logits, val_labels)
+    )
+    metrics["evaluated_on"] = "test" if has_test else "val"
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    info = loaded.info
+    info.temperature = float(metrics["temperature"])
+    info.extra["data_fingerprint"] = plan.fingerprint
+    model_out = Path(model_out)
+    shutil.rmtree(model_out, ignore_errors=True)
+    save_model(loaded.model, model_out, loaded.preprocessing, info)
+    return metrics
+
+
+def evaluate_model_stage(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """Evaluate a saved model on every readable image of ``data_dir`` with its stored temperature."""
+    loaded = load_model(model_dir)
+    index = discover(data_dir)
+    unknown = sorted(set(index.classes) - set(loaded.class_names))
+    if unknown:
+        raise DataError(f"classes {unknown} in {data_dir} are unknown to the model ({loaded.class_names})")
+    images, labels = load_arrays(
+        [r.path for r in index.records],
+        [loaded.class_names.index(r.label) for r in index.records],
+        [r.relpath for r in index.records],  # no cache, so the key need not be a content hash
+        loaded.preprocessing,
+    )
+    logits, labels = _logits(Path(model_dir), images, labels)
+    metrics = write_evaluation(
+        out_dir, labels, logits, loaded.class_names, temperature=loaded.info.temperature
+    )
+    metrics["data_dir"] = str(Path(data_dir).resolve())
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"{neurovit.__version__}+{commit}"
+
+
+def publish_stage(
+    store_uri: str,
+    model_name: str,
+    model_dir: str | Path,
+    eval_dir: str | Path,
+    split_path: str | Path,
+    analysis_dir: str | Path,
+    staging_dir: str | Path,
+    extra_files: dict[str, Path] | None = None,
+) -> str:
+    """Publish model, evaluation, split and analysis as one version; returns the version's URI."""
+    staging = Path(staging_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging / "model")
+    shutil.copytree(eval_dir, staging / "evaluation", ignore=shutil.ignore_patterns("cache"))
+    shutil.copy2(split_path, staging / SPLIT_FILE)
+    (staging / "analysis").mkdir(parents=True)
+    for name in ("report.json", "report.html"):
+        if (Path(analysis_dir) / name).is_file():
+            shutil.copy2(Path(analysis_dir) / name, staging / "analysis" / name)
+    for relpath, source in (extra_files or {}).items():
+        (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, staging / relpath)
+
+    metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
+    info = ModelInfo.load(model_dir)
+    metadata = {
+        "metrics": {
+            k: metrics[k]
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "ece",
+                "ece_before_calibration",
+                "ece_after_calibration",
+                "temperature",
+                "evaluated_on",
+                "n",
+            )
+            if k in metrics
+        },
+        "data_fingerprint": split.load_split(split_path).fingerprint,
+        "preprocessing": json.loads((Path(model_dir) / "preprocessing.json").read_text()),
+        "class_names": info.class_names,
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+        "disclaimer": neurovit.RESEARCH_DISCLAIMER,
+    }
+    store = open_store(store_uri)
+    version = store.publish(model_name, staging, metadata=metadata)
+    return store.version_uri(model_name, version)

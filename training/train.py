@@ -1,0 +1,411 @@
+"""Train a NeuroViT on preloaded canonical images: seeded, resumable, early-stopped, within a time budget.
+
+The recipe follows what small-data ViT work reports (see TRAINING-NOTES in the README): conv stem, AdamW
+with warm-up then cosine decay, label smoothing, mild augmentation, an exponential moving average (EMA) of
+the weights which is what gets validated and saved, class-balanced loss, gradient clipping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
+from neurovit.preprocessing import PreprocessConfig, standardise
+from training.augment import AugmentConfig, augment_batch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_DIR = "best"
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe. Every field has a working default for 128 px brain slices on a 2-core CPU."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.998
+    grad_clip: float = 1.0
+    patience: int = 8  # epochs without a better validation accuracy before stopping
+    time_budget_s: float | None = None  # wall-clock budget for the epochs; the schedule shrinks to fit
+    class_balanced: bool = True
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> TrainConfig:
+        payload = dict(payload)
+        model = dict(payload.pop("model", {}))
+        if "stem_channels" in model:
+            model["stem_channels"] = tuple(model["stem_channels"])
+        augment = dict(payload.pop("augment", {}))
+        if "scale_range" in augment:
+            augment["scale_range"] = tuple(augment["scale_range"])
+        return cls(**payload, model=ModelConfig(**model), augment=AugmentConfig(**augment))
+
+
+@dataclass
+class TrainResult:
+    best_dir: Path
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    images_per_second: float
+    history: list[dict]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class BatchLoader:
+    """Shuffled, augmented, standardised batches drawn from a uint8 image tensor held in memory."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        preprocessing: PreprocessConfig,
+        device: torch.device,
+        augment: AugmentConfig | None = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        self.images = torch.as_tensor(images).to(device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
+        self.batch_size = batch_size
+        self.preprocessing = preprocessing
+        self.device = device
+        self.augment = augment
+        self.shuffle = shuffle
+        # drop_last keeps every training batch the same shape (steady speed, sane BatchNorm statistics)
+        self.drop_last = drop_last and len(self.labels) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def batches(
+        self, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator).to(self.device) if self.shuffle else None
+        for b in range(len(self)):
+            index = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            picked = order[index] if order is not None else torch.arange(n, device=self.device)[index]
+            images = self.images[picked].unsqueeze(1).float().div_(255.0)
+            if self.augment is not None:
+                images = augment_batch(images, self.augment, generator or torch.default_generator)
+            yield standardise(images, self.preprocessing), self.labels[picked]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, position embeddings and the CLS token (standard for ViTs)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.ndim <= 1 or "position_embeddings" in name or "cls_token" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as (1 + n) / (10 + n): early averages must not drag in the random
+    initial weights, which a fixed decay would do for the first ~1/(1 - decay) steps of a short run."""
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        effective = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * effective + current * (1.0 - effective)
+
+    return update
+
+
+class WarmupCosine:
+    """Linear warm-up then cosine decay to zero; the total can shrink once the epoch time is known."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps = max(1, warmup_steps)
+        self.total_steps = max(total_steps, self.warmup_steps + 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader: BatchLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every image of an unshuffled, un-augmented loader."""
+    model.eval()
+    logits, labels = [], []
+    for images, targets in loader.batches():
+        logits.append(model(images).logits.float().cpu())
+        labels.append(targets.cpu())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _save_best(model: NeuroViTForImageClassification, run_dir: Path, preprocessing, info: ModelInfo) -> Path:
+    """Replace run_dir/best by a complete new copy: never a half-written best model."""
+    staging = run_dir / (BEST_DIR + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_model(model, staging, preprocessing, info)
+    best = run_dir / BEST_DIR
+    old = run_dir / (BEST_DIR + ".old")
+    if best.exists():
+        os.replace(best, old)
+    os.replace(staging, best)
+    shutil.rmtree(old, ignore_errors=True)
+    return best
+
+
+def train(
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    class_names: list[str],
+    preprocessing: PreprocessConfig,
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train and keep the EMA weights with the best validation accuracy in ``run_dir/best``.
+
+    With ``resume`` and a checkpoint in ``run_dir`` from the same config, training continues where it
+    stopped (model, optimiser, EMA, schedule, RNG and early-stopping state are all restored).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.model.image_size != preprocessing.image_size:
+        raise ValueError(
+            f"model image_size {config.model.image_size} != preprocessing {preprocessing.image_size}"
+        )
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    model = build_model(config.model, class_names).to(device)
+    ema = AveragedModel(model, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
+    train_loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
+    val_loader = BatchLoader(*val_data, 256, preprocessing, device, shuffle=False, drop_last=False)
+    steps_per_epoch = len(train_loader)
+    schedule = WarmupCosine(round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    counts = np.bincount(train_data[1], minlength=len(class_names)).astype(np.float64)
+    if (counts == 0).any():
+        missing = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
+        raise ValueError(f"classes without training images: {missing}")
+    weights = counts.sum() / (len(counts) * counts) if config.class_balanced else np.ones_like(counts)
+    class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
+
+    state = {
+        "epoch": 0,
+        "best_accuracy": -1.0,
+        "best_epoch": 0,
+        "history": [],
+        "train_seconds": 0.0,
+        "images_seen": 0,
+        "planned_epochs": config.epochs,
+    }
+    checkpoint = run_dir / CHECKPOINT_FILE
+    config_key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved["config"] == config_key:
+            model.load_state_dict(saved["model"])
+            ema.load_state_dict(saved["ema"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"].to(generator.get_state().device))
+            state = saved["state"]
+            schedule.total_steps = max(state["planned_epochs"] * steps_per_epoch, schedule.warmup_steps + 1)
+            log.info("resumed from epoch %d", state["epoch"])
+        else:
+            log.warning("checkpoint in %s is from another config: starting afresh", run_dir)
+
+    info = ModelInfo(class_names=list(class_names), extra={"train_config": config.to_dict()})
+    use_amp = device.type == "cuda"
+    while state["epoch"] < state["planned_epochs"]:
+        epoch = state["epoch"] + 1
+        model.train()
+        started = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            train_loader.batches(generator),
+            total=steps_per_epoch,
+            disable=not progress,
+            desc=f"epoch {epoch}/{state['planned_epochs']}",
+            mininterval=2.0,
+            leave=False,
+        )
+        for images, targets in bar:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(images).logits
+            loss = F.cross_entropy(
+                logits.float(), targets, weight=class_weights, label_smoothing=config.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            loss_sum += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        epoch_seconds = time.perf_counter() - started
+        state["train_seconds"] += epoch_seconds
+        state["images_seen"] += seen
+
+        val_logits, val_labels = predict_logits(ema.module, val_loader)
+        val_accuracy = float((val_logits.argmax(1) == val_labels).mean())
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_accuracy": val_accuracy,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": epoch_seconds,
+        }
+        state["history"].append(record)
+        log.info("epoch %d: %s", epoch, json.dumps(record))
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: loss {record['train_loss']:.3f} train acc {record['train_accuracy']:.3f}"
+                f" val acc {val_accuracy:.3f} ({epoch_seconds:.0f}s)"
+            )
+        if val_accuracy > state["best_accuracy"]:
+            state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch
+            _save_best(ema.module, run_dir, preprocessing, info)
+
+        if config.time_budget_s and not state.get("schedule_fitted"):
+            # Fit the schedule to the budget now that one epoch has been timed (validation included).
+            per_epoch = time.perf_counter() - started
+            affordable = max(1, int(config.time_budget_s // per_epoch))
+            if affordable < state["planned_epochs"]:
+                state["planned_epochs"] = affordable
+                schedule.total_steps = max(affordable * steps_per_epoch, schedule.warmup_steps + 1)
+                log.info("time budget %.0fs fits %d epochs", config.time_budget_s, affordable)
+            state["schedule_fitted"] = True
+        state["epoch"] = epoch
+        _save_atomically(
+            {
+                "config": config_key,
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "state": state,
+            },
+            checkpoint,
+        )
+        if epoch - state["best_epoch"] >= config.patience:
+            log.info("early stop: no better validation accuracy for %d epochs", config.patience)
+            break
+
+    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2) + "\n")
+    return TrainResult(
+        best_dir=run_dir / BEST_DIR,
+        best_val_accuracy=state["best_accuracy"],
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epoch"],
+        train_seconds=state["train_seconds"],
+        images_per_second=state["images_seen"] / max(state["train_seconds"], 1e-9),
+        history=state["history"],
+    )
+
+
+def measure_step_ratio(
+    train_data: tuple[np.ndarray, np.ndarray],
+    class_names: list[str],
+    preprocessing: PreprocessConfig,
+    config: TrainConfig,
+    steps: int = 8,
+) -> dict:
+    """Time one training step through the real loader against the same step on a preloaded batch.
+
+    Both include forward, backward and the optimiser step; the ratio is the loader's overhead (batch
+    gathering, augmentation, standardisation). Measured on a throwaway copy of a fresh model.
+    """
+    device = pick_device(config.device)
+    model = build_model(config.model, class_names).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    preloaded, preloaded_targets = next(loader.batches(generator))
+    preloaded, preloaded_targets = preloaded.clone(), preloaded_targets.clone()
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> None:
+        loss = F.cross_entropy(model(images).logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    batches = loader.batches(generator)
+    loader_times, bare_times = [], []
+    for i in range(steps + 2):  # interleave the two so machine noise hits both alike; 2 warm-up rounds
+        sync()
+        t0 = time.perf_counter()
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = loader.batches(generator)
+            images, targets = next(batches)
+        step(images, targets)
+        sync()
+        t1 = time.perf_counter()
+        step(preloaded, preloaded_targets)
+        sync()
+        t2 = time.perf_counter()
+        if i >= 2:
+            loader_times.append(t1 - t0)
+            bare_times.append(t2 - t1)
+    loader_step, bare_step = float(np.median(loader_times)), float(np.median(bare_times))
+    return {"loader_step_s": loader_step, "bare_step_s": bare_step, "step_ratio": loader_step / bare_step}
+
+
+__all__ = ["BatchLoader", "TrainConfig", "TrainResult", "measure_step_ratio", "predict_logits", "train"]
