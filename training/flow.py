@@ -88,9 +88,16 @@ def split_stage(
             ]
     if fingerprints is None:
         fingerprints = analysis.scan(index)
+    suspect = [] if keep_suspect else [f.relpath for f in fingerprints if analysis.suspect_reason(f)]
+    if suspect:
+        log.warning("leaving out %d images that are not MRI slices (noise-like or flat)", len(suspect))
+        left_out = set(suspect)
+        fingerprints = [f for f in fingerprints if f.relpath not in left_out]
+        index.records = [r for r in index.records if r.relpath not in left_out]
     plan = split.plan_split(
         index, fingerprints, seed=seed, leak_policy=leak_policy, val_fraction=val_fraction
     )
+    plan.params["excluded_suspect"] = len(suspect)
     plan.write(out_path)
     return plan
 

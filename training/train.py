@@ -46,7 +46,7 @@ class TrainConfig:
     ema_decay: float = 0.998
     grad_clip: float = 1.0
     patience: int = 8  # epochs without a better validation accuracy before stopping
-    time_budget_s: float | None = None  # wall-clock budget for the epochs; the schedule shrinks to fit
+    time_budget_s: float | None = None  # wall-clock budget for the epochs; the schedule is fitted to it
     class_balanced: bool = True
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
@@ -317,15 +317,17 @@ def train(
             state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch
             _save_best(ema.module, run_dir, preprocessing, info)
 
-        if config.time_budget_s and not state.get("schedule_fitted"):
-            # Fit the schedule to the budget now that one epoch has been timed (validation included).
-            per_epoch = time.perf_counter() - started
-            affordable = max(1, int(config.time_budget_s // per_epoch))
-            if affordable < state["planned_epochs"]:
-                state["planned_epochs"] = affordable
-                schedule.total_steps = max(affordable * steps_per_epoch, schedule.warmup_steps + 1)
-                log.info("time budget %.0fs fits %d epochs", config.time_budget_s, affordable)
-            state["schedule_fitted"] = True
+        state["wall_seconds"] = state.get("wall_seconds", 0.0) + time.perf_counter() - started
+        if config.time_budget_s:
+            # Refit the schedule to the budget after every epoch (validation included): the cosine decay
+            # must reach its end inside the budget even when the machine gets slower or faster mid-run.
+            per_epoch = state["wall_seconds"] / epoch
+            remaining = config.time_budget_s - state["wall_seconds"]
+            affordable = min(config.epochs, epoch + max(0, int(remaining // per_epoch)))
+            if affordable != state["planned_epochs"]:
+                log.info("time budget %.0fs: %d epochs fit", config.time_budget_s, affordable)
+            state["planned_epochs"] = affordable
+            schedule.total_steps = max(affordable * steps_per_epoch, schedule.warmup_steps + 1)
         state["epoch"] = epoch
         _save_atomically(
             {

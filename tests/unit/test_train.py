@@ -1,0 +1,132 @@
+"""The training loop: it learns, it resumes exactly, it respects a time budget, it stops early."""
+
+import numpy as np
+import pytest
+import torch
+
+import training.train as train_module
+from neurovit.model import ModelConfig, load_model
+from neurovit.preprocessing import PreprocessConfig
+from training.augment import AugmentConfig, augment_batch
+from training.train import TrainConfig, measure_step_ratio, train
+
+CLASSES = ["vertical", "horizontal"]
+PREPROCESSING = PreprocessConfig(image_size=32)
+
+
+def stripe_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: vertical stripes; class 1: horizontal stripes; random phase, period and noise.
+
+    A texture the conv stem sees at once, so a few dozen steps must learn it: if they do not, the loop
+    (labels, loss, optimiser, schedule, EMA) is broken.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    grid = np.arange(32)
+    images = np.empty((n, 32, 32), dtype=np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        period, phase = rng.integers(4, 8), rng.integers(0, 8)
+        stripes = ((grid + phase) // (period // 2)) % 2 * 200
+        pattern = np.tile(stripes, (32, 1)) if label == 0 else np.tile(stripes[:, None], (1, 32))
+        image[:] = np.clip(pattern + rng.integers(0, 50, (32, 32)), 0, 255)
+    return images, labels
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(
+        epochs=4,
+        batch_size=16,
+        learning_rate=2e-3,
+        warmup_epochs=0.5,
+        ema_decay=0.9,
+        augment=AugmentConfig(max_rotation_deg=5),
+        model=ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2),
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return stripe_images(160, seed=0), stripe_images(48, seed=1)
+
+
+def test_training_learns_a_separable_task_and_saves_the_best_model(data, tmp_path):
+    train_data, val_data = data
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, tiny_config(), tmp_path, progress=False)
+    assert result.best_val_accuracy >= 0.9
+    assert result.epochs_run == 4 and len(result.history) == 4
+    assert result.images_per_second > 0
+    loaded = load_model(result.best_dir)
+    assert loaded.class_names == CLASSES and loaded.preprocessing == PREPROCESSING
+    assert (tmp_path / "history.json").is_file()
+
+
+def test_interrupted_training_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
+    torch.use_deterministic_algorithms(True)
+    try:
+        train_data, val_data = data
+        config = tiny_config(epochs=3)
+        straight = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "a", progress=False)
+
+        calls = {"n": 0}
+        real_predict = train_module.predict_logits
+
+        def crash_in_third_validation(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real_predict(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "predict_logits", crash_in_third_validation)
+        with pytest.raises(KeyboardInterrupt):
+            train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "b", progress=False)
+        monkeypatch.setattr(train_module, "predict_logits", real_predict)
+        resumed = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "b", progress=False)
+
+        assert [h["val_accuracy"] for h in resumed.history] == [h["val_accuracy"] for h in straight.history]
+        a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["ema"]
+        b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["ema"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_time_budget_shrinks_the_schedule_to_what_fits(data, tmp_path):
+    train_data, val_data = data
+    config = tiny_config(epochs=50, time_budget_s=1e-3)  # one epoch already exceeds the budget
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    assert result.epochs_run == 1
+
+
+def test_early_stopping_ends_when_validation_stops_improving(data, tmp_path):
+    train_data, _ = data
+    # validation labels are noise: accuracy cannot keep improving, so patience runs out
+    noise_val = (train_data[0][:32], np.random.default_rng(3).integers(0, 2, 32))
+    config = tiny_config(epochs=30, patience=2)
+    result = train(train_data, noise_val, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    assert result.epochs_run < 30
+    assert result.epochs_run - result.best_epoch == 2
+
+
+def test_a_class_without_training_images_is_refused(data, tmp_path):
+    (images, labels), val_data = data
+    with pytest.raises(ValueError, match="classes without training images"):
+        train((images, np.zeros_like(labels)), val_data, CLASSES, PREPROCESSING, tiny_config(), tmp_path)
+
+
+def test_augmentation_keeps_range_and_shape_and_is_seeded():
+    images = torch.rand(4, 1, 32, 32)
+    a = augment_batch(images, AugmentConfig(), torch.Generator().manual_seed(0))
+    b = augment_batch(images, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, images)
+
+
+def test_step_ratio_is_measured_on_the_real_loader(data):
+    train_data, _ = data
+    ratio = measure_step_ratio(train_data, CLASSES, PREPROCESSING, tiny_config(), steps=3)
+    assert ratio["loader_step_s"] > 0 and ratio["bare_step_s"] > 0
+    assert ratio["step_ratio"] == pytest.approx(ratio["loader_step_s"] / ratio["bare_step_s"])
