@@ -1,0 +1,59 @@
+"""The Kubeflow pipeline end to end with kfp's local subprocess runner, on a tiny demo set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from neurovit.store import resolve
+from training.pipeline import run_local
+
+pytestmark = [
+    pytest.mark.integration,
+    # The local runner notes, once per task, that it ignores resources and accelerators: expected here.
+    pytest.mark.filterwarnings("ignore:Task '[^']*'. settings .* have no effect in the current local runner"),
+]
+
+
+def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    version_uri = run_local(
+        str(store_root),
+        data_uri="demo",
+        pipeline_root=tmp_path / "kfp",
+        model_name="neurovit-pipeline-test",
+        demo_images_per_class=12,
+        epochs=1,
+        batch_size=8,
+    )
+
+    store, model, version = resolve(version_uri)
+    assert model == "neurovit-pipeline-test"
+    assert Path(store.uri).resolve() == store_root.resolve()
+    manifest = store.verify(model, version)
+    assert {"model/config.json", "evaluation/metrics.json", "split.json"} <= set(manifest["files"])
+    assert "analysis/report.html" in manifest["files"]
+    assert set(manifest["metrics"]) >= {"accuracy", "macro_f1", "ece", "temperature"}
+    assert manifest["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+
+    # Every stage left its typed output under the pipeline root.
+    (run_dir,) = (tmp_path / "kfp").iterdir()
+    for output in (
+        "prepare-data/dataset",
+        "analyze/report",
+        "split/split_plan",
+        "train/model/config.json",
+        "evaluate/calibrated_model/neurovit.json",
+        "evaluate/evaluation/metrics.json",
+    ):
+        assert (run_dir / output).exists(), output
+
+    # What the Kubeflow UI shows for the evaluate task: scalar metrics and the confusion matrix.
+    logged = json.loads((run_dir / "evaluate" / "executor_output.json").read_text())["artifacts"]
+    scalars = logged["metrics"]["artifacts"][0]["metadata"]
+    assert set(scalars) >= {"accuracy", "macro_f1", "ece", "temperature"}
+    matrix = logged["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == manifest["class_names"]
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == manifest["metrics"]["n"]

@@ -1,0 +1,98 @@
+"""The committed Kubeflow pipeline spec is current, asks for a GPU for training and sizes every task."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.pipeline import DEFAULT_TRAINING_IMAGE, GPU_RESOURCE, PIPELINE_FILE, PIPELINE_NAME, RESOURCES
+from training.train import TrainConfig
+
+STAGES = ("prepare-data", "analyze", "split", "train", "evaluate", "publish")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The pipeline compiled now, in a fresh interpreter with the default image (env override removed)."""
+    out = tmp_path_factory.mktemp("pipeline") / "pipeline.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "NEUROVIT_TRAINING_IMAGE"}
+    subprocess.run(
+        [sys.executable, "-m", "training.pipeline", "compile", "--output", str(out)],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return yaml.safe_load(PIPELINE_FILE.read_text())
+
+
+def _executor(spec: dict, task: str) -> dict:
+    """The container spec that runs ``task`` of the root DAG."""
+    component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    label = spec["components"][component]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def test_committed_spec_is_current(compiled: bytes) -> None:
+    assert PIPELINE_FILE.is_file(), f"{PIPELINE_FILE} is missing: run `make pipeline-compile` and commit it"
+    assert compiled == PIPELINE_FILE.read_bytes(), (
+        f"{PIPELINE_FILE} is stale (training/pipeline.py or kfp changed): run `make pipeline-compile` "
+        "and commit the result"
+    )
+
+
+def test_pipeline_has_one_task_per_stage_on_the_training_image(spec: dict) -> None:
+    assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
+    assert set(spec["root"]["dag"]["tasks"]) == set(STAGES)
+    for task in STAGES:
+        container = _executor(spec, task)
+        assert container["image"] == DEFAULT_TRAINING_IMAGE
+        # Nothing is pip-installed when a task starts: the image holds kfp and every dependency.
+        assert "pip install" not in " ".join(container["command"]), task
+
+
+def test_train_task_asks_for_a_gpu(spec: dict) -> None:
+    accelerator = _executor(spec, "train")["resources"]["accelerator"]
+    assert accelerator["resourceType"] == GPU_RESOURCE
+    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--train_gpus']}}"
+    assert spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["pipelinechannel--train_gpus"] == {
+        "componentInputParameter": "train_gpus"
+    }
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"]["defaultValue"] == 1
+    for task in set(STAGES) - {"train"}:
+        assert "accelerator" not in _executor(spec, task)["resources"], task
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits(spec: dict) -> None:
+    for task in STAGES:
+        resources = _executor(spec, task)["resources"]
+        (cpu_request, cpu_limit), (memory_request, memory_limit) = (
+            RESOURCES[task]["cpu"],
+            RESOURCES[task]["memory"],
+        )
+        assert resources["resourceCpuRequest"] == cpu_request, task
+        assert resources["resourceCpuLimit"] == cpu_limit, task
+        assert resources["resourceMemoryRequest"] == memory_request, task
+        assert resources["resourceMemoryLimit"] == memory_limit, task
+        # The deprecated numeric fields too, for older KFP backends.
+        assert resources["cpuRequest"] <= resources["cpuLimit"], task
+        assert resources["memoryRequest"] <= resources["memoryLimit"], task
+
+
+def test_training_defaults_match_train_config(spec: dict) -> None:
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {field.name: field.default for field in fields(TrainConfig)}
+    for name in ("epochs", "batch_size", "learning_rate", "seed"):
+        assert parameters[name]["defaultValue"] == defaults[name], name
+    assert "defaultValue" not in parameters["store_uri"], "store_uri must be given for every run"

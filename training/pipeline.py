@@ -1,0 +1,457 @@
+"""The main job as a Kubeflow Pipelines v2 pipeline, ``neurovit-training``.
+
+One lightweight Python component per stage of ``training.flow``, wired by typed artifacts::
+
+    prepare_data -> analyze -> split -> train (GPU) -> evaluate -> publish
+
+Every component runs on the training image (``training/Dockerfile``), which holds NeuroViT, its pinned
+dependencies and kfp: components import the project inside their bodies and install nothing at run time.
+The stage code is the one the CLI runs, so a pipeline run and ``neurovit run`` train the same model.
+
+Command line::
+
+    python -m training.pipeline compile [--output training/pipeline.yaml]
+    python -m training.pipeline run-local --store <folder or s3://...> [--data-uri demo] [--epochs N]
+
+``compile`` writes the pipeline spec (commit it; a unit test fails when it is stale);
+``NEUROVIT_TRAINING_IMAGE`` overrides the image at compile time. ``run-local`` runs the pipeline on this
+machine with kfp's subprocess runner in the current environment, then verifies the published version.
+
+Resources: every task has CPU and memory requests and limits (``RESOURCES``); the train task asks for
+``train_gpus`` GPUs of type ``nvidia.com/gpu`` (a pipeline parameter, default 1; 0 trains on CPU). The
+count is a runtime parameter, so the spec carries it in ``resourceCount``, which the KFP backend resolves
+when it builds the pod; a backend too old to read that field would start the task without a GPU. The local
+runner ignores resources and accelerators.
+
+Store credentials on a cluster come from the environment (see ``neurovit.store``): give the prepare_data and
+publish tasks ``NEUROVIT_S3_ENDPOINT`` and the ``AWS_*`` keys, for example with kfp-kubernetes'
+``use_secret_as_env``.
+"""
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from kfp import compiler, dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+PIPELINE_NAME = "neurovit-training"
+PIPELINE_FILE = Path(__file__).with_name("pipeline.yaml")
+DEFAULT_TRAINING_IMAGE = "ghcr.io/neurovit/neurovit-train:0.1.0"
+# Read once, at import: the image is baked into each component when the module is loaded.
+TRAINING_IMAGE = os.environ.get("NEUROVIT_TRAINING_IMAGE", DEFAULT_TRAINING_IMAGE)
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Requests and limits per task (Kubernetes quantities). Sized for the public brain-tumour MRI sets
+# (~7,000 slices held in memory as 128 px uint8); raise them for larger data.
+RESOURCES = {
+    "prepare-data": {"cpu": ("1", "2"), "memory": ("2Gi", "4Gi")},
+    "analyze": {"cpu": ("2", "4"), "memory": ("4Gi", "8Gi")},
+    "split": {"cpu": ("1", "2"), "memory": ("2Gi", "4Gi")},
+    "train": {"cpu": ("4", "8"), "memory": ("8Gi", "16Gi")},
+    "evaluate": {"cpu": ("2", "4"), "memory": ("4Gi", "8Gi")},
+    "publish": {"cpu": ("500m", "1"), "memory": ("1Gi", "2Gi")},
+}
+
+# The training image already holds kfp and every dependency: no pip install when a task starts.
+neurovit_component = dsl.component(
+    base_image=TRAINING_IMAGE, packages_to_install=[], install_kfp_package=False
+)
+
+
+@neurovit_component
+def prepare_data(data_uri: str, demo_images_per_class: int, dataset: Output[Dataset]):
+    """Materialise the dataset: "demo" (or empty) generates the demo set, s3://bucket/prefix downloads the
+    prefix (credentials as for the artifact store), anything else is a local folder to copy."""
+    import shutil
+    from pathlib import Path, PurePosixPath
+    from urllib.parse import urlsplit
+
+    from neurovit.data.demo import generate_demo_dataset
+    from neurovit.data.layout import discover
+
+    target = Path(dataset.path)
+
+    def download_prefix(uri: str) -> int:
+        # The store's own client factory: same environment variables, timeouts and TLS settings.
+        from neurovit.store import _s3_client_from_env
+
+        parsed = urlsplit(uri)
+        if not parsed.netloc:
+            raise ValueError(f"no bucket in {uri!r}: expected s3://<bucket>[/<prefix>]")
+        prefix = parsed.path.strip("/")
+        prefix = f"{prefix}/" if prefix else ""
+        client, _ = _s3_client_from_env()
+        count = 0
+        for item in client.list_objects(parsed.netloc, prefix=prefix, recursive=True):
+            if item.is_dir:
+                continue
+            relative = PurePosixPath(item.object_name[len(prefix) :])
+            if not relative.parts or relative.is_absolute() or ".." in relative.parts:
+                raise ValueError(f"refusing object key {item.object_name!r}: it leaves the dataset folder")
+            client.fget_object(parsed.netloc, item.object_name, str(target.joinpath(*relative.parts)))
+            count += 1
+        if not count:
+            raise FileNotFoundError(f"no objects under {uri}")
+        return count
+
+    source = data_uri.strip()
+    if source in ("", "demo"):
+        generate_demo_dataset(target, n_per_class=demo_images_per_class, seed=0)
+        origin = f"demo ({demo_images_per_class} images per class, seed 0)"
+    elif source.startswith("s3://"):
+        print(f"downloaded {download_prefix(source)} objects from {source}")
+        origin = source
+    else:
+        folder = Path(urlsplit(source).path if source.startswith("file://") else source).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data_uri {data_uri!r} is not 'demo', an s3:// URI or a folder")
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+        origin = str(folder.resolve())
+
+    index = discover(target)
+    dataset.metadata.update(
+        {"source": origin, "layout": index.layout, "classes": index.classes, "files": len(index.records)}
+    )
+    print(f"dataset from {origin}: {len(index.records)} files, classes {index.classes}")
+
+
+@neurovit_component
+def analyze(dataset: Input[Dataset], report: Output[HTML], analysis: Output[Artifact]):
+    """Dataset report (counts, sizes, intensities, corrupt files, duplicates, leaks) and fingerprints."""
+    import shutil
+    from pathlib import Path
+
+    from training import flow
+
+    summary = flow.analyze_stage(dataset.path, analysis.path)
+    shutil.copyfile(Path(analysis.path) / "report.html", report.path)
+    analysis.metadata.update(
+        {
+            "files": summary["dataset"]["files"],
+            "corrupt": summary["dataset"]["corrupt"],
+            "exact_duplicate_groups": summary["duplicates"]["exact_groups"],
+            "near_duplicate_groups": summary["duplicates"]["near_groups"],
+            "cross_split_leaks": summary["leaks"]["groups"],
+        }
+    )
+
+
+@neurovit_component
+def split(dataset: Input[Dataset], analysis: Input[Artifact], split_plan: Output[Artifact], seed: int):
+    """Leak-free train/val/test split (split.json), reusing the analysis' fingerprints."""
+    from training import flow
+
+    plan = flow.split_stage(dataset.path, analysis.path, split_plan.path, seed=seed)
+    split_plan.metadata.update(
+        {
+            "fingerprint": plan.fingerprint,
+            "classes": plan.classes,
+            "sizes": {name: sum(by_class.values()) for name, by_class in plan.counts.items()},
+            "dropped_leaking": plan.dropped,
+            "excluded_corrupt": plan.excluded_corrupt,
+        }
+    )
+
+
+@neurovit_component
+def train(
+    dataset: Input[Dataset],
+    split_plan: Input[Artifact],
+    model: Output[Model],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    time_budget_s: float,
+    seed: int,
+):
+    """Train on the split's train part and keep the weights with the best validation accuracy.
+
+    ``time_budget_s`` <= 0 means no budget. Uses CUDA when the task has a GPU.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from training import flow
+    from training.train import TrainConfig
+
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        time_budget_s=time_budget_s if time_budget_s > 0 else None,
+        seed=seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="neurovit-train-") as work:
+        result = flow.train_stage(dataset.path, split_plan.path, Path(work) / "train", config, progress=False)
+        shutil.copytree(result.best_dir, model.path, dirs_exist_ok=True)
+    model.metadata.update(
+        {
+            "framework": f"pytorch {torch.__version__}",
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "best_val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "train_seconds": round(result.train_seconds, 1),
+            "images_per_second": round(result.images_per_second, 1),
+        }
+    )
+    print(
+        f"best val accuracy {result.best_val_accuracy:.3f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs, {result.train_seconds:.0f}s)"
+    )
+
+
+@neurovit_component
+def evaluate(
+    dataset: Input[Dataset],
+    split_plan: Input[Artifact],
+    model: Input[Model],
+    calibrated_model: Output[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+):
+    """Fit the temperature on val, evaluate on test; the calibrated model carries the temperature."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from training import flow
+
+    with tempfile.TemporaryDirectory(prefix="neurovit-evaluate-") as work:
+        results = flow.calibrate_and_evaluate_stage(
+            dataset.path, split_plan.path, model.path, Path(work) / "evaluation", Path(work) / "model"
+        )
+        shutil.copytree(Path(work) / "evaluation", evaluation.path, dirs_exist_ok=True)
+        shutil.copytree(Path(work) / "model", calibrated_model.path, dirs_exist_ok=True)
+
+    for name in ("accuracy", "macro_f1", "ece", "ece_before_calibration", "temperature"):
+        metrics.log_metric(name, float(results[name]))
+    confusion.log_confusion_matrix(results["class_names"], results["confusion_matrix"])
+    evaluation.metadata.update({"evaluated_on": results["evaluated_on"], "n": results["n"]})
+    calibrated_model.metadata.update(
+        {
+            "temperature": float(results["temperature"]),
+            "evaluated_on": results["evaluated_on"],
+            "accuracy": float(results["accuracy"]),
+            "macro_f1": float(results["macro_f1"]),
+        }
+    )
+
+
+@neurovit_component
+def publish(
+    calibrated_model: Input[Model],
+    evaluation: Input[Artifact],
+    split_plan: Input[Artifact],
+    analysis: Input[Artifact],
+    store_uri: str,
+    model_name: str,
+) -> str:
+    """Publish model, evaluation, split and analysis as one checksummed version; returns its URI."""
+    import tempfile
+    from pathlib import Path
+
+    from training import flow
+
+    with tempfile.TemporaryDirectory(prefix="neurovit-publish-") as work:
+        version_uri = flow.publish_stage(
+            store_uri,
+            model_name,
+            calibrated_model.path,
+            evaluation.path,
+            split_plan.path,
+            analysis.path,
+            Path(work) / "staging",
+        )
+    print(f"published {version_uri}")
+    return version_uri
+
+
+def _sized(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Apply the RESOURCES entry of ``name`` to ``task`` and name it in the UI."""
+    (cpu_request, cpu_limit), (memory_request, memory_limit) = (
+        RESOURCES[name]["cpu"],
+        RESOURCES[name]["memory"],
+    )
+    return (
+        task.set_display_name(name)
+        .set_cpu_request(cpu_request)
+        .set_cpu_limit(cpu_limit)
+        .set_memory_request(memory_request)
+        .set_memory_limit(memory_limit)
+    )
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description=(
+        "NeuroViT main job: prepare data, analyse, split without leakage, train (GPU), calibrate and "
+        "evaluate, publish a checksummed version to the model store. Research use only, not for diagnosis."
+    ),
+)
+def training_pipeline(
+    store_uri: str,
+    data_uri: str = "demo",
+    model_name: str = "neurovit",
+    epochs: int = 30,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    time_budget_s: float = 0.0,
+    seed: int = 0,
+    demo_images_per_class: int = 150,
+    train_gpus: int = 1,
+) -> str:
+    """Training defaults are TrainConfig's (a unit test keeps them equal); the output is the version URI."""
+    data = _sized(
+        prepare_data(data_uri=data_uri, demo_images_per_class=demo_images_per_class), "prepare-data"
+    )
+    # The data behind a URI can change between runs while the URI stays the same: never reuse a cached copy.
+    data.set_caching_options(enable_caching=False)
+    dataset = data.outputs["dataset"]
+
+    analysis = _sized(analyze(dataset=dataset), "analyze")
+    plan = _sized(split(dataset=dataset, analysis=analysis.outputs["analysis"], seed=seed), "split")
+    trained = _sized(
+        train(
+            dataset=dataset,
+            split_plan=plan.outputs["split_plan"],
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            time_budget_s=time_budget_s,
+            seed=seed,
+        ),
+        "train",
+    )
+    trained.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(train_gpus)
+    evaluated = _sized(
+        evaluate(dataset=dataset, split_plan=plan.outputs["split_plan"], model=trained.outputs["model"]),
+        "evaluate",
+    )
+    published = _sized(
+        publish(
+            calibrated_model=evaluated.outputs["calibrated_model"],
+            evaluation=evaluated.outputs["evaluation"],
+            split_plan=plan.outputs["split_plan"],
+            analysis=analysis.outputs["analysis"],
+            store_uri=store_uri,
+            model_name=model_name,
+        ),
+        "publish",
+    )
+    # Publishing is a side effect: every run must publish its own version.
+    published.set_caching_options(enable_caching=False)
+    return published.output
+
+
+def compile_pipeline(output: str | Path = PIPELINE_FILE) -> Path:
+    """Write the pipeline spec to ``output``; the same code and kfp version give the same bytes."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline_func=training_pipeline, package_path=str(output))
+    return output
+
+
+def run_local(
+    store_uri: str,
+    *,
+    data_uri: str = "demo",
+    pipeline_root: str | Path | None = None,
+    **arguments,
+) -> str:
+    """Run the pipeline here with kfp's subprocess runner; return the verified version URI.
+
+    ``arguments`` are further pipeline parameters (epochs, batch_size, demo_images_per_class, ...).
+    Task outputs go under ``pipeline_root`` (default ``<outputs>/kfp-local``).
+    """
+    from kfp import local
+
+    from neurovit.config import OUTPUT_DIR
+    from neurovit.store import resolve
+
+    root = Path(pipeline_root) if pipeline_root else OUTPUT_DIR / "kfp-local"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    with warnings.catch_warnings():
+        # The subprocess runner warns that an image whose name lacks "python" may not match the local
+        # environment. It runs every task in this interpreter, whose environment is installed from the
+        # same pinned pyproject.toml as the training image: the warning does not apply, so only it is
+        # silenced (the runner's notes that it ignores resources and accelerators stay).
+        warnings.filterwarnings(
+            "ignore",
+            message=r"You may be attemping to run a task that uses custom or non-Python base image",
+            category=RuntimeWarning,
+        )
+        run = training_pipeline(store_uri=str(store_uri), data_uri=data_uri, **arguments)
+    version_uri = run.output
+    store, model, version = resolve(version_uri)
+    store.verify(model, version)
+    return version_uri
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="write the pipeline spec (YAML)")
+    p.add_argument("--output", type=Path, default=PIPELINE_FILE, help=f"default {PIPELINE_FILE}")
+
+    p = sub.add_parser("run-local", help="run the pipeline on this machine with kfp's subprocess runner")
+    p.add_argument("--store", required=True, help="local folder or s3://bucket[/prefix]")
+    p.add_argument("--data-uri", default="demo", help="'demo', a local folder or s3://bucket/prefix")
+    p.add_argument("--model-name", default=None, help="default: NEUROVIT_MODEL_NAME or 'neurovit'")
+    p.add_argument("--epochs", type=int, help="default: the demo schedule's 12")
+    p.add_argument("--batch-size", type=int, help="default: the demo schedule's 32")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--time-budget", type=float, help="training budget in seconds")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--demo-images-per-class", type=int)
+    p.add_argument("--pipeline-root", type=Path, help="where task outputs go (default outputs/kfp-local)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "compile":
+        print(f"pipeline {PIPELINE_NAME} written to {compile_pipeline(args.output)} (image {TRAINING_IMAGE})")
+        return 0
+
+    from neurovit import RESEARCH_DISCLAIMER
+    from neurovit.config import MODEL_NAME
+    from neurovit.errors import NeuroVitError
+    from training.cli import DEMO_TRAINING
+
+    arguments = {
+        "model_name": args.model_name or MODEL_NAME,
+        # A CPU-sized schedule by default: the local runner has no GPU to give the train task.
+        "epochs": args.epochs or DEMO_TRAINING["epochs"],
+        "batch_size": args.batch_size or DEMO_TRAINING["batch_size"],
+    }
+    optional = {
+        "learning_rate": args.learning_rate,
+        "time_budget_s": args.time_budget,
+        "seed": args.seed,
+        "demo_images_per_class": args.demo_images_per_class,
+    }
+    arguments.update({name: value for name, value in optional.items() if value is not None})
+    try:
+        version_uri = run_local(
+            args.store, data_uri=args.data_uri, pipeline_root=args.pipeline_root, **arguments
+        )
+    except NeuroVitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"published {version_uri}")
+    print(f"manifest verified: every file of {version_uri} matches its sha256")
+    print(RESEARCH_DISCLAIMER)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
