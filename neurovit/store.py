@@ -668,7 +668,7 @@ class S3Store(ArtifactStore):
         return leftovers
 
 
-def _s3_client_from_env() -> tuple[Minio, str]:
+def s3_client_from_env() -> tuple[Minio, str]:
     """A minio client configured from the environment (see the module docstring) and its endpoint."""
     endpoint = os.environ.get("NEUROVIT_S3_ENDPOINT", "").strip()
     if not endpoint:
@@ -714,7 +714,7 @@ def open_store(uri: str | Path, *, create_bucket: bool = False) -> ArtifactStore
         parsed = urlsplit(uri)
         if not parsed.netloc:
             raise StoreError(f"no bucket in S3 store URI {uri!r}: expected s3://<bucket>[/<prefix>]")
-        client, endpoint = _s3_client_from_env()
+        client, endpoint = s3_client_from_env()
         log.info("opening S3 store %s at %s", uri, endpoint)
         return S3Store(client, endpoint, parsed.netloc, parsed.path, create_bucket=create_bucket)
     if uri.startswith("file://"):

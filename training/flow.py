@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import asdict, replace
@@ -216,7 +217,9 @@ def evaluate_model_stage(model_dir: str | Path, data_dir: str | Path, out_dir: s
 
 
 def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
+    """Package version plus the git commit: from NEUROVIT_CODE_VERSION (set when an image is built) or git."""
+    if os.environ.get("NEUROVIT_CODE_VERSION"):
+        return os.environ["NEUROVIT_CODE_VERSION"]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -76,14 +76,14 @@ def prepare_data(data_uri: str, demo_images_per_class: int, dataset: Output[Data
 
     def download_prefix(uri: str) -> int:
         # The store's own client factory: same environment variables, timeouts and TLS settings.
-        from neurovit.store import _s3_client_from_env
+        from neurovit.store import s3_client_from_env
 
         parsed = urlsplit(uri)
         if not parsed.netloc:
             raise ValueError(f"no bucket in {uri!r}: expected s3://<bucket>[/<prefix>]")
         prefix = parsed.path.strip("/")
         prefix = f"{prefix}/" if prefix else ""
-        client, _ = _s3_client_from_env()
+        client, _ = s3_client_from_env()
         count = 0
         for item in client.list_objects(parsed.netloc, prefix=prefix, recursive=True):
             if item.is_dir:
