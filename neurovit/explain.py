@@ -1,0 +1,369 @@
+"""Where the model looked: three saliency maps for NeuroViT predictions, for training, evaluation and serving.
+
+Every explainer takes the model and a preprocessed batch ``(N, 1, H, W)`` and returns maps on the patch grid,
+``(N, g, g)`` float32 numpy in [0, 1] (each map min-max scaled; a constant map becomes zeros), for a target
+class per image that defaults to the predicted one.
+
+- ``rollout``: attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"),
+  checked against jacobgil/vit-explain ``vit_rollout.py``; class-agnostic. ``rollout_from_attentions`` works
+  on the attentions of a forward pass the caller already ran, so serving gets it for the price of a few tiny
+  matrix products.
+- ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the ViT's tokens, as in jacobgil/pytorch-grad-cam
+  ``usage_examples/vit_example.py`` (``target_layers = [model.blocks[-1].norm1]``).
+- ``gradient_rollout``: class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic
+  Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", rules 5 and 6),
+  checked against hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``.
+
+The two gradient methods share one forward and one backward per batch (the sum of each image's target logit:
+images do not interact in eval mode, so each gets its own gradient). ``torch.autograd.grad`` differentiates
+only the tensors needed, so nothing is accumulated in the parameters' ``.grad``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+from torch import nn
+
+from neurovit.errors import NeuroVitError
+
+METHODS = ("rollout", "gradcam", "gradient_rollout")
+HEAD_FUSIONS = ("mean", "max", "min")
+GRADIENT_METHODS = ("gradcam", "gradient_rollout")
+
+Target = int | Sequence[int] | np.ndarray | torch.Tensor | None
+
+
+class ExplainError(NeuroVitError, ValueError):
+    """An explanation cannot be computed from what was given (bad target, method, shapes, no attentions)."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pure map computations (tensors in, normalised numpy out): what the tests check by hand.
+
+
+def normalise_maps(maps: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Min-max scale each map of a batch ``(N, ...)`` to [0, 1]; a constant map becomes all zeros."""
+    array = torch.as_tensor(maps).detach().to("cpu", torch.float64).numpy()
+    flat = array.reshape(array.shape[0], -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    span = high - low
+    constant = span <= 1e-12 * np.maximum(1.0, np.abs(high))
+    scaled = np.where(constant, 0.0, (flat - low) / np.where(constant, 1.0, span))
+    return np.clip(scaled, 0.0, 1.0).reshape(array.shape).astype(np.float32)
+
+
+def _patch_grid(token_maps: torch.Tensor) -> np.ndarray:
+    """``(N, 1 + g*g)`` token scores (CLS first) -> normalised ``(N, g, g)`` maps over the patches."""
+    patches = token_maps[:, 1:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1] or side == 0:
+        raise ExplainError(
+            f"expected 1 CLS token + a square number of patch tokens, got {token_maps.shape[1]} tokens"
+        )
+    return normalise_maps(patches.reshape(-1, side, side))
+
+
+def _check_attentions(attentions: Sequence[torch.Tensor], name: str = "attentions") -> None:
+    if len(attentions) == 0:
+        raise ExplainError(
+            f"no {name}: the model must run with eager attention and output_attentions=True "
+            "(SDPA returns none; load with attn_implementation='eager', as neurovit.model.load_model does)"
+        )
+    shape = tuple(attentions[0].shape)
+    if len(shape) != 4 or shape[-1] != shape[-2]:
+        raise ExplainError(f"expected {name} of shape (N, heads, T, T), got {shape}")
+    for layer, attention in enumerate(attentions):
+        if tuple(attention.shape) != shape:
+            raise ExplainError(f"{name}[{layer}] has shape {tuple(attention.shape)}, layer 0 has {shape}")
+
+
+def _check_rollout_options(head_fusion: str, discard_ratio: float) -> None:
+    if head_fusion not in HEAD_FUSIONS:
+        raise ExplainError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ExplainError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+
+
+def _work_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)  # half/bfloat16 -> float32; float64 stays
+
+
+def rollout_from_attentions(
+    attentions: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> np.ndarray:
+    """Attention rollout from per-layer attention probabilities ``[(N, heads, T, T)] * layers``.
+
+    Per layer: fuse heads (mean/max/min), optionally zero the ``discard_ratio`` weakest fused weights of
+    each image (never the CLS->CLS entry, as vit-explain), add the identity for the residual path,
+    renormalise rows, and multiply into the running product ``R <- A @ R`` from ``R = I``. The CLS row over
+    the patches is the map.
+    Unlike vit-explain this works per batch, renormalises rows (``keepdim``: its issue #16 divides columns),
+    and leaves the given tensors untouched (its discard writes through a view).
+    """
+    _check_attentions(attentions)
+    _check_rollout_options(head_fusion, discard_ratio)
+    with torch.no_grad():
+        first = attentions[0]
+        batch, _, tokens, _ = first.shape
+        eye = torch.eye(tokens, dtype=_work_dtype(first), device=first.device)
+        result = eye.expand(batch, tokens, tokens)
+        for attention in attentions:
+            attention = attention.detach().to(eye.dtype)
+            if head_fusion == "mean":
+                fused = attention.mean(dim=1)
+            elif head_fusion == "max":
+                fused = attention.amax(dim=1)
+            else:
+                fused = attention.amin(dim=1)
+            count = int(tokens * tokens * discard_ratio)
+            if count:
+                flat = fused.reshape(batch, -1)
+                weakest = flat.topk(count, dim=-1, largest=False).indices
+                drop = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, weakest, True)
+                drop[:, 0] = False  # flat index 0 is CLS->CLS
+                fused = flat.masked_fill(drop, 0.0).reshape(batch, tokens, tokens)
+            augmented = fused + eye
+            augmented = augmented / augmented.sum(dim=-1, keepdim=True)
+            result = augmented @ result
+        return _patch_grid(result[:, 0])
+
+
+def gradient_rollout_from_attentions(
+    attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor]
+) -> np.ndarray:
+    """Chefer et al. (ICCV 2021) relevance from attentions and their gradients w.r.t. the target logit.
+
+    Rule 5: ``A_bar = mean_heads((grad * A).clamp(min=0))`` (clamped before the head mean, as the notebook).
+    Rule 6: ``R <- R + A_bar @ R`` from ``R = I``, first layer to last. The map is ``R[CLS, patches]``.
+    No row normalisation: the maintainer keeps it for the bi-modal rules only (Transformer-MM issue #9).
+    """
+    _check_attentions(attentions)
+    _check_attentions(gradients, "gradients")
+    if len(gradients) != len(attentions) or gradients[0].shape != attentions[0].shape:
+        raise ExplainError(
+            f"need one gradient per attention of the same shape, got {len(gradients)} x "
+            f"{tuple(gradients[0].shape)} for {len(attentions)} x {tuple(attentions[0].shape)}"
+        )
+    with torch.no_grad():
+        first = attentions[0]
+        batch, _, tokens, _ = first.shape
+        dtype = _work_dtype(first)
+        relevance = torch.eye(tokens, dtype=dtype, device=first.device).expand(batch, tokens, tokens)
+        for attention, gradient in zip(attentions, gradients, strict=True):
+            weighted = (gradient.detach().to(dtype) * attention.detach().to(dtype)).clamp(min=0).mean(dim=1)
+            relevance = relevance + weighted @ relevance
+        return _patch_grid(relevance[:, 0])
+
+
+def grad_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
+    """Grad-CAM on token activations ``(N, T, C)`` and their gradients: CLS dropped, channel weights = mean
+    gradient over the patch tokens, ``ReLU(sum_c w_c * A_c)`` per patch."""
+    if tokens.ndim != 3 or tokens.shape != gradients.shape:
+        raise ExplainError(
+            f"expected tokens and gradients of one shape (N, T, C), got {tuple(tokens.shape)} "
+            f"and {tuple(gradients.shape)}"
+        )
+    with torch.no_grad():
+        dtype = _work_dtype(tokens)
+        activations, grads = tokens.detach().to(dtype), gradients.detach().to(dtype)
+        weights = grads[:, 1:].mean(dim=1, keepdim=True)  # (N, 1, C)
+        cam = (activations * weights).sum(dim=-1).clamp(min=0)  # (N, T); the CLS entry is dropped below
+        return _patch_grid(cam)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model-level explainers.
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    vit = model.vit
+    layers = getattr(vit, "layers", None)  # transformers >= 5.9 ("Refactor ViT")
+    return layers if layers is not None else vit.encoder.layer  # older layout
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (dropout off, BatchNorm on running statistics) and give the caller's mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def resolve_target(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    """The class index per image ``(N,)``: the predicted one when ``target`` is None, else ``target``
+    (one int for every image, or one per image)."""
+    batch, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=-1)
+    values = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target)
+    if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
+        raise ExplainError(f"target must be an int or a list of ints, got {target!r}")
+    if values.ndim == 0:
+        values = np.full(batch, int(values))
+    if values.shape != (batch,):
+        raise ExplainError(f"target needs one class per image ({batch}), got shape {values.shape}")
+    if values.min() < 0 or values.max() >= num_classes:
+        raise ExplainError(f"target classes must be in [0, {num_classes}), got {values.tolist()}")
+    return torch.as_tensor(values, dtype=torch.long, device=logits.device)
+
+
+def explain(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    methods: Sequence[str] = METHODS,
+    target: Target = None,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """All requested maps from one forward (and, for the gradient methods, one backward) pass.
+
+    Returns ``{method: (N, g, g) maps}`` plus ``"target"`` (the class index each map explains, ``(N,)``) and
+    ``"logits"`` (``(N, classes)``, the forward's raw logits, so a caller need not run the model again).
+    ``rollout`` ignores ``target``: it is class-agnostic.
+    """
+    methods = tuple(methods)
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise ExplainError(f"methods must be a non-empty subset of {METHODS}, got {methods}")
+    if "rollout" in methods:
+        _check_rollout_options(head_fusion, discard_ratio)  # before paying for the forward
+    if pixel_values.ndim != 4:
+        raise ExplainError(f"expected pixel_values of shape (N, C, H, W), got {tuple(pixel_values.shape)}")
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        raise ExplainError(
+            f"attention maps need eager attention, the model uses {model.config._attn_implementation!r}: "
+            "load it with attn_implementation='eager' (neurovit.model.load_model does)"
+        )
+    needs_grad = any(method in GRADIENT_METHODS for method in methods)
+    if needs_grad and torch.is_inference_mode_enabled():
+        raise ExplainError(f"{GRADIENT_METHODS} need autograd: call explain outside torch.inference_mode()")
+
+    captured: dict[str, torch.Tensor] = {}
+    handle = None
+    if "gradcam" in methods:
+        # Grad-CAM activations: the output of the LAST layer's layernorm_before, i.e. the tokens entering the
+        # final attention (pytorch-grad-cam's ``blocks[-1].norm1``). Not the last layer's output nor the input
+        # of the final layernorm (the same tensor here): only CLS feeds the classifier, so after the last
+        # attention the patch tokens get exactly zero gradient and the CAM would be blank.
+        last = _encoder_layers(model)[-1]
+        handle = last.layernorm_before.register_forward_hook(
+            lambda module, args, output: captured.__setitem__("tokens", output)
+        )
+    try:
+        with _eval_mode(model), torch.set_grad_enabled(needs_grad):
+            # A fresh input that requires grad keeps a graph even if the parameters are frozen; backward
+            # still stops at the tensors asked for, so it never runs through the stem.
+            inputs = pixel_values.detach().clone().requires_grad_(needs_grad)
+            outputs = model(inputs, output_attentions=True)
+            attentions = list(outputs.attentions)
+            _check_attentions(attentions)
+            targets = resolve_target(outputs.logits.detach(), target)
+            wanted: list[torch.Tensor] = []
+            if "gradient_rollout" in methods:
+                wanted += attentions  # the softmax outputs themselves: eval-mode dropout returns its input
+            if "gradcam" in methods:
+                wanted.append(captured["tokens"])
+            gradients: list[torch.Tensor] = []
+            if wanted:
+                score = outputs.logits.gather(1, targets[:, None]).sum()
+                gradients = list(torch.autograd.grad(score, wanted))
+    finally:
+        if handle is not None:
+            handle.remove()
+
+    result: dict[str, np.ndarray] = {}
+    for method in methods:
+        if method == "rollout":
+            result[method] = rollout_from_attentions(attentions, head_fusion, discard_ratio)
+        elif method == "gradient_rollout":
+            result[method] = gradient_rollout_from_attentions(attentions, gradients[: len(attentions)])
+        else:
+            result[method] = grad_cam_from_tokens(captured["tokens"], gradients[-1])
+    result["target"] = targets.cpu().numpy()
+    result["logits"] = outputs.logits.detach().float().cpu().numpy()
+    return result
+
+
+def attention_rollout(
+    model: nn.Module, pixel_values: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> np.ndarray:
+    """Attention rollout maps ``(N, g, g)``; class-agnostic (a forward pass without gradients)."""
+    return explain(model, pixel_values, ("rollout",), head_fusion=head_fusion, discard_ratio=discard_ratio)[
+        "rollout"
+    ]
+
+
+def grad_cam(model: nn.Module, pixel_values: torch.Tensor, target: Target = None) -> np.ndarray:
+    """Grad-CAM maps ``(N, g, g)`` for ``target`` (default: the predicted class)."""
+    return explain(model, pixel_values, ("gradcam",), target=target)["gradcam"]
+
+
+def gradient_rollout(model: nn.Module, pixel_values: torch.Tensor, target: Target = None) -> np.ndarray:
+    """Chefer et al. class-specific rollout maps ``(N, g, g)`` for ``target`` (default: predicted class)."""
+    return explain(model, pixel_values, ("gradient_rollout",), target=target)["gradient_rollout"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rendering.
+
+
+def upsample(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a map ``(g, g)`` or maps ``(N, g, g)`` to ``size`` (side, or (height, width))."""
+    array = np.asarray(maps, dtype=np.float32)
+    if array.ndim not in (2, 3):
+        raise ExplainError(f"expected a map (g, g) or maps (N, g, g), got shape {array.shape}")
+    height, width = (size, size) if isinstance(size, int) else size
+    batch = torch.from_numpy(array.reshape(-1, 1, *array.shape[-2:]))
+    resized = nn.functional.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False)
+    return resized.reshape(*array.shape[:-2], height, width).numpy()
+
+
+def overlay_png(image: np.ndarray, grid_map: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> bytes:
+    """PNG bytes of ``grid_map`` (values in [0, 1]) colour-mapped, upsampled and blended over the grey uint8
+    ``image`` (H, W): an RGB image of the input's size, ``(1 - alpha) * grey + alpha * heat``."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ExplainError(f"expected a grey uint8 image (H, W), got {image.dtype} {image.shape}")
+    if np.ndim(grid_map) != 2:
+        raise ExplainError(f"expected one map (g, g), got shape {np.shape(grid_map)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ExplainError(f"alpha must be in [0, 1], got {alpha}")
+    if colormap not in colormaps:
+        raise ExplainError(f"unknown matplotlib colormap {colormap!r}")
+    heat = np.clip(upsample(grid_map, image.shape), 0.0, 1.0)
+    rgb_heat = colormaps[colormap](heat)[..., :3]
+    grey = (image.astype(np.float32) / 255.0)[..., None]
+    blended = (1.0 - alpha) * grey + alpha * rgb_heat
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(blended * 255.0).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "HEAD_FUSIONS",
+    "METHODS",
+    "ExplainError",
+    "attention_rollout",
+    "explain",
+    "grad_cam",
+    "grad_cam_from_tokens",
+    "gradient_rollout",
+    "gradient_rollout_from_attentions",
+    "normalise_maps",
+    "overlay_png",
+    "resolve_target",
+    "rollout_from_attentions",
+    "upsample",
+]
