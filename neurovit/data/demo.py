@@ -39,13 +39,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from neurovit.data.layout import MASK_SUFFIX  # the layout reader skips these files
 from neurovit.errors import DataError
 
 log = logging.getLogger(__name__)
 
 DEMO_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 DEMO_MANIFEST = "demo.json"
-MASK_SUFFIX = ".mask.png"
 
 _T1_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 _WM_FILE = "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
