@@ -21,6 +21,8 @@ export NEUROVIT_STORE ?= $(abspath $(STORE))
 
 # ---- SET-UP ------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
+	# TorchServe's frontend is Java: install a JRE where the machine has none (Debian/Ubuntu, as root).
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml to the CPU wheel (2.13.0); a bare `torch` would pull CUDA wheels.
