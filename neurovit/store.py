@@ -248,6 +248,13 @@ class ArtifactStore(ABC):
         log.info("published %s/%s (%d files) to %s", model, version, len(files), self.uri)
         return version
 
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise StoreError now if a publish would fail (unwritable folder, bad credentials, no bucket).
+
+        Called before hours of training, so a store problem is found before the work it would lose.
+        """
+
     def version_uri(self, model: str, version: str) -> str:
         """The URI that names one version (a folder path or an s3:// URI); ``resolve`` reads it back."""
         return f"{self.uri.rstrip('/')}/{_check_name(model, 'model')}/{_check_name(version, 'version')}"
@@ -424,6 +431,14 @@ class LocalStore(ArtifactStore):
                     raise StoreError(f"store path {self.root} is unusable: {folder} is a file, not a folder")
                 break
 
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                pass
+        except OSError as error:
+            raise StoreError(f"store path {self.root} is not writable: {error}") from error
+
     def _model_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -566,6 +581,12 @@ class S3Store(ArtifactStore):
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
+
+    def check_writable(self) -> None:
+        key = self._key(f".probe-{secrets.token_hex(8)}")
+        with self._errors("checking that the bucket is writable"):
+            self._client.put_object(self.bucket, key, io.BytesIO(b""), length=0)
+            self._client.remove_object(self.bucket, key)
 
     def _folders(self, prefix: str) -> list[str]:
         with self._errors(f"listing {prefix or '/'}"):

@@ -62,6 +62,7 @@ def _split_line(plan) -> str:
 
 def run_main_job(data_dir: Path, store_uri: str, config: TrainConfig, run_dir: Path, seed: int = 0) -> dict:
     """Analyse -> split -> train -> calibrate and evaluate -> publish. Returns a summary dict."""
+    open_store(store_uri).check_writable()  # fail now, not after training
     print(f"[1/5] analysing {data_dir}", flush=True)
     report = flow.analyze_stage(data_dir, run_dir / "analysis")
     print(f"      report: {run_dir / 'analysis' / 'report.html'}  ({_report_line(report)})")

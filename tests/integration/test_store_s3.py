@@ -254,3 +254,12 @@ def test_missing_endpoint_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NEUROVIT_S3_ENDPOINT", raising=False)
     with pytest.raises(StoreError, match="NEUROVIT_S3_ENDPOINT"):
         open_store(ROOT)
+
+
+def test_check_writable_probes_the_bucket_and_leaves_nothing(store) -> None:
+    store.check_writable()
+    assert not [
+        obj
+        for obj in store._client.list_objects(store.bucket, recursive=True)
+        if ".probe-" in obj.object_name
+    ]

@@ -248,3 +248,13 @@ def test_rejects_bad_input(store: store_module.ArtifactStore, source: Path, tmp_
         store.publish(MODEL, tmp_path / "missing", metadata={})
     with pytest.raises(StoreError, match="unsupported"):
         open_store("ftp://host/store")
+
+
+def test_check_writable_fails_fast_on_an_unusable_store(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="unusable"):
+        open_store(str(blocker / "store")).check_writable()
+    store_root = tmp_path / "fresh" / "store"
+    open_store(str(store_root)).check_writable()
+    assert store_root.is_dir() and not any(store_root.iterdir())  # the probe leaves nothing behind

@@ -1,0 +1,62 @@
+"""The CLI's contract for bad input: one clear line on stderr, exit status 2, nothing half-written."""
+
+import pytest
+
+from training.cli import main
+
+
+@pytest.fixture
+def one_class_folder(tmp_path, write_slice):
+    for i in range(3):
+        write_slice(tmp_path / "data" / "glioma" / f"{i}.png", seed=i)
+    return tmp_path / "data"
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["analyze", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert "error: data path does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_folder_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["analyze", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_one_class_only_is_refused_before_anything_is_trained(one_class_folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--data-dir",
+            str(one_class_folder),
+            "--store",
+            str(tmp_path / "store"),
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
+    assert code == 2
+    assert "one class" in capsys.readouterr().err
+    assert not (run_dir / "train").exists()
+
+
+def test_unwritable_store_is_found_before_training(one_class_folder, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--data-dir",
+            str(one_class_folder),
+            "--store",
+            str(blocker / "store"),
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
+    assert code == 2
+    assert "store path" in capsys.readouterr().err
+    assert not run_dir.exists()
