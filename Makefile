@@ -51,7 +51,7 @@ train: venv ## Analyse, split, train, evaluate and publish a model from DATA_DIR
 
 .PHONY: evaluate
 evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the images in DATA_DIR
-	$(NEUROVIT) evaluate --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE)
+	$(NEUROVIT) evaluate --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EVAL_ARGS)
 
 .PHONY: versions
 versions: venv ## List the complete versions in the store

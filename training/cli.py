@@ -18,6 +18,7 @@ import torch
 from neurovit import RESEARCH_DISCLAIMER
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import generate_demo_dataset
+from neurovit.data.split import load_split
 from neurovit.errors import NeuroVitError
 from neurovit.model import ModelConfig
 from neurovit.store import open_store, resolve
@@ -153,8 +154,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         store, model, version = resolve(args.model)
     out = Path(args.out or OUTPUT_DIR / "evaluations" / f"{version}-{_timestamp()}")
     local = store.fetch(model, version, out / "fetched")
-    metrics = flow.evaluate_model_stage(local / "model", args.data_dir, out)
-    print(f"model {model}/{version} on {metrics['n']} images of {args.data_dir}")
+    only = load_split(local / flow.SPLIT_FILE) if args.held_out else None
+    metrics = flow.evaluate_model_stage(local / "model", args.data_dir, out, only=only)
+    print(f"model {model}/{version} on {metrics['n']} images of {args.data_dir} ({metrics['images']})")
     print(
         json.dumps(
             {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_before_calibration")}, indent=2
@@ -229,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="only the version's own test images (DATA_DIR must be the folder it was trained from)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("versions", help="list, show, verify or prune published versions")

@@ -194,10 +194,24 @@ def calibrate_and_evaluate_stage(
     return metrics
 
 
-def evaluate_model_stage(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """Evaluate a saved model on every readable image of ``data_dir`` with its stored temperature."""
+def evaluate_model_stage(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    only: split.SplitPlan | None = None,
+) -> dict:
+    """Evaluate a saved model on the readable images of ``data_dir`` with its stored temperature.
+
+    ``only``: restrict to the test entries of this split plan (the version's own held-out images), so
+    images seen in training, leaked duplicates and non-MRI files stay out of the figures.
+    """
     loaded = load_model(model_dir)
     index = discover(data_dir)
+    if only is not None:
+        held_out = {entry.relpath for entry in only.entries_in("test")}
+        index.records = [record for record in index.records if record.relpath in held_out]
+        if not index.records:
+            raise DataError(f"none of the version's held-out test images is under {data_dir}")
     unknown = sorted(set(index.classes) - set(loaded.class_names))
     if unknown:
         raise DataError(f"classes {unknown} in {data_dir} are unknown to the model ({loaded.class_names})")
@@ -212,6 +226,7 @@ def evaluate_model_stage(model_dir: str | Path, data_dir: str | Path, out_dir: s
         out_dir, labels, logits, loaded.class_names, temperature=loaded.info.temperature
     )
     metrics["data_dir"] = str(Path(data_dir).resolve())
+    metrics["images"] = "held-out test split of the version" if only is not None else "all readable"
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
