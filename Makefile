@@ -34,8 +34,9 @@ venv: $(VENV)/.installed ## Create .venv and install NeuroViT with its pinned de
 
 # ---- MAIN JOB ----------------------------------------------------------------------------------
 .PHONY: demo
-demo: venv ## Generate the demo set, then analyse, split, train, evaluate and publish a version
+demo: venv java ## Demo set -> analyse, split, train, evaluate, package, publish; then serve it and explain one slice
 	$(NEUROVIT) demo --store $(NEUROVIT_STORE)
+	$(VENV_BIN)/python -m training.serve demo --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
 
 .PHONY: demo-data
 demo-data: venv ## Generate the built-in demo dataset (MNI152 slices with synthetic lesions and masks)
@@ -53,6 +54,10 @@ train: venv ## Analyse, split, train, evaluate and publish a model from DATA_DIR
 evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the images in DATA_DIR
 	$(NEUROVIT) evaluate --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EVAL_ARGS)
 
+.PHONY: eval-explain
+eval-explain: venv ## Score MODEL's explanation maps on DATA_DIR's lesion masks (pointing game, deletion AUC)
+	$(VENV_BIN)/python -m training.eval_explain --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EXPLAIN_ARGS)
+
 .PHONY: versions
 versions: venv ## List the complete versions in the store
 	$(NEUROVIT) versions list --store $(NEUROVIT_STORE)
@@ -64,6 +69,31 @@ pipeline: venv ## Run the Kubeflow pipeline on this machine with kfp's local run
 .PHONY: pipeline-compile
 pipeline-compile: venv ## Recompile training/pipeline.yaml from training/pipeline.py
 	$(VENV_BIN)/python -m training.pipeline compile
+
+# ---- SERVING -----------------------------------------------------------------------------------
+SERVE_PORT   ?= 8080
+EXPLAIN      ?= all
+
+.PHONY: java
+java: ## Install Java 17 (TorchServe's frontend) where it is missing
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
+
+.PHONY: package
+package: venv ## Build MODEL's TorchServe archive and KServe config into outputs/package/<version>
+	$(VENV_BIN)/python -m training.package --model $(MODEL) --store $(NEUROVIT_STORE)
+
+.PHONY: serve
+serve: venv java ## Serve MODEL with TorchServe on SERVE_PORT (token auth on; key file in outputs/serve/)
+	$(VENV_BIN)/python -m training.serve serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
+
+.PHONY: predict
+predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|heatmap|all); overlays in outputs/predictions
+	$(if $(IMAGE),,$(error IMAGE=<file> is required))
+	$(VENV_BIN)/python -m training.serve predict --image $(IMAGE) --explain $(EXPLAIN)
+
+.PHONY: stop
+stop: venv ## Stop the local TorchServe started by `make serve`
+	$(VENV_BIN)/python -m training.serve stop
 
 # ---- BENCHMARKS --------------------------------------------------------------------------------
 .PHONY: bench-train

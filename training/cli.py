@@ -91,7 +91,7 @@ def run_main_job(data_dir: Path, store_uri: str, config: TrainConfig, run_dir: P
         f"ECE {metrics['ece_before_calibration']:.3f} -> {metrics['ece_after_calibration']:.3f} "
         f"(T={metrics['temperature']:.2f}); plots in {run_dir / 'evaluation'}"
     )
-    print(f"[5/5] publishing to {store_uri}", flush=True)
+    print(f"[5/5] packaging for TorchServe and publishing to {store_uri}", flush=True)
     version_uri = flow.publish_stage(
         store_uri,
         MODEL_NAME,

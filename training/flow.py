@@ -24,7 +24,7 @@ from neurovit.data.layout import discover
 from neurovit.errors import DataError
 from neurovit.model import ModelInfo, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig
-from neurovit.store import open_store
+from neurovit.store import new_version_id, open_store
 from training.evaluate import write_evaluation
 from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
 
@@ -257,10 +257,23 @@ def publish_stage(
     analysis_dir: str | Path,
     staging_dir: str | Path,
     extra_files: dict[str, Path] | None = None,
+    version: str | None = None,
+    package: bool = True,
 ) -> str:
-    """Publish model, evaluation, split and analysis as one version; returns the version's URI."""
+    """Package for TorchServe/KServe, then publish model, evaluation, split, analysis and the package as
+    one version; returns the version's URI.
+
+    With ``package`` the archive and config.properties (KServe's layout) are built first under the new
+    version id, which they record. ``extra_files`` (``{relpath: file}``) join the version too.
+    """
+    from training.package import package_stage  # packaging needs torch-model-archiver only here
+
+    version = version or new_version_id()
     staging = Path(staging_dir)
     shutil.rmtree(staging, ignore_errors=True)
+    if package:
+        packaged = package_stage(model_dir, staging.with_name(staging.name + "-package"), model_name, version)
+        extra_files = {**packaged, **(extra_files or {})}
     shutil.copytree(model_dir, staging / "model")
     shutil.copytree(eval_dir, staging / "evaluation", ignore=shutil.ignore_patterns("cache"))
     shutil.copy2(split_path, staging / SPLIT_FILE)
@@ -297,5 +310,5 @@ def publish_stage(
         "disclaimer": neurovit.RESEARCH_DISCLAIMER,
     }
     store = open_store(store_uri)
-    version = store.publish(model_name, staging, metadata=metadata)
+    version = store.publish(model_name, staging, metadata=metadata, version=version)
     return store.version_uri(model_name, version)

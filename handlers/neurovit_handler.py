@@ -1,0 +1,128 @@
+"""TorchServe handler for NeuroViT: parse each request, call ``neurovit.serving``, shape the answers.
+
+One answer per request of a batch, in order, each with the explanations that request asked for
+(``explain``: none, rollout, heatmap or all; TorchServe's /explanations route, which KServe's ``:explain``
+reaches, defaults to all). A request that cannot be answered gets its own 4xx through
+``context.set_response_status(code, phrase, idx)`` and an ``{"error", "code"}`` body; the rest of the batch
+is answered normally and the worker carries on. Under ``TS_SERVICE_ENVELOPE=kserve`` every instance of the
+one request is answered (status: the first error's, if any); under ``kservev2`` each answer travels as a
+JSON string in a BYTES output. The response shape is ``handlers/response.schema.json``.
+
+Model, preprocessing, class names, temperature and limits come from the archive (``load_model`` reads the
+model folder; the ``handler`` section of the archive's model config holds ``ServingOptions``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from ts.metrics.dimension import Dimension
+
+from neurovit.serving import (
+    EXPLAIN_HEADER,
+    EXPLANATIONS,
+    InvalidInput,
+    Predictor,
+    ServingOptions,
+    error_body,
+    parse_item,
+    status_phrase,
+)
+
+NO_IMAGE = 'no image in the request (KServe v1 bodies hold {"instances": [{"data": "<base64>"}]})'
+
+
+class NeuroViTHandler:
+    """TorchServe's initialize / preprocess / inference / postprocess split, plus explain_handle."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.predictor: Predictor | None = None
+        self.context = None
+        self._shared = False  # True when an envelope's several instances all belong to request 0
+        self._v2: list[bool] = []
+
+    def initialize(self, context) -> None:
+        properties, manifest = context.system_properties, context.manifest.get("model", {})
+        gpu = properties.get("gpu_id")
+        device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
+        options = ServingOptions.from_mapping((context.model_yaml_config or {}).get("handler"))
+        self.predictor = Predictor.load(
+            properties["model_dir"],
+            name=manifest.get("modelName", context.model_name),
+            version=manifest.get("modelVersion", "unknown"),
+            device=device,
+            options=options,
+        )
+        self.initialized = True
+
+    def handle(self, data, context) -> list:
+        start = time.perf_counter()
+        self.context = context
+        if context.get_request_header(0, "describe") == "True":  # GET /models/<name>?customized=true
+            return [json.dumps(self.predictor.describe())]
+        prepared = self.preprocess(data)
+        if context.get_request_header(0, "explain") == "True":  # set by TorchServe's explanation routes
+            output = self.explain_handle(prepared, data)
+        else:
+            output = self.postprocess(self.inference(prepared))
+        context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        return output
+
+    def preprocess(self, data) -> list:
+        """Each item -> a prepared image, or the InvalidInput that says why it cannot be answered."""
+        items = list(data) if data else [None]  # an envelope without instances still gets an answer
+        self._shared = len(items) != len(self.context.request_ids)
+        self._v2 = [isinstance(item, dict) and "datatype" in item for item in items]
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                if item is None:
+                    raise InvalidInput(NO_IMAGE)
+                prepared.append(self.predictor.prepare(parse_item(item, self._header(i))))
+            except InvalidInput as error:
+                prepared.append(error)
+        return prepared
+
+    def inference(self, prepared: list, default: tuple[str, ...] = ()) -> list:
+        """One forward pass over the valid images of the batch; errors keep their places."""
+        valid = [item for item in prepared if not isinstance(item, InvalidInput)]
+        answers = iter(self.predictor.predict(valid, default))
+        return [item if isinstance(item, InvalidInput) else next(answers) for item in prepared]
+
+    def postprocess(self, results: list) -> list:
+        """Statuses, content types and metrics per request; v2 answers as JSON strings."""
+        output = []
+        for i, result in enumerate(results):
+            idx = 0 if self._shared else i
+            self.context.set_response_content_type(idx, "application/json")
+            if isinstance(result, InvalidInput):
+                if self.context.get_response_status(idx)[0] in (None, 200):  # the first error names it
+                    self.context.set_response_status(result.status, status_phrase(result.message), idx)
+                self._count("neurovit_invalid_inputs_total", idx, "Status", str(result.status))
+                body = error_body(result)
+            else:
+                self._count("neurovit_predictions_total", idx, "Label", result["label"])
+                body = result
+            output.append(json.dumps(body) if self._v2[i] else body)
+        return output
+
+    def explain_handle(self, data_preprocess: list, raw_data) -> list:
+        """TorchServe's /explanations (and KServe's :explain): both maps unless a request chose."""
+        return self.postprocess(self.inference(data_preprocess, default=tuple(EXPLANATIONS)))
+
+    def _header(self, i: int) -> str | None:
+        headers = self.context.get_all_request_header(0 if self._shared else i) or {}
+        return next(
+            (v for k, v in headers.items() if k.lower() == EXPLAIN_HEADER and isinstance(v, str)), None
+        )
+
+    def _count(self, name: str, idx: int, dimension: str, value: str) -> None:
+        dimensions = [
+            Dimension("ModelName", self.predictor.name),
+            Dimension("Level", "Model"),
+            Dimension(dimension, value),
+        ]
+        self.context.metrics.add_counter(name, 1, idx, dimensions)

@@ -1,0 +1,197 @@
+"""A real TorchServe for the serving tests: a tiny model packaged with training/package.py, started on free
+ports in a temporary folder with token authorisation on (as ``make serve`` does), always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, save_tiny_model
+
+from training.package import MODEL_STORE, ServerSettings, config_properties, package_stage
+from training.serve import api_key, wait_until_ready
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on (all bound at once, so they differ, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+@dataclass
+class Answer:
+    status: int
+    reason: str
+    headers: Message  # case-insensitive
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+@dataclass
+class TorchServe:
+    """A running TorchServe: its URLs, inference key and working folder (logs, key_file.json)."""
+
+    url: str
+    metrics_url: str
+    key: str
+    workdir: Path
+    management_url: str = ""
+    management_key: str = ""
+
+    def post(self, path: str, body: bytes = b"", content_type: str = "application/octet-stream", **kwargs):
+        return self.call(
+            "POST", path, body, {"Content-Type": content_type, **kwargs.pop("headers", {})}, **kwargs
+        )
+
+    def post_json(self, path: str, payload, **kwargs) -> Answer:
+        return self.post(path, json.dumps(payload).encode(), "application/json", **kwargs)
+
+    def post_form(self, path: str, parts: dict[str, bytes | str], **kwargs) -> Answer:
+        """multipart/form-data: bytes become file parts, strings plain fields."""
+        boundary = uuid.uuid4().hex
+        chunks = []
+        for name, value in parts.items():
+            if isinstance(value, bytes):
+                head = f'Content-Disposition: form-data; name="{name}"; filename="{name}.bin"\r\n'
+                head += "Content-Type: application/octet-stream\r\n\r\n"
+                chunks.append(f"--{boundary}\r\n{head}".encode() + value + b"\r\n")
+            else:
+                head = f'Content-Disposition: form-data; name="{name}"\r\n\r\n'
+                chunks.append(f"--{boundary}\r\n{head}{value}\r\n".encode())
+        body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
+        return self.post(path, body, f"multipart/form-data; boundary={boundary}", **kwargs)
+
+    def call(self, method: str, path: str, body: bytes | None, headers: dict, token: bool = True) -> Answer:
+        headers = {**headers, **({"Authorization": f"Bearer {self.key}"} if token else {})}
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return Answer(response.status, response.reason, response.headers, response.read())
+        except urllib.error.HTTPError as error:
+            return Answer(error.code, error.reason, error.headers, error.read())
+
+
+@pytest.fixture(scope="session")
+def torchserve_package(tmp_path_factory) -> Path:
+    """A freshly packaged tiny model: ``config/`` and ``model-store/`` as KServe would mount them."""
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        pytest.skip("TorchServe needs Java 17 (apt-get install -y openjdk-17-jre-headless)")
+    root = tmp_path_factory.mktemp("torchserve-package")
+    model = save_tiny_model(root / "model")
+    package_stage(model, root / "package", MODEL, VERSION, options=TEST_OPTIONS)
+    return root / "package"
+
+
+@contextmanager
+def running_torchserve(
+    package: Path,
+    workdir: Path,
+    envelope: str | None = None,
+    batch_size: int = 1,
+    max_batch_delay_ms: int = 50,
+) -> Iterator[TorchServe]:
+    """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it."""
+    inference, management, metrics, grpc, grpc_management = free_ports(5)
+    settings = ServerSettings(
+        inference_address=f"http://127.0.0.1:{inference}",
+        management_address=f"http://127.0.0.1:{management}",
+        metrics_address=f"http://127.0.0.1:{metrics}",
+        grpc_inference_port=grpc,
+        grpc_management_port=grpc_management,
+        model_store=str(package / MODEL_STORE),
+        metrics_config=str(package / "config" / "metrics.yaml"),
+        batch_size=batch_size,
+        max_batch_delay_ms=max_batch_delay_ms,
+        token_authorization=True,
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    config = workdir / "config.properties"
+    config.write_text(config_properties(MODEL, VERSION, settings))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
+    env.update(TMPDIR=str(workdir / "tmp"), TEMP=str(workdir / "tmp"))
+    if envelope:
+        env["TS_SERVICE_ENVELOPE"] = envelope  # read because enable_envvars_config=true, as under KServe
+    torchserve = Path(sys.executable).parent / "torchserve"
+    command = [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
+    command += ["--model-store", str(package / MODEL_STORE)]
+    log = workdir / "torchserve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        alive = lambda: process.poll() is None  # noqa: E731
+        key_file = workdir / "key_file.json"  # TorchServe writes it in its working folder
+        wait_until_ready(settings.management_address, MODEL, alive, timeout_s=180, log=log, key_file=key_file)
+        key = api_key(key_file)
+        management_key = api_key(key_file, "management")
+        yield TorchServe(
+            settings.inference_address,
+            settings.metrics_address,
+            key,
+            workdir,
+            settings.management_address,
+            management_key,
+        )
+    finally:
+        _signal_group(process.pid, signal.SIGTERM)  # the launcher, Java and its Python workers
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process.pid, signal.SIGKILL)  # whatever of the group outlived the shutdown
+        process.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def torchserve(torchserve_package, tmp_path_factory) -> Iterator[TorchServe]:
+    """No envelope, batching on: up to 4 requests per batch, waiting up to 200 ms for them."""
+    workdir = tmp_path_factory.mktemp("torchserve")
+    with running_torchserve(torchserve_package, workdir, batch_size=4, max_batch_delay_ms=200) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def torchserve_kserve(torchserve_package, tmp_path_factory) -> Iterator[TorchServe]:
+    """TS_SERVICE_ENVELOPE=kserve, as KServe's v1 protocol sets it (batch size 1, as the package's)."""
+    workdir = tmp_path_factory.mktemp("torchserve-kserve")
+    with running_torchserve(torchserve_package, workdir, envelope="kserve") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def torchserve_kservev2(torchserve_package, tmp_path_factory) -> Iterator[TorchServe]:
+    """TS_SERVICE_ENVELOPE=kservev2, as KServe's v2 protocol sets it."""
+    workdir = tmp_path_factory.mktemp("torchserve-kservev2")
+    with running_torchserve(torchserve_package, workdir, envelope="kservev2") as server:
+        yield server

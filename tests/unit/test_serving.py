@@ -1,0 +1,392 @@
+"""The serving core and the TorchServe handler without Java: TorchServe's own Context, its request parsing
+(``Service.retrieve_data_for_inference``) and its KServe envelopes, around a tiny saved model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import zipfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures.serving_samples import (
+    CLASS_NAMES,
+    TEMPERATURE,
+    TEST_OPTIONS,
+    VERSION,
+    assert_answer,
+    assert_error,
+    b64,
+    bad_requests,
+    good_images,
+    save_tiny_model,
+)
+from ts.context import Context
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.service import Service
+from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
+from ts.utils.util import list_classes_from_module
+
+from neurovit.serving import (
+    EXPLAIN_HEADER,
+    InvalidInput,
+    ServingOptions,
+    decode_base64,
+    parse_explain,
+    parse_item,
+    status_phrase,
+)
+from training.package import ServerSettings, config_properties, package_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+HANDLER_PATH = ROOT / "handlers" / "neurovit_handler.py"
+BOTH = ("heatmap", "rollout")
+
+
+def load_handler_module():
+    spec = importlib.util.spec_from_file_location("neurovit_handler", HANDLER_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("serving") / "model")
+
+
+@pytest.fixture(scope="module")
+def handler_and_context(model_dir):
+    metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "handlers" / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.model_name = "neurovit"
+    context = Context(
+        "neurovit",
+        str(model_dir),
+        {"model": {"modelName": "neurovit", "modelVersion": VERSION}},
+        4,
+        None,
+        "0.12.0",
+        metrics=metrics,
+        model_yaml_config={"handler": asdict(TEST_OPTIONS)},
+    )
+    handler = load_handler_module().NeuroViTHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+@pytest.fixture(scope="module")
+def images(make_slice) -> dict[str, bytes]:
+    return good_images(make_slice(3, size=48))
+
+
+def worker_value(body: bytes, content_type: str):
+    """What TorchServe's Python worker makes of a body (otf_message_handler._retrieve_input_data)."""
+    if content_type == "application/json":
+        try:
+            return json.loads(body.decode("utf-8"))
+        except ValueError:
+            return bytearray(body)
+    if content_type.startswith("text"):
+        return body.decode("utf-8")
+    return bytearray(body)
+
+
+def request(body=b"", content_type="application/octet-stream", headers=None, form=None) -> dict:
+    """One request as TorchServe's frontend sends it to the worker: parameters (the body, or form parts and
+    query parameters) and headers."""
+    if form is not None:
+        parameters = [{"name": k, "contentType": "", "value": v} for k, v in form.items()]
+    else:
+        parameters = [
+            {"name": "body", "contentType": content_type, "value": worker_value(body, content_type)}
+        ]
+    all_headers = {"explain": "False", "Content-Type": content_type, **(headers or {})}
+    return {
+        "parameters": parameters,
+        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in all_headers.items()],
+    }
+
+
+def run(handler_and_context, requests: list[dict], envelope=None):
+    """Answers and (status, phrase) per request, as TorchServe's Service.predict would produce them."""
+    handler, context = handler_and_context
+    batch = [{"requestId": f"request-{i}".encode(), **r} for i, r in enumerate(requests)]
+    processors, inputs, ids = Service.retrieve_data_for_inference(batch)
+    context.request_ids, context.request_processor = ids, processors
+    context.metrics.request_ids = ids
+    entry = handler.handle if envelope is None else envelope(handler.handle).handle
+    output = entry(inputs, context)
+    assert isinstance(output, list) and len(output) == len(requests)
+    return output, [context.get_response_status(i) for i in range(len(requests))]
+
+
+def json_request(payload: dict, **kwargs) -> dict:
+    return request(json.dumps(payload).encode(), "application/json", **kwargs)
+
+
+# ---- the handler as TorchServe loads it --------------------------------------------------------------------
+
+
+def test_handler_is_one_thin_class_torchserve_can_load_without_side_effects():
+    module = load_handler_module()
+    assert list_classes_from_module(module) == [module.NeuroViTHandler]
+    source = HANDLER_PATH.read_text()
+    assert len(source.splitlines()) <= 150 and "print(" not in source
+    handler = module.NeuroViTHandler()
+    assert handler.predictor is None and not handler.initialized  # nothing loads before initialize
+
+
+def test_initialize_reads_labels_temperature_preprocessing_and_limits_from_the_archive(handler_and_context):
+    predictor = handler_and_context[0].predictor
+    assert predictor.class_names == CLASS_NAMES
+    assert predictor.temperature == pytest.approx(TEMPERATURE)
+    assert predictor.loaded.preprocessing.image_size == 32
+    assert predictor.options == TEST_OPTIONS
+    assert (predictor.name, predictor.version) == ("neurovit", VERSION)
+
+
+def test_describe_tells_what_the_service_answers_with(handler_and_context):
+    (text,), _ = run(handler_and_context, [request(headers={"describe": "True"})])
+    described = json.loads(text)
+    assert described["class_names"] == CLASS_NAMES and described["temperature"] == pytest.approx(TEMPERATURE)
+    assert described["explanations"] == ["rollout", "heatmap"] and described["model"]["version"] == VERSION
+
+
+# ---- answers -----------------------------------------------------------------------------------------------
+
+
+def test_a_batch_in_every_input_style_gets_one_answer_per_request_in_order(handler_and_context, images):
+    png = images["png"]
+    requests = [
+        request(images["png"], "image/png"),
+        request(images["jpeg"], "image/jpeg", headers={EXPLAIN_HEADER: "rollout"}),
+        request(images["tiff"], "image/tiff", headers={"X-NeuroViT-Explain": "heatmap"}),
+        request(images["dicom"], "application/dicom"),
+        json_request({"data": b64(png), "explain": "all"}),
+        # multipart: TorchServe passes file parts and text fields alike as bytes
+        request(form={"data": bytearray(png), "explain": bytearray(b"heatmap")}),
+        request(form={"file": bytearray(png), "explain": bytearray(b"rollout,heatmap")}),
+        request(form={"data": bytearray(b64(png).encode())}),  # a base64 text field
+    ]
+    expected = [(), ("rollout",), ("heatmap",), (), BOTH, ("heatmap",), BOTH, ()]
+    output, statuses = run(handler_and_context, requests)
+    for answer, explanations in zip(output, expected, strict=True):
+        assert_answer(answer, explanations)
+    assert [status for status, _ in statuses] == [200] * len(requests)
+    # Order: each answer is the one its image gets alone.
+    for i in (1, 3):
+        alone, _ = run(handler_and_context, [requests[i]])
+        assert alone[0]["probabilities"] == pytest.approx(output[i]["probabilities"], abs=1e-6)
+
+
+def test_confidence_is_the_temperature_scaled_softmax(handler_and_context, images):
+    handler = handler_and_context[0]
+    (answer,), _ = run(handler_and_context, [request(images["png"], "image/png")])
+    prepared = handler.predictor.prepare(parse_item({"body": images["png"]}))
+    pixels = torch.as_tensor(prepared.image, dtype=torch.float32)[None, None] / 255.0
+    with torch.no_grad():
+        logits = handler.predictor.model((pixels - 0.5) / 0.5).logits[0].double()
+    expected = torch.softmax(logits / TEMPERATURE, dim=-1).numpy()
+    assert [answer["probabilities"][name] for name in CLASS_NAMES] == pytest.approx(expected, abs=1e-6)
+    assert answer["confidence"] == pytest.approx(expected.max(), abs=1e-6)
+    assert answer["index"] == int(np.argmax(expected))
+
+
+def test_a_mixed_batch_costs_one_forward_pass(handler_and_context, images, monkeypatch):
+    model = handler_and_context[0].predictor.model
+    calls = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    choices = ["none", "rollout", "heatmap", "all"]
+    output, _ = run(
+        handler_and_context, [json_request({"data": b64(images["png"]), "explain": c}) for c in choices]
+    )
+    assert len(calls) == 1
+    for answer, choice in zip(output, choices, strict=True):
+        assert_answer(answer, {"none": (), "all": BOTH}.get(choice, (choice,)))
+
+
+def test_the_explanations_route_gives_both_maps_unless_a_request_chose(handler_and_context, images):
+    explain = {"explain": "True"}
+    requests = [
+        request(images["png"], "image/png", headers=explain),
+        json_request({"data": b64(images["png"]), "explain": "rollout"}, headers=explain),
+    ]
+    output, _ = run(handler_and_context, requests)
+    assert_answer(output[0], BOTH)
+    assert_answer(output[1], ("rollout",))
+
+
+@pytest.mark.parametrize("bad", bad_requests(np.full((40, 40), 90, np.uint8)), ids=lambda bad: bad.name)
+def test_a_bad_request_gets_its_4xx_and_the_rest_of_the_batch_is_answered(handler_and_context, images, bad):
+    requests = [request(images["png"], "image/png"), request(bad.body, bad.content_type)]
+    output, statuses = run(handler_and_context, requests)
+    assert_answer(output[0])
+    assert_error(output[1], bad.status, bad.message)
+    assert statuses[0][0] == 200
+    assert statuses[1][0] == bad.status and bad.message in statuses[1][1]
+    assert "\n" not in statuses[1][1]
+    output, statuses = run(handler_and_context, [request(images["png"], "image/png")])  # still serving
+    assert statuses[0][0] == 200 and output[0]["label"] in CLASS_NAMES
+
+
+# ---- KServe envelopes (TS_SERVICE_ENVELOPE) ----------------------------------------------------------------
+
+
+def test_kserve_v1_answers_every_instance_with_its_own_explanations(handler_and_context, images):
+    png = b64(images["png"])
+    body = {"instances": [{"data": png}, {"data": png, "explain": "heatmap"}, {"b64": png}]}
+    (response,), statuses = run(handler_and_context, [json_request(body)], KServeEnvelope)
+    assert statuses[0][0] == 200
+    for answer, explanations in zip(response["predictions"], [(), ("heatmap",), ()], strict=True):
+        assert_answer(answer, explanations)
+
+
+def test_kserve_v1_explain_and_a_bad_instance(handler_and_context, images):
+    png = b64(images["png"])
+    explain = {"explain": "True"}
+    (response,), _ = run(
+        handler_and_context, [json_request({"instances": [png]}, headers=explain)], KServeEnvelope
+    )
+    assert_answer(response["explanations"][0], BOTH)
+    body = {"instances": [{"data": png}, {"data": "%%%"}]}
+    (response,), statuses = run(handler_and_context, [json_request(body)], KServeEnvelope)
+    assert statuses[0][0] == 400 and "malformed base64" in statuses[0][1]
+    assert_answer(response["predictions"][0])
+    assert_error(response["predictions"][1], 400, "malformed base64")
+    (response,), statuses = run(handler_and_context, [json_request({"instances": []})], KServeEnvelope)
+    assert statuses[0][0] == 400 and "no image" in response["predictions"][0]["error"]
+
+
+def test_kserve_v2_answers_travel_as_json_strings(handler_and_context, images):
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(images["png"])]}
+    body = {"id": "req-1", "inputs": [{**tensor, "parameters": {"explain": "rollout"}}]}
+    (response,), statuses = run(handler_and_context, [json_request(body)], KServev2Envelope)
+    assert statuses[0][0] == 200 and response["id"] == "req-1"
+    (output,) = response["outputs"]
+    assert output["name"] == "image" and output["datatype"] == "BYTES" and list(output["shape"]) == [1]
+    assert_answer(json.loads(output["data"][0]), ("rollout",))
+    bad = {"inputs": [{**tensor, "datatype": "FP32", "data": [1.0]}]}
+    (response,), statuses = run(handler_and_context, [json_request(bad)], KServev2Envelope)
+    assert statuses[0][0] == 400
+    assert_error(json.loads(response["outputs"][0]["data"][0]), 400, "must have datatype BYTES")
+
+
+# ---- parsing helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("none", ()),
+        ("ALL", ("rollout", "heatmap")),
+        ("heatmap, rollout", ("rollout", "heatmap")),
+        (["heatmap"], ("heatmap",)),
+        ([], ()),
+        (b"rollout", ("rollout",)),
+    ],
+)
+def test_parse_explain(value, expected):
+    assert parse_explain(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("gradcam", "unknown explanation 'gradcam'"), (3, "must be a string"), ([1], "must be a string")],
+)
+def test_parse_explain_refuses_unknown_names(value, message):
+    with pytest.raises(InvalidInput, match=message) as caught:
+        parse_explain(value)
+    assert caught.value.status == 400
+
+
+def test_base64_accepts_data_urls_url_safe_and_whitespace_and_refuses_the_rest():
+    data = bytes(range(256))
+    standard = b64(data)
+    assert decode_base64(f"data:image/png;base64,{standard}") == data
+    assert decode_base64(standard.replace("+", "-").replace("/", "_")) == data
+    assert decode_base64(standard[:40] + "\n" + standard[40:]) == data
+    assert decode_base64({"b64": standard}) == data
+    for bad, message in [("abc", "malformed base64"), ("", "is empty"), (12, "must be a base64 string")]:
+        with pytest.raises(InvalidInput, match=message):
+            decode_base64(bad)
+
+
+def test_parse_item_refuses_what_holds_no_image():
+    for item, message in [
+        ({"body": {"image": "x"}}, "expected a JSON object"),
+        ({"body": [1, 2]}, "got a JSON list"),
+        ({"explain": "all"}, "no image in the request"),
+        (42, "expected an image or a JSON object"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            parse_item(item)
+
+
+def test_a_dicom_preamble_starting_with_a_brace_is_not_json(images):
+    dicom = images["dicom"]
+    tricky = b"{" + dicom[1:]
+    assert parse_item({"body": tricky}).data == tricky
+
+
+def test_status_phrase_is_one_short_ascii_line():
+    phrase = status_phrase("bad\r\nthing é " + "x" * 300)
+    assert phrase.isascii() and "\n" not in phrase and "\r" not in phrase and len(phrase) <= 200
+
+
+def test_serving_options_refuse_unknown_keys_and_document_their_defaults():
+    with pytest.raises(ValueError, match="unknown serving options"):
+        ServingOptions.from_mapping({"max_bytes": 1})
+    with pytest.raises(ValueError, match="overlay_alpha"):
+        ServingOptions(overlay_alpha=2.0)
+    for field in fields(ServingOptions):
+        assert field.name in ServingOptions.__doc__
+
+
+def test_an_oversized_image_is_refused_before_decoding(handler_and_context):
+    predictor = handler_and_context[0].predictor
+    with pytest.raises(InvalidInput, match="image too large") as caught:
+        predictor.prepare(parse_item({"body": b"\x89PNG" + b"\x00" * TEST_OPTIONS.max_image_bytes}))
+    assert caught.value.status == 413
+
+
+# ---- packaging ---------------------------------------------------------------------------------------------
+
+
+def test_package_holds_the_archive_and_the_kserve_config(model_dir, tmp_path):
+    files = package_stage(model_dir, tmp_path / "package", "neurovit", VERSION)
+    assert sorted(files) == ["config/config.properties", "config/metrics.yaml", "model-store/neurovit.mar"]
+    with zipfile.ZipFile(files["model-store/neurovit.mar"]) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    expected = {"neurovit_handler.py", "model.safetensors", "config.json", "preprocessing.json"}
+    expected |= {"neurovit.json", "model-config.yaml", "metrics.yaml", "response.schema.json"}
+    assert expected <= names
+    assert manifest["model"]["modelVersion"] == VERSION
+    assert manifest["model"]["configFile"] == "model-config.yaml"
+    properties = dict(
+        line.split("=", 1)
+        for line in files["config/config.properties"].read_text().splitlines()
+        if "=" in line
+    )
+    assert properties["inference_address"] == properties["management_address"] == "http://0.0.0.0:8085"
+    assert properties["metrics_address"] == "http://0.0.0.0:8082"
+    assert properties["metrics_mode"] == "prometheus" and properties["enable_envvars_config"] == "true"
+    assert properties["model_store"] == "/mnt/models/model-store"
+    assert int(properties["max_response_size"]) > 6_553_500
+    snapshot = json.loads(properties["model_snapshot"])
+    entry = snapshot["models"]["neurovit"][VERSION]
+    assert entry["marName"] == "neurovit.mar" and entry["batchSize"] == 1  # KServe's envelopes cannot batch
+
+
+def test_config_properties_switches_token_authorisation():
+    on = config_properties("m", "v1", ServerSettings(token_authorization=True))
+    assert "disable_token_authorization=false" in on and "enable_model_api=false" in on
+    assert "disable_token_authorization=true" in config_properties("m", "v1", ServerSettings())
