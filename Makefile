@@ -21,8 +21,6 @@ export NEUROVIT_STORE ?= $(abspath $(STORE))
 
 # ---- SET-UP ------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
-	# TorchServe's frontend is Java: install a JRE where the machine has none (Debian/Ubuntu, as root).
-	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml to the CPU wheel (2.13.0); a bare `torch` would pull CUDA wheels.
@@ -75,7 +73,7 @@ SERVE_PORT   ?= 8080
 EXPLAIN      ?= all
 
 .PHONY: java
-java: ## Install Java 17 (TorchServe's frontend) where it is missing
+java: ## Install Java 17 (TorchServe's frontend) where it is missing (Debian/Ubuntu, as root)
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 
 .PHONY: package
@@ -106,7 +104,7 @@ bench-analyze: venv ## Time the analysis of 10,000 images
 
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test
-test: venv ## Run the whole test suite (unit and integration)
+test: venv java ## Run the whole test suite (unit and integration: real TorchServe, S3 endpoint, kfp runner)
 	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
