@@ -98,6 +98,10 @@ stop: venv ## Stop the local TorchServe started by `make serve`
 bench-train: venv ## Train the default recipe on real slices within a time budget; prints a JSON line
 	$(VENV_BIN)/python -m training.bench_train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
+.PHONY: bench-serve
+bench-serve: venv java ## Latency of predict/rollout/heatmap against the bare forward, requests/s with batching on and off
+	$(VENV_BIN)/python -m training.bench_serve --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+
 .PHONY: bench-analyze
 bench-analyze: venv ## Time the analysis of 10,000 images
 	$(VENV_BIN)/python -m training.bench_analyze

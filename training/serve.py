@@ -119,7 +119,11 @@ def wait_until_ready(
 
 
 def serve(
-    model: str = "latest", store: str = DEFAULT_STORE, serve_dir: Path = SERVE_DIR, port: int = 8080
+    model: str = "latest",
+    store: str = DEFAULT_STORE,
+    serve_dir: Path = SERVE_DIR,
+    port: int = 8080,
+    batch_size: int = 4,
 ) -> dict:
     """Fetch ``model`` (a version folder, s3:// URI or "latest"), start TorchServe on it, wait for it."""
     from training.package import METRICS_CONFIG, MODEL_STORE, config_properties, package_stage
@@ -135,7 +139,7 @@ def serve(
         package_stage(local / "model", serve_dir / "package" / version, name, version)
         local = serve_dir / "package" / version
     metrics = local / METRICS_CONFIG
-    settings = local_settings(local / MODEL_STORE, metrics, port)
+    settings = local_settings(local / MODEL_STORE, metrics, port, batch_size=batch_size)
     config = serve_dir / "config.properties"
     config.write_text(config_properties(name, version, settings))
     log = serve_dir / "torchserve.log"
