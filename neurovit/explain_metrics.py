@@ -1,0 +1,303 @@
+"""How good is an explanation map? Localisation (pointing game) and faithfulness (deletion), plus baselines.
+
+- ``pointing_game_hit``: the pointing game of Zhang et al. ("Top-down Neural Attention by Excitation
+  Backprop", IJCV 2018), as facebookresearch/TorchRay ``benchmark/pointing_game.py`` implements it: the map's
+  maximum is a hit when it lies within ``tolerance`` pixels of the ground-truth mask. Two deliberate
+  differences: the distance test is ``<= tolerance`` (TorchRay's ``< tolerance`` makes tolerance 0 an
+  automatic miss), and tied maxima are scored in expectation (the share of tied points that hit, i.e.
+  uniform random tie-breaking), so a flat map scores like a random guess, never as a sure hit (Quantus
+  counts any tied hit as a hit). Slices without a lesion have no answer: the caller leaves them out.
+- ``deletion_curve`` / ``deletion_auc``: the deletion metric of Petsiuk, Das & Saenko ("RISE: Randomized
+  Input Sampling for Explanation of Black-box Models", BMVC 2018), checked against eclique/RISE
+  ``evaluation.py``: the explained class' probability as the most relevant regions are replaced by a
+  substrate step by step, and the normalised area under that curve, ``(sum - first/2 - last/2) / steps``
+  (the trapezoid rule over x in [0, 1]). Lower is better: a faithful map names the evidence whose removal
+  kills the prediction first. Here the regions are the cells of the map's own grid (the ViT's patches),
+  not single pixels, and every perturbed input of a curve is built at once and run in batches.
+- ``random_map`` (seeded) and ``gaussian_map`` (a centred blob: "the lesion is somewhere in the middle")
+  are the baselines an explainer must beat.
+
+Both scores depend only on the ORDER of a map's values (its argmax, its ranking), so any monotone rescaling
+of a map leaves them unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from neurovit.explain import normalise_maps, upsample
+
+SUBSTRATES = ("mean", "blur")
+# Values within this of a map's maximum count as tied maxima (bilinear upsampling in float32 is exact only
+# to a few ulps; real differences between patches are orders of magnitude larger).
+TIE_ATOL = 1e-6
+
+ModelFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pointing game.
+
+
+def pointing_game_hit(saliency: np.ndarray, mask: np.ndarray, tolerance: float = 0.0) -> float:
+    """1.0 when the maximum of ``saliency`` lies within ``tolerance`` pixels of the ``mask``, else 0.0.
+
+    Args:
+        saliency: ``(h, w)`` map; when its shape differs from the mask's (a patch-grid map), it is upsampled
+            bilinearly to the mask's size first (``neurovit.explain.upsample``, what the overlays show).
+        mask: ``(H, W)`` boolean (or 0/1) lesion mask, in the same geometry as the model input. Must not be
+            empty: a slice without a lesion is left out of the pointing game.
+        tolerance: Euclidean distance in mask pixels; a maximum at most this far from a mask pixel hits.
+
+    Returns:
+        The hit as a float. With several tied maxima (a flat map, a plateau), the share of them that hit:
+        the expected score under uniform random tie-breaking, so values strictly between 0 and 1 are possible.
+    """
+    mask = np.asarray(mask).astype(bool)
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if mask.ndim != 2 or saliency.ndim != 2:
+        raise ValueError(f"expected a 2-D map and a 2-D mask, got {saliency.shape} and {mask.shape}")
+    if not mask.any():
+        raise ValueError("the mask is empty: a slice without a lesion has no pointing-game answer")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if not np.isfinite(saliency).all():
+        raise ValueError("the map holds NaN or infinite values")
+    if saliency.shape != mask.shape:
+        saliency = upsample(saliency, mask.shape)
+    maxima = saliency >= saliency.max() - TIE_ATOL
+    # Distance of every pixel to the nearest mask pixel (0 inside the mask).
+    distance = ndimage.distance_transform_edt(~mask)
+    return float((distance[maxima] <= tolerance).mean())
+
+
+def max_point(saliency: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
+    """(row, col) of the maximum of ``saliency`` upsampled to ``shape``; the centroid of tied maxima."""
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if saliency.shape != tuple(shape):
+        saliency = upsample(saliency, shape)
+    rows, cols = np.nonzero(saliency >= saliency.max() - TIE_ATOL)
+    return float(rows.mean()), float(cols.mean())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Deletion.
+
+
+def cell_index(grid: tuple[int, int], height: int, width: int) -> np.ndarray:
+    """``(height, width)`` int array: the raster index of the ``grid`` cell each pixel falls in.
+
+    Cells split the image as evenly as possible (exactly the ViT's patches when the sides divide evenly).
+    """
+    grid_h, grid_w = grid
+    if not (1 <= grid_h <= height and 1 <= grid_w <= width):
+        raise ValueError(f"a {grid_h}x{grid_w} grid does not fit a {height}x{width} image")
+    rows = np.arange(height) * grid_h // height
+    cols = np.arange(width) * grid_w // width
+    return rows[:, None] * grid_w + cols[None, :]
+
+
+def deletion_order(saliency: np.ndarray) -> np.ndarray:
+    """Cell indices (raster order of the map) from most to least relevant; ties keep raster order."""
+    flat = np.asarray(saliency, dtype=np.float64).reshape(-1)
+    if not np.isfinite(flat).all():
+        raise ValueError("the map holds NaN or infinite values")
+    return np.argsort(-flat, kind="stable")
+
+
+def removed_counts(cells: int, steps: int | None = None) -> np.ndarray:
+    """Cells removed before each of the ``steps + 1`` curve points: ``round(k * cells / steps)``, k = 0..steps
+
+    ``steps=None`` removes one cell per step.
+    """
+    steps = cells if steps is None else int(steps)
+    if not 1 <= steps <= cells:
+        raise ValueError(f"steps must be in [1, {cells}] for {cells} cells, got {steps}")
+    return np.rint(np.arange(steps + 1) * cells / steps).astype(np.int64)
+
+
+def make_substrate(
+    image: torch.Tensor, substrate: str | float = "mean", blur_sigma: float = 8.0
+) -> torch.Tensor:
+    """What removed regions are replaced with, shaped like ``image`` ``(C, H, W)``.
+
+    ``"mean"``: the image's own mean value per channel (a flat grey); ``"blur"``: a Gaussian blur of the image
+    with ``blur_sigma`` pixels (low frequencies survive, edges and texture do not); a number: that constant.
+    """
+    if isinstance(substrate, int | float) and not isinstance(substrate, bool):
+        return torch.full_like(image, float(substrate))
+    if substrate == "mean":
+        return image.mean(dim=(-2, -1), keepdim=True).expand_as(image).clone()
+    if substrate == "blur":
+        array = image.detach().to("cpu", torch.float64).numpy()
+        blurred = np.stack([ndimage.gaussian_filter(plane, blur_sigma, mode="nearest") for plane in array])
+        return torch.as_tensor(blurred, dtype=image.dtype, device=image.device)
+    raise ValueError(f"substrate must be one of {SUBSTRATES} or a number, got {substrate!r}")
+
+
+def deletion_inputs(
+    image: torch.Tensor,
+    saliency: np.ndarray,
+    steps: int | None = None,
+    substrate: str | float | torch.Tensor = "mean",
+) -> torch.Tensor:
+    """The ``steps + 1`` inputs of a deletion curve ``(steps + 1, C, H, W)``: the image with the ``n_k`` most
+    relevant cells of ``saliency`` replaced by the substrate, from none (k = 0) to all (k = steps)."""
+    image = _as_chw(image)
+    saliency = np.asarray(saliency)
+    if saliency.ndim != 2:
+        raise ValueError(f"expected one map (h, w), got shape {saliency.shape}")
+    fill = substrate if isinstance(substrate, torch.Tensor) else make_substrate(image, substrate)
+    if fill.shape != image.shape:
+        raise ValueError(f"substrate shape {tuple(fill.shape)} differs from the image's {tuple(image.shape)}")
+    cells = saliency.size
+    rank = np.empty(cells, dtype=np.int64)
+    rank[deletion_order(saliency)] = np.arange(cells)  # rank[cell] = position in the deletion order
+    pixel_rank = torch.as_tensor(rank[cell_index(saliency.shape, image.shape[-2], image.shape[-1])])
+    counts = torch.as_tensor(removed_counts(cells, steps))
+    removed = (pixel_rank[None] < counts[:, None, None]).to(image.device)  # (steps + 1, H, W)
+    return torch.where(removed[:, None], fill[None], image[None])
+
+
+def deletion_curves(
+    model_fn: ModelFn,
+    image: torch.Tensor,
+    maps: np.ndarray,
+    steps: int | None = None,
+    substrate: str | float = "mean",
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Deletion curves of several maps ``(M, h, w)`` of one image: ``(M, steps + 1)`` probabilities.
+
+    ``model_fn`` takes a batch ``(B, C, H, W)`` and returns the explained class' probability ``(B,)`` (the
+    caller binds the class and any temperature). All ``M * (steps + 1)`` perturbed inputs go through it in
+    batches of ``batch_size``, without gradients.
+    """
+    image = _as_chw(image)
+    maps = np.asarray(maps)
+    if maps.ndim != 3:
+        raise ValueError(f"expected maps (M, h, w), got shape {maps.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    fill = make_substrate(image, substrate)
+    inputs = torch.cat([deletion_inputs(image, grid_map, steps, fill) for grid_map in maps])
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            batch_scores = torch.as_tensor(model_fn(inputs[start : start + batch_size]))
+            scores.append(batch_scores.detach().reshape(-1).to("cpu", torch.float64))
+    curves = torch.cat(scores).numpy()
+    if curves.shape[0] != inputs.shape[0]:
+        raise ValueError(f"model_fn returned {curves.shape[0]} scores for {inputs.shape[0]} inputs")
+    return curves.reshape(len(maps), -1)
+
+
+def deletion_curve(
+    model_fn: ModelFn,
+    image: torch.Tensor,
+    saliency: np.ndarray,
+    steps: int | None = None,
+    substrate: str | float = "mean",
+    batch_size: int = 128,
+) -> np.ndarray:
+    """The deletion curve of one map ``(h, w)``: ``steps + 1`` probabilities (see ``deletion_curves``)."""
+    return deletion_curves(model_fn, image, np.asarray(saliency)[None], steps, substrate, batch_size)[0]
+
+
+def deletion_auc(curve: np.ndarray) -> float | np.ndarray:
+    """Normalised area under deletion curve(s) ``(..., steps + 1)`` sampled at x = 0, 1/steps, ..., 1.
+
+    The trapezoid rule as eclique/RISE ``auc``: ``(sum - first/2 - last/2) / steps``; probabilities in
+    [0, 1] give an area in [0, 1]. One curve gives a float, a stack of curves an array.
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    if curve.shape[-1] < 2:
+        raise ValueError(f"a curve needs at least two points, got shape {curve.shape}")
+    area = (curve.sum(axis=-1) - curve[..., 0] / 2 - curve[..., -1] / 2) / (curve.shape[-1] - 1)
+    return float(area) if area.ndim == 0 else area
+
+
+def _as_chw(image: torch.Tensor) -> torch.Tensor:
+    image = torch.as_tensor(image)
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise ValueError(f"expected one image (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+    return image
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Baselines.
+
+
+def random_map(grid: int, seed: int | np.random.Generator = 0, count: int | None = None) -> np.ndarray:
+    """Uniform random map(s) on a ``grid x grid`` patch grid, min-max scaled to [0, 1] like the explainers'.
+
+    ``count=None`` gives one ``(grid, grid)`` map, else ``(count, grid, grid)``. Seeded: the same seed (or
+    generator state) gives the same maps.
+    """
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    values = rng.random((1 if count is None else count, grid, grid))
+    maps = normalise_maps(values)
+    return maps[0] if count is None else maps
+
+
+def gaussian_map(grid: int, sigma: float | None = None) -> np.ndarray:
+    """A centred isotropic Gaussian ``(grid, grid)`` in [0, 1] (1 at the centre cells), ``sigma`` in cells.
+
+    The centre is the grid's centre, ``((grid - 1) / 2, (grid - 1) / 2)``: on an even grid the four middle
+    cells tie. The default ``sigma`` is a quarter of the grid side.
+    """
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    sigma = grid / 4 if sigma is None else float(sigma)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    centre = (grid - 1) / 2
+    offsets = np.arange(grid) - centre
+    squared = offsets[:, None] ** 2 + offsets[None, :] ** 2
+    blob = np.exp(-squared / (2 * sigma**2))
+    return normalise_maps(blob[None])[0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Comparing two methods on the same images.
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
+    """Mean of the paired differences ``a - b`` and its percentile bootstrap interval (images resampled)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"need two non-empty 1-D arrays of one shape, got {a.shape} and {b.shape}")
+    difference = a - b
+    rng = np.random.default_rng(seed)
+    means = difference[rng.integers(0, difference.size, size=(resamples, difference.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean_difference": float(difference.mean()), "ci_low": float(low), "ci_high": float(high)}
+
+
+__all__ = [
+    "SUBSTRATES",
+    "cell_index",
+    "deletion_auc",
+    "deletion_curve",
+    "deletion_curves",
+    "deletion_inputs",
+    "deletion_order",
+    "gaussian_map",
+    "make_substrate",
+    "max_point",
+    "paired_bootstrap",
+    "pointing_game_hit",
+    "random_map",
+    "removed_counts",
+]

@@ -1,0 +1,304 @@
+"""Explanation scores against hand-computed cases: the pointing game on maps peaking inside and outside a
+mask (tolerance, ties, upsampling), deletion on a toy model whose probability is exactly the share of a
+region left, the RISE area formula, the baselines' shapes and ranges, and the evaluation command end to end
+on a tiny random model (mask geometry, split selection, outputs)."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from neurovit.data.split import SplitEntry, SplitPlan
+from neurovit.explain_metrics import (
+    cell_index,
+    deletion_auc,
+    deletion_curve,
+    deletion_curves,
+    deletion_inputs,
+    deletion_order,
+    gaussian_map,
+    make_substrate,
+    max_point,
+    paired_bootstrap,
+    pointing_game_hit,
+    random_map,
+    removed_counts,
+)
+from neurovit.model import ModelConfig, ModelInfo, build_model, save_model
+from neurovit.preprocessing import PreprocessConfig, canonicalise
+from neurovit.store import LocalStore
+from training.eval_explain import load_mask, main
+
+# ---- pointing game -----------------------------------------------------------------------------------------
+
+
+def peak_map(shape: tuple[int, int], row: int, col: int) -> np.ndarray:
+    saliency = np.zeros(shape, dtype=np.float32)
+    saliency[row, col] = 1.0
+    return saliency
+
+
+def test_a_peak_inside_the_mask_hits_and_outside_misses():
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:3, 2:4] = True
+    assert pointing_game_hit(peak_map((6, 6), 2, 3), mask) == 1.0
+    assert pointing_game_hit(peak_map((6, 6), 5, 0), mask) == 0.0
+
+
+def test_tolerance_is_a_euclidean_distance_to_the_nearest_mask_pixel():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0, 0] = True
+    saliency = peak_map((10, 10), 3, 4)  # 5 pixels from (0, 0): a 3-4-5 triangle
+    assert pointing_game_hit(saliency, mask, tolerance=4.99) == 0.0
+    assert pointing_game_hit(saliency, mask, tolerance=5) == 1.0  # <= tolerance, unlike TorchRay's <
+    assert pointing_game_hit(saliency, mask, tolerance=0) == 0.0
+    assert pointing_game_hit(peak_map((10, 10), 0, 0), mask, tolerance=0) == 1.0
+
+
+def test_a_grid_map_is_upsampled_to_the_mask():
+    # 2x2 grid on an 8x8 image: the top-right cell's peak becomes a plateau in the top-right corner.
+    saliency = np.array([[0.0, 1.0], [0.2, 0.0]], dtype=np.float32)
+    top_right = np.zeros((8, 8), dtype=bool)
+    top_right[:4, 4:] = True
+    assert pointing_game_hit(saliency, top_right) == 1.0
+    assert pointing_game_hit(saliency, ~top_right) == 0.0
+    assert max_point(saliency, (8, 8)) == (0.5, 6.5)  # centre of the 2x2 plateau of tied maxima
+
+
+def test_tied_maxima_score_the_share_that_hits():
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2, :2] = True  # a quarter of the image
+    assert pointing_game_hit(np.zeros((4, 4)), mask) == pytest.approx(0.25)  # a flat map: a random point
+    two_peaks = np.zeros((4, 4))
+    two_peaks[0, 0] = two_peaks[3, 3] = 1.0
+    assert pointing_game_hit(two_peaks, mask) == pytest.approx(0.5)
+
+
+def test_an_empty_mask_has_no_answer_and_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="empty"):
+        pointing_game_hit(peak_map((4, 4), 0, 0), np.zeros((4, 4), dtype=bool))
+    mask = np.ones((4, 4), dtype=bool)
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game_hit(peak_map((4, 4), 0, 0), mask, tolerance=-1)
+    with pytest.raises(ValueError, match="NaN"):
+        pointing_game_hit(np.full((4, 4), np.nan), mask)
+    with pytest.raises(ValueError, match="2-D"):
+        pointing_game_hit(np.zeros((1, 4, 4)), mask)
+
+
+# ---- deletion ----------------------------------------------------------------------------------------------
+# A 4x4 image whose cells are its pixels. The region is 3 cells; the toy model's probability is the share of
+# region pixels still at their original value 1: exactly the fraction of the region left.
+
+REGION = torch.zeros(4, 4, dtype=torch.bool)
+REGION[1, 1] = REGION[1, 2] = REGION[2, 1] = True  # raster cells 5, 6, 9
+
+
+def region_left(batch: torch.Tensor) -> torch.Tensor:
+    return (batch[:, 0][:, REGION] == 1.0).double().mean(dim=1)
+
+
+def toy_image() -> torch.Tensor:
+    return REGION.float()[None]  # (1, 4, 4): 1 on the region, 0 elsewhere
+
+
+def region_first_map() -> np.ndarray:
+    saliency = np.linspace(0.0, 0.5, 16).reshape(4, 4)  # background ranked in reverse raster order...
+    saliency[REGION.numpy()] = [1.0, 0.9, 0.8]  # ...after the region
+    return saliency
+
+
+def test_deletion_of_the_region_first_gives_the_hand_computed_curve_and_area():
+    curve = deletion_curve(region_left, toy_image(), region_first_map(), substrate=0.0)
+    expected = np.array([1, 2 / 3, 1 / 3] + [0] * 14)
+    np.testing.assert_allclose(curve, expected)
+    # (sum - first/2 - last/2) / steps = (2 - 0.5 - 0) / 16
+    assert deletion_auc(curve) == pytest.approx(1.5 / 16)
+
+
+def test_deletion_of_the_region_last_gives_a_high_area():
+    curve = deletion_curve(region_left, toy_image(), 1.0 - region_first_map(), substrate=0.0)
+    expected = np.array([1] * 14 + [2 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(curve, expected)
+    assert deletion_auc(curve) == pytest.approx((15 - 0.5) / 16)
+
+
+def test_coarser_steps_remove_several_cells_at_once():
+    # steps=4: 0, 4, 8, 12, 16 cells removed; the first step already removes all three region cells.
+    curve = deletion_curve(region_left, toy_image(), region_first_map(), steps=4, substrate=0.0)
+    np.testing.assert_allclose(curve, [1, 0, 0, 0, 0])
+    assert deletion_auc(curve) == pytest.approx(0.5 / 4)
+    np.testing.assert_array_equal(removed_counts(16, 3), [0, 5, 11, 16])
+    with pytest.raises(ValueError, match="steps"):
+        removed_counts(16, 17)
+
+
+def test_the_mean_substrate_replaces_cells_by_the_image_mean():
+    image = toy_image()
+    inputs = deletion_inputs(image, region_first_map(), substrate="mean")
+    assert inputs.shape == (17, 1, 4, 4)
+    torch.testing.assert_close(inputs[0], image)
+    torch.testing.assert_close(inputs[-1], torch.full_like(image, 3 / 16))
+    torch.testing.assert_close(inputs[1][0, 1, 1], torch.tensor(3 / 16))  # cell 5 went first
+    assert inputs[1][0, 1, 2] == 1.0
+    # The toy model counts pixels still at 1, so the mean substrate gives the same curve as zeros.
+    np.testing.assert_allclose(
+        deletion_curve(region_left, image, region_first_map(), substrate="mean"),
+        deletion_curve(region_left, image, region_first_map(), substrate=0.0),
+    )
+
+
+def test_the_blur_substrate_keeps_a_flat_image_and_unknown_ones_are_refused():
+    flat = torch.full((1, 8, 8), 0.3)
+    torch.testing.assert_close(make_substrate(flat, "blur", blur_sigma=2.0), flat)
+    with pytest.raises(ValueError, match="substrate"):
+        make_substrate(flat, "noise")
+
+
+def test_cells_cover_patches_of_a_larger_image():
+    np.testing.assert_array_equal(
+        cell_index((2, 2), 4, 4), [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    )
+    image = torch.arange(16.0).reshape(1, 4, 4)
+    saliency = np.array([[0.0, 1.0], [0.5, 0.2]])  # order: top-right, bottom-left, bottom-right, top-left
+    np.testing.assert_array_equal(deletion_order(saliency), [1, 2, 3, 0])
+    inputs = deletion_inputs(image, saliency, substrate=-1.0)
+    assert inputs.shape == (5, 1, 4, 4)
+    assert (inputs[1][0, :2, 2:] == -1).all() and (inputs[1] == -1).sum() == 4
+    assert (inputs[2][0, 2:, :2] == -1).all() and (inputs[2] == -1).sum() == 8
+
+
+def test_ties_are_removed_in_raster_order():
+    np.testing.assert_array_equal(deletion_order(np.array([[0.5, 1.0], [1.0, 0.5]])), [1, 2, 0, 3])
+
+
+def test_batched_curves_match_single_curves_whatever_the_batch_size():
+    calls = []
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        return region_left(batch)
+
+    maps = np.stack([region_first_map(), 1.0 - region_first_map(), np.zeros((4, 4))])
+    curves = deletion_curves(counting, toy_image(), maps, substrate=0.0, batch_size=10)
+    assert curves.shape == (3, 17)
+    assert calls == [10, 10, 10, 10, 10, 1]  # 51 inputs in batches of 10
+    for grid_map, curve in zip(maps, curves, strict=True):
+        np.testing.assert_allclose(curve, deletion_curve(region_left, toy_image(), grid_map, substrate=0.0))
+    np.testing.assert_allclose(deletion_auc(curves), [deletion_auc(curve) for curve in curves])
+
+
+def test_the_area_follows_the_rise_trapezoid():
+    assert deletion_auc(np.ones(11)) == pytest.approx(1.0)
+    assert deletion_auc(np.linspace(1.0, 0.0, 11)) == pytest.approx(0.5)
+    assert deletion_auc([1.0, 0.0]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="two points"):
+        deletion_auc([1.0])
+
+
+# ---- baselines ---------------------------------------------------------------------------------------------
+
+
+def test_random_maps_are_seeded_and_in_the_unit_range():
+    one = random_map(8, seed=3)
+    assert one.shape == (8, 8) and one.dtype == np.float32
+    assert one.min() == 0.0 and one.max() == 1.0
+    np.testing.assert_array_equal(one, random_map(8, seed=3))
+    assert not np.array_equal(one, random_map(8, seed=4))
+    many = random_map(8, seed=np.random.default_rng(0), count=5)
+    assert many.shape == (5, 8, 8) and many.min() >= 0.0 and many.max() <= 1.0
+    assert len({map_.tobytes() for map_ in many}) == 5
+
+
+def test_the_gaussian_map_peaks_at_the_centre():
+    odd = gaussian_map(5)
+    assert odd.shape == (5, 5) and odd.min() == 0.0 and odd.max() == 1.0
+    assert np.unravel_index(odd.argmax(), odd.shape) == (2, 2)
+    even = gaussian_map(8)
+    assert even.shape == (8, 8) and even.min() == 0.0
+    np.testing.assert_array_equal(np.argwhere(even == even.max()), [[3, 3], [3, 4], [4, 3], [4, 4]])
+    np.testing.assert_allclose(even, even.T)
+    np.testing.assert_allclose(even, even[::-1, ::-1])
+    centre = np.zeros((64, 64), dtype=bool)
+    centre[28:36, 28:36] = True
+    assert pointing_game_hit(even, centre) == 1.0
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_map(8, sigma=0)
+
+
+def test_paired_bootstrap_of_a_constant_difference():
+    result = paired_bootstrap(np.full(20, 0.7), np.full(20, 0.2))
+    assert result == pytest.approx({"mean_difference": 0.5, "ci_low": 0.5, "ci_high": 0.5})
+    spread = paired_bootstrap(np.arange(50.0), np.zeros(50))
+    assert spread["ci_low"] < spread["mean_difference"] < spread["ci_high"]
+
+
+# ---- the evaluation command, end to end on a tiny random model -------------------------------------------
+
+
+def test_masks_go_through_the_image_geometry(tmp_path):
+    # A 48x30 image (not square: resized and padded) with a bright block and its mask.
+    image = np.zeros((48, 30), dtype=np.uint8)
+    image[10:20, 5:15] = 255
+    Image.fromarray(image).save(tmp_path / "slice.png")
+    Image.fromarray(image).save(tmp_path / "slice.mask.png")
+    canonical = canonicalise(image / 255.0, PreprocessConfig(image_size=32))
+    mask = load_mask(tmp_path / "slice.png", 32)
+    assert mask.shape == (32, 32)
+    np.testing.assert_array_equal(mask, canonical >= 128)
+    assert load_mask(tmp_path / "other.png", 32) is None
+
+
+def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys):
+    classes = ["glioma", "notumor"]
+    data, entries = tmp_path / "data", []
+    rng = np.random.default_rng(0)
+    for label in classes:
+        (data / label).mkdir(parents=True)
+        for number in range(3):
+            image = (rng.random((32, 32)) * 120).astype(np.uint8)
+            mask = np.zeros((32, 32), dtype=np.uint8)
+            if label == "glioma":
+                image[8:16, 16:24] = 250
+                mask[8:16, 16:24] = 255
+            name = f"{label}/{label}_{number}"
+            Image.fromarray(image).save(data / f"{name}.png")
+            Image.fromarray(mask).save(data / f"{name}.mask.png")
+            digest = hashlib.sha256((data / f"{name}.png").read_bytes()).hexdigest()
+            entries.append(SplitEntry(f"{name}.png", label, "test" if number < 2 else "train", digest))
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    version_dir = tmp_path / "version"
+    save_model(
+        build_model(config, classes),
+        version_dir / "model",
+        PreprocessConfig(image_size=32),
+        ModelInfo(class_names=classes, temperature=1.5),
+    )
+    SplitPlan(entries, classes, {}).write(version_dir / "split.json")
+    store = tmp_path / "store"
+    version = LocalStore(store).publish("neurovit", version_dir, metadata={})
+
+    out = tmp_path / "out"
+    argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "4"]
+    assert main([*argv, "--model", "latest"]) == 0
+    printed = capsys.readouterr().out
+    assert "test split" in printed and "pointing game" in printed
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["version"] == version and result["n_slices"] == 4
+    assert set(result["methods"]) == {"rollout", "gradcam", "gradient_rollout", "random", "gaussian"}
+    for values in result["methods"].values():
+        assert values["n"] == 4 and values["n_pointing_game"] == 2
+        assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= values["deletion_auc"] <= 1.0
+        assert len(values["mean_deletion_curve"]) == 5
+    assert set(result["comparisons"]["rollout"]) == {"random", "gaussian"}
+    for name in ("gallery.png", "deletion_curves.png", "per_image.csv"):
+        assert (out / name).stat().st_size > 0
+
+    # A changed test image: the split no longer describes the data, so every image is evaluated.
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(data / "notumor" / "notumor_0.png")
+    assert main([*argv, "--model", version, "--out", str(tmp_path / "out2")]) == 0
+    assert json.loads((tmp_path / "out2" / "explain_eval.json").read_text())["n_slices"] == 6
