@@ -40,7 +40,8 @@ def _images(data_dir: Path, count: int) -> list[Path]:
 
 
 def _post(url: str, key: str | None, body: bytes, explain: str) -> float:
-    headers = {"X-NeuroViT-Explain": explain, **({"Authorization": f"Bearer {key}"} if key else {})}
+    headers = {"Content-Type": "application/octet-stream", "X-NeuroViT-Explain": explain}
+    headers.update({"Authorization": f"Bearer {key}"} if key else {})
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
