@@ -6,10 +6,8 @@ import io
 
 import numpy as np
 import pytest
-from fixtures.serving_samples import png_header_only
+from fixtures.serving_samples import dicom_bytes, png_header_only
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from neurovit.data.imageio import DecodedImage, decode_image, read_image
 from neurovit.errors import DataError, UnreadableImageError
@@ -18,37 +16,6 @@ from neurovit.errors import DataError, UnreadableImageError
 def encode(pixels: np.ndarray, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def dicom_bytes(
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int = 12,
-    rescale: tuple[float, float] | None = None,
-    window: tuple[float, float] | None = None,
-    with_pixels: bool = True,
-    preamble: bool = True,
-) -> bytes:
-    """A minimal MR image written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = MRImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "MR"
-    if with_pixels:
-        dataset.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored)
-    if rescale is not None:
-        dataset.RescaleSlope, dataset.RescaleIntercept = rescale
-    if window is not None:
-        dataset.WindowCenter, dataset.WindowWidth = window
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=preamble)
     return buffer.getvalue()
 
 
