@@ -12,6 +12,10 @@ def one_class_folder(tmp_path, write_slice):
     return tmp_path / "data"
 
 
+def run_job(data_dir, store, run_dir) -> int:
+    return main(["run", "--data-dir", str(data_dir), "--store", str(store), "--run-dir", str(run_dir)])
+
+
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["analyze", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "error: data path does not exist" in capsys.readouterr().err
@@ -26,17 +30,7 @@ def test_empty_folder_is_a_clear_error(tmp_path, capsys):
 
 def test_one_class_only_is_refused_before_anything_is_trained(one_class_folder, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            "--data-dir",
-            str(one_class_folder),
-            "--store",
-            str(tmp_path / "store"),
-            "--run-dir",
-            str(run_dir),
-        ]
-    )
+    code = run_job(one_class_folder, tmp_path / "store", run_dir)
     assert code == 2
     assert "one class" in capsys.readouterr().err
     assert not (run_dir / "train").exists()
@@ -46,17 +40,7 @@ def test_unwritable_store_is_found_before_training(one_class_folder, tmp_path, c
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     run_dir = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            "--data-dir",
-            str(one_class_folder),
-            "--store",
-            str(blocker / "store"),
-            "--run-dir",
-            str(run_dir),
-        ]
-    )
+    code = run_job(one_class_folder, blocker / "store", run_dir)
     assert code == 2
     assert "store path" in capsys.readouterr().err
     assert not run_dir.exists()
