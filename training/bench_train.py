@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
-from neurovit.data import split
+from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.preprocessing import PreprocessConfig
 from training import flow
+from training.cli import run_main_job
 from training.train import TrainConfig, measure_step_ratio
 
 
@@ -40,37 +40,15 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig(epochs=args.epochs, time_budget_s=args.time_budget, device=args.device)
     preprocessing = PreprocessConfig(image_size=config.model.image_size)
 
-    report = flow.analyze_stage(args.data_dir, run_dir / "analysis")
-    plan = flow.split_stage(
-        args.data_dir,
-        run_dir / "analysis",
-        run_dir / flow.SPLIT_FILE,
-        val_fraction=0.1,
-        given_val_as_test=True,
-    )
-    print(f"split: {json.dumps(plan.counts)}; leaking held-out images dropped: {plan.dropped}", flush=True)
-
+    job = run_main_job(args.data_dir, args.store, config, run_dir, val_fraction=0.1, given_val_as_test=True)
+    plan, result, metrics = job["plan"], job["train"], job["metrics"]
+    print(f"leaking held-out images dropped: {plan.dropped}", flush=True)
+    # Measured after training, on the arrays the run cached: same loader, same data, same machine.
     train_arrays = flow.split_arrays(args.data_dir, plan, "train", preprocessing, run_dir / "cache")
     ratio = measure_step_ratio(train_arrays, plan.classes, preprocessing, config)
     print(f"step ratio: {json.dumps(ratio)}", flush=True)
-
-    result = flow.train_stage(
-        args.data_dir, run_dir / flow.SPLIT_FILE, run_dir / "train", config, preprocessing
-    )
-    metrics = flow.calibrate_and_evaluate_stage(
-        args.data_dir, run_dir / flow.SPLIT_FILE, result.best_dir, run_dir / "evaluation", run_dir / "model"
-    )
-    version_uri = flow.publish_stage(
-        args.store,
-        MODEL_NAME,
-        run_dir / "model",
-        run_dir / "evaluation",
-        run_dir / flow.SPLIT_FILE,
-        run_dir / "analysis",
-        run_dir / "publish",
-    )
     summary = {
-        "version": version_uri,
+        "version": job["version"],
         "val_accuracy": round(metrics["accuracy"], 4),
         "val_macro_f1": round(metrics["macro_f1"], 4),
         "val_ece": round(metrics["ece"], 4),
@@ -81,12 +59,12 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": round(result.train_seconds, 1),
         "images_per_second": round(result.images_per_second, 1),
         "step_ratio": round(ratio["step_ratio"], 3),
-        "leaks_in_data": report["leaks"]["groups"],
+        "leaks_in_data": job["report"]["leaks"]["groups"],
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "data_fingerprint": split.load_split(run_dir / flow.SPLIT_FILE).fingerprint[:12],
+        "data_fingerprint": plan.fingerprint[:12],
     }
     print(json.dumps(summary), flush=True)
     return summary

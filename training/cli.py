@@ -61,14 +61,21 @@ def _split_line(plan) -> str:
     )
 
 
-def run_main_job(data_dir: Path, store_uri: str, config: TrainConfig, run_dir: Path, seed: int = 0) -> dict:
-    """Analyse -> split -> train -> calibrate and evaluate -> publish. Returns a summary dict."""
+def run_main_job(
+    data_dir: Path, store_uri: str, config: TrainConfig, run_dir: Path, seed: int = 0, **split_options
+) -> dict:
+    """Analyse -> split -> train -> calibrate and evaluate -> publish. Returns a summary dict.
+
+    ``split_options`` go to ``flow.split_stage`` (e.g. ``given_val_as_test`` for the benchmark).
+    """
     open_store(store_uri).check_writable()  # fail now, not after training
     print(f"[1/5] analysing {data_dir}", flush=True)
     report = flow.analyze_stage(data_dir, run_dir / "analysis")
     print(f"      report: {run_dir / 'analysis' / 'report.html'}  ({_report_line(report)})")
     print("[2/5] splitting without leakage", flush=True)
-    plan = flow.split_stage(data_dir, run_dir / "analysis", run_dir / flow.SPLIT_FILE, seed=seed)
+    plan = flow.split_stage(
+        data_dir, run_dir / "analysis", run_dir / flow.SPLIT_FILE, seed=seed, **split_options
+    )
     print(f"      {_split_line(plan)}")
     print(
         f"[3/5] training on {torch.get_num_threads()} CPU threads"
@@ -102,7 +109,14 @@ def run_main_job(data_dir: Path, store_uri: str, config: TrainConfig, run_dir: P
         run_dir / "publish",
     )
     print(f"      published {version_uri}")
-    return {"version": version_uri, "metrics": metrics, "train": result, "run_dir": str(run_dir)}
+    return {
+        "version": version_uri,
+        "metrics": metrics,
+        "train": result,
+        "report": report,
+        "plan": plan,
+        "run_dir": str(run_dir),
+    }
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
