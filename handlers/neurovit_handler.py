@@ -18,7 +18,7 @@ import json
 import time
 
 import torch
-from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 
 from neurovit.serving import (
     EXPLAIN_HEADER,
@@ -30,6 +30,7 @@ from neurovit.serving import (
     parse_item,
     status_phrase,
 )
+from neurovit.telemetry import Telemetry
 
 NO_IMAGE = 'no image in the request (KServe v1 bodies hold {"instances": [{"data": "<base64>"}]})'
 
@@ -41,8 +42,10 @@ class NeuroViTHandler:
         self.initialized = False
         self.predictor: Predictor | None = None
         self.context = None
+        self.telemetry: Telemetry | None = None
         self._shared = False  # True when an envelope's several instances all belong to request 0
         self._v2: list[bool] = []
+        self._prepared: list = []
 
     def initialize(self, context) -> None:
         properties, manifest = context.system_properties, context.manifest.get("model", {})
@@ -56,6 +59,13 @@ class NeuroViTHandler:
             device=device,
             options=options,
         )
+        self.telemetry = Telemetry(
+            lambda name, kind: context.metrics.get_metric(name, MetricTypes(kind)),
+            self.predictor.name,
+            self.predictor.version,
+            self.predictor.reference,
+            self.predictor.class_names,
+        )
         self.initialized = True
 
     def handle(self, data, context) -> list:
@@ -63,12 +73,17 @@ class NeuroViTHandler:
         self.context = context
         if context.get_request_header(0, "describe") == "True":  # GET /models/<name>?customized=true
             return [json.dumps(self.predictor.describe())]
+        self.telemetry.reference_if_due()
         prepared = self.preprocess(data)
-        if context.get_request_header(0, "explain") == "True":  # set by TorchServe's explanation routes
+        preprocess_s = time.perf_counter() - start
+        explaining = context.get_request_header(0, "explain") == "True"  # TorchServe's explanation routes
+        if explaining:
             output = self.explain_handle(prepared, data)
         else:
             output = self.postprocess(self.inference(prepared))
-        context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        requests = len(context.request_ids)
+        self.telemetry.stages({"preprocess": preprocess_s, **self.predictor.last_timings}, requests)
+        self.telemetry.request("explain" if explaining else "predict", time.perf_counter() - start, requests)
         return output
 
     def preprocess(self, data) -> list:
@@ -80,15 +95,17 @@ class NeuroViTHandler:
         for i, item in enumerate(items):
             try:
                 if item is None:
-                    raise InvalidInput(NO_IMAGE)
+                    raise InvalidInput(NO_IMAGE, reason="empty_body")
                 prepared.append(self.predictor.prepare(parse_item(item, self._header(i))))
             except InvalidInput as error:
                 prepared.append(error)
+        self._prepared = prepared
         return prepared
 
     def inference(self, prepared: list, default: tuple[str, ...] = ()) -> list:
         """One forward pass over the valid images of the batch; errors keep their places."""
         valid = [item for item in prepared if not isinstance(item, InvalidInput)]
+        self.predictor.last_timings = {}  # a batch of errors only has no forward to time
         answers = iter(self.predictor.predict(valid, default))
         return [item if isinstance(item, InvalidInput) else next(answers) for item in prepared]
 
@@ -101,10 +118,10 @@ class NeuroViTHandler:
             if isinstance(result, InvalidInput):
                 if self.context.get_response_status(idx)[0] in (None, 200):  # the first error names it
                     self.context.set_response_status(result.status, status_phrase(result.message), idx)
-                self._count("neurovit_invalid_inputs_total", idx, "Status", str(result.status))
+                self.telemetry.error(result.reason, result.status)
                 body = error_body(result)
             else:
-                self._count("neurovit_predictions_total", idx, "Label", result["label"])
+                self.telemetry.answered(result, self.predictor.monitored_features(self._prepared[i], result))
                 body = result
             output.append(json.dumps(body) if self._v2[i] else body)
         return output
@@ -118,11 +135,3 @@ class NeuroViTHandler:
         return next(
             (v for k, v in headers.items() if k.lower() == EXPLAIN_HEADER and isinstance(v, str)), None
         )
-
-    def _count(self, name: str, idx: int, dimension: str, value: str) -> None:
-        dimensions = [
-            Dimension("ModelName", self.predictor.name),
-            Dimension("Level", "Model"),
-            Dimension(dimension, value),
-        ]
-        self.context.metrics.add_counter(name, 1, idx, dimensions)

@@ -16,6 +16,14 @@ class UnreadableImageError(DataError):
     """A file is not a decodable 2-D image (corrupt, truncated, not an image, a volume)."""
 
 
+class ImageTooLargeError(UnreadableImageError):
+    """An image over the pixel limit (a decompression bomb among them), refused before it is decoded."""
+
+
+class NotASliceError(UnreadableImageError):
+    """A readable image that is not one 2-D slice: a volume, a multi-frame DICOM, a multi-page TIFF."""
+
+
 class StoreError(NeuroVitError, RuntimeError):
     """The artifact store cannot be read or written (unwritable folder, bad credentials, unreachable S3)."""
 

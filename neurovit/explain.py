@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -225,8 +226,12 @@ def explain(
     target: Target = None,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """All requested maps from one forward (and, for the gradient methods, one backward) pass.
+
+    ``timings``, when given, receives the seconds spent in the forward (``"forward"``) and in the backward
+    plus the maps (``"explanation"``), for the serving metrics.
 
     Returns ``{method: (N, g, g) maps}`` plus ``"target"`` (the class index each map explains, ``(N,)``) and
     ``"logits"`` (``(N, classes)``, the forward's raw logits, so a caller need not run the model again).
@@ -265,7 +270,9 @@ def explain(
             # A fresh input that requires grad keeps a graph even if the parameters are frozen; backward
             # still stops at the tensors asked for, so it never runs through the stem.
             inputs = pixel_values.detach().clone().requires_grad_(needs_grad)
+            started = time.perf_counter()
             outputs = model(inputs, output_attentions=True)
+            forward_done = time.perf_counter()
             attentions = list(outputs.attentions)
             _check_attentions(attentions)
             targets = resolve_target(outputs.logits.detach(), target)
@@ -292,6 +299,9 @@ def explain(
             result[method] = grad_cam_from_tokens(captured["tokens"], gradients[-1])
     result["target"] = targets.cpu().numpy()
     result["logits"] = outputs.logits.detach().float().cpu().numpy()
+    if timings is not None:
+        timings["forward"] = forward_done - started
+        timings["explanation"] = time.perf_counter() - forward_done
     return result
 
 

@@ -31,6 +31,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,9 +42,11 @@ import torch
 
 from neurovit import RESEARCH_DISCLAIMER
 from neurovit.data.imageio import DEFAULT_MAX_PIXELS, decode_image
-from neurovit.errors import NeuroVitError, UnreadableImageError
+from neurovit.drift import MonitoringReference, image_features
+from neurovit.errors import ImageTooLargeError, NeuroVitError, NotASliceError, UnreadableImageError
 from neurovit.explain import explain, overlay_png
 from neurovit.model import LoadedModel, load_model
+from neurovit.ood import MahalanobisScorer, capture_embeddings
 from neurovit.preprocessing import canonicalise, to_tensor
 
 # Names in answers -> methods of neurovit.explain. "heatmap" is Grad-CAM on the ViT's tokens.
@@ -57,14 +60,18 @@ _GRID_DECIMALS = 4
 
 
 class InvalidInput(NeuroVitError, ValueError):
-    """The request cannot be answered as sent; ``status`` is the HTTP status that says so."""
+    """The request cannot be answered as sent; ``status`` is the HTTP status that says so and ``reason``
+    one of ``ERROR_REASONS``, the cause the error metrics count (monitoring/METRICS.md)."""
 
     status = 400
+    reason = "bad_request"
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        if reason is not None:
+            self.reason = reason
 
     @property
     def message(self) -> str:
@@ -75,6 +82,19 @@ class PayloadTooLarge(InvalidInput):
     """The image is over the byte or pixel limit (a decompression bomb among them)."""
 
     status = 413
+    reason = "too_large"
+
+
+ERROR_REASONS = (
+    "empty_body",
+    "bad_json",
+    "bad_base64",
+    "bad_request",
+    "unknown_explanation",
+    "too_large",
+    "undecodable_image",
+    "not_2d",
+)
 
 
 @dataclass(frozen=True)
@@ -151,7 +171,8 @@ def parse_explain(value: Any) -> tuple[str, ...] | None:
     unknown = [name for name in names if name not in EXPLAIN_CHOICES]
     if unknown:
         raise InvalidInput(
-            f"unknown explanation {unknown[0]!r}: expected one of {', '.join(EXPLAIN_CHOICES)}"
+            f"unknown explanation {unknown[0]!r}: expected one of {', '.join(EXPLAIN_CHOICES)}",
+            reason="unknown_explanation",
         )
     if not names and isinstance(value, str):
         return None  # an empty query parameter or field: the default
@@ -172,12 +193,12 @@ def decode_base64(value: Any, field: str = "data") -> bytes:
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     if not text:
-        raise InvalidInput(f"'{field}' is empty: expected a base64-encoded image")
+        raise InvalidInput(f"'{field}' is empty: expected a base64-encoded image", reason="empty_body")
     alphabet = b"-_" if ("-" in text or "_" in text) else None
     try:
         return base64.b64decode(text.encode("ascii"), altchars=alphabet, validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as error:
-        raise InvalidInput(f"malformed base64 in '{field}': {error}") from error
+        raise InvalidInput(f"malformed base64 in '{field}': {error}", reason="bad_base64") from error
 
 
 def parse_item(item: Any, header_explain: str | None = None) -> ImageRequest:
@@ -220,7 +241,7 @@ def _from_body(body: Any, query_explain: Any, header_explain: str | None) -> Ima
         try:
             body = json.loads(bytes(body))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InvalidInput(f"malformed JSON body: {error}") from error
+            raise InvalidInput(f"malformed JSON body: {error}", reason="bad_json") from error
     if isinstance(body, dict):
         unknown = sorted(set(body) - set(JSON_FIELDS))
         if unknown or "data" not in body:
@@ -280,9 +301,9 @@ def _text(value: bytes | bytearray, field: str) -> str:
 
 
 def error_body(error: InvalidInput) -> dict:
-    """The JSON body of a client error: ``{"error": message, "code": status}`` (KServe's wrapper reads
-    ``error``)."""
-    return {"error": error.message, "code": error.status}
+    """The JSON body of a client error: ``{"error": message, "code": status, "reason": cause}`` (KServe's
+    wrapper reads ``error``)."""
+    return {"error": error.message, "code": error.status, "reason": error.reason}
 
 
 def status_phrase(message: str, limit: int = 200) -> str:
@@ -296,12 +317,23 @@ class Predictor:
     """A loaded model with its preprocessing, labels and temperature, answering batches of images."""
 
     def __init__(
-        self, loaded: LoadedModel, name: str, version: str, options: ServingOptions | None = None
+        self,
+        loaded: LoadedModel,
+        name: str,
+        version: str,
+        options: ServingOptions | None = None,
+        reference: MonitoringReference | None = None,
+        ood_scorer: MahalanobisScorer | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.name, self.version = name, version
         self.options = options or ServingOptions()
+        # Both come with every version the main job publishes; older versions answer with ``ood: null``.
+        self.reference, self.ood_scorer = reference, ood_scorer
+        if ood_scorer is not None and (reference is None or reference.ood_threshold is None):
+            raise ValueError("an OOD scorer needs the monitoring reference's threshold")
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the latest ``predict``
         self.device = next(self.model.parameters()).device
         temperature = float(loaded.info.temperature)
         if not temperature > 0:
@@ -317,7 +349,14 @@ class Predictor:
         device: str | torch.device = "cpu",
         options: ServingOptions | None = None,
     ) -> Predictor:
-        return cls(load_model(model_dir, device=device), name, version, options)
+        return cls(
+            load_model(model_dir, device=device),
+            name,
+            version,
+            options,
+            reference=MonitoringReference.load(model_dir),
+            ood_scorer=MahalanobisScorer.load(model_dir),
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -338,13 +377,18 @@ class Predictor:
     def prepare(self, request: ImageRequest) -> PreparedImage:
         """Check the limits, decode and canonicalise one image; InvalidInput when it is not one 2-D slice."""
         size, limit = len(request.data), self.options.max_image_bytes
+        if size == 0:
+            raise InvalidInput("empty body: the file is empty (0 bytes)", reason="empty_body")
         if size > limit:
             raise PayloadTooLarge(f"image too large: {size:,} bytes, more than the limit of {limit:,}")
         try:
             decoded = decode_image(request.data, max_pixels=self.options.max_image_pixels)
+        except ImageTooLargeError as error:
+            raise PayloadTooLarge(str(error)) from error
+        except NotASliceError as error:
+            raise InvalidInput(str(error), reason="not_2d") from error
         except UnreadableImageError as error:
-            too_large = str(error).startswith("image too large")
-            raise (PayloadTooLarge if too_large else InvalidInput)(str(error)) from error
+            raise InvalidInput(str(error), reason="undecodable_image") from error
         image = canonicalise(decoded.pixels, self.loaded.preprocessing)
         return PreparedImage(image, request.explain, request.v2)
 
@@ -359,19 +403,55 @@ class Predictor:
         pixels = to_tensor(np.stack([item.image for item in batch]), self.loaded.preprocessing)
         pixels = pixels.to(self.device)
         maps: dict[str, np.ndarray] = {}
-        if methods:
-            maps = explain(self.model, pixels, methods)
-            logits = torch.from_numpy(maps.pop("logits"))
-        else:
-            with torch.no_grad():
-                logits = self.model(pixels).logits.float().cpu()
+        timings: dict[str, float] = {}
+        with capture_embeddings(self.model) as embeddings:
+            if methods:
+                maps = explain(self.model, pixels, methods, timings=timings)
+                logits = torch.from_numpy(maps.pop("logits"))
+            else:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    logits = self.model(pixels).logits.float().cpu()
+                timings["forward"] = time.perf_counter() - start
         probabilities = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
-        return [
-            self._answer(probabilities[i], {name: maps[EXPLANATIONS[name]][i] for name in wanted[i]}, item)
+        ood_scores = self.ood_scorer.score(torch.cat(embeddings).numpy()) if self.ood_scorer else None
+        start = time.perf_counter()
+        answers = [
+            self._answer(
+                probabilities[i],
+                {name: maps[EXPLANATIONS[name]][i] for name in wanted[i]},
+                item,
+                None if ood_scores is None else float(ood_scores[i]),
+            )
             for i, item in enumerate(batch)
         ]
+        if methods:  # rendering the overlays is part of explaining
+            timings["explanation"] = timings.get("explanation", 0.0) + time.perf_counter() - start
+        self.last_timings = timings
+        return answers
 
-    def _answer(self, probabilities: np.ndarray, grids: dict[str, np.ndarray], item: PreparedImage) -> dict:
+    def monitored_features(self, item: PreparedImage, answer: dict) -> dict[str, int]:
+        """The drift bin of each monitored feature of one answered request (``neurovit.drift``); empty for a
+        version published without a monitoring reference."""
+        if self.reference is None:
+            return {}
+        values = {name: float(value[0]) for name, value in image_features(item.image).items()}
+        values["confidence"] = answer["confidence"]
+        if answer.get("ood") is not None:
+            values["ood_score"] = answer["ood"]["score"]
+        return {
+            name: self.reference.bin_of(name, value)
+            for name, value in values.items()
+            if name in self.reference.edges
+        }
+
+    def _answer(
+        self,
+        probabilities: np.ndarray,
+        grids: dict[str, np.ndarray],
+        item: PreparedImage,
+        ood_score: float | None = None,
+    ) -> dict:
         index = int(np.argmax(probabilities))
         explanations = {}
         for name, grid in grids.items():
@@ -389,12 +469,26 @@ class Predictor:
                 name: float(value) for name, value in zip(self.class_names, probabilities, strict=True)
             },
             "explanations": explanations,
+            "ood": self._ood(ood_score),
             "model": {"name": self.name, "version": self.version},
             "disclaimer": RESEARCH_DISCLAIMER,
         }
 
+    def _ood(self, score: float | None) -> dict | None:
+        """``{"score", "threshold", "flagged"}``: an input unlike the training slices is still answered, and
+        flagged so that nobody trusts its label."""
+        if score is None:
+            return None
+        threshold = float(self.reference.ood_threshold)
+        return {
+            "score": round(score, 4),
+            "threshold": round(threshold, 4),
+            "flagged": bool(score > threshold),
+        }
+
 
 __all__ = [
+    "ERROR_REASONS",
     "EXPLAIN_CHOICES",
     "EXPLAIN_HEADER",
     "EXPLANATIONS",

@@ -26,6 +26,7 @@ from neurovit.model import ModelInfo, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig
 from neurovit.store import new_version_id, open_store
 from training.evaluate import write_evaluation
+from training.reference import write_monitoring_reference
 from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ def calibrate_and_evaluate_stage(
 ) -> dict:
     """Fit the temperature on val, evaluate on test (val when there is no test), save the calibrated model.
 
-    ``model_out`` receives a copy of the model whose neurovit.json carries the fitted temperature.
+    ``model_out`` receives a copy of the model whose neurovit.json carries the fitted temperature, plus the
+    monitoring reference (drift bins, class mix, OOD scorer and threshold: ``training.reference``).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     plan = split.load_split(split_path)
@@ -191,6 +193,11 @@ def calibrate_and_evaluate_stage(
     model_out = Path(model_out)
     shutil.rmtree(model_out, ignore_errors=True)
     save_model(loaded.model, model_out, loaded.preprocessing, info)
+    train_data = split_arrays(data_dir, plan, "train", loaded.preprocessing, cache)
+    metrics["monitoring"] = write_monitoring_reference(
+        model_out, train_data, (val_images, val_labels), temperature=info.temperature
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

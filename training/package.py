@@ -33,8 +33,10 @@ from pathlib import Path
 import yaml
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
+from neurovit.drift import REFERENCE_FILE
 from neurovit.errors import NeuroVitError
 from neurovit.model import MODEL_INFO_FILE
+from neurovit.ood import OOD_FILE
 from neurovit.preprocessing import PREPROCESSING_FILE
 from neurovit.serving import ServingOptions
 
@@ -43,6 +45,9 @@ HANDLER_FILE = HANDLERS_DIR / "neurovit_handler.py"
 METRICS_FILE = HANDLERS_DIR / "metrics.yaml"
 SCHEMA_FILE = HANDLERS_DIR / "response.schema.json"
 MODEL_FILES = ("config.json", "model.safetensors", PREPROCESSING_FILE, MODEL_INFO_FILE)
+# The monitoring reference and OOD scorer: every version the main job publishes has them; versions
+# published before they existed are still packaged (they are then served without drift and OOD fields).
+OPTIONAL_MODEL_FILES = (REFERENCE_FILE, OOD_FILE)
 MODEL_CONFIG_FILE = "model-config.yaml"
 CONFIG_PROPERTIES = "config/config.properties"
 METRICS_CONFIG = "config/metrics.yaml"
@@ -148,13 +153,14 @@ def build_archive(
     with tempfile.TemporaryDirectory(prefix="neurovit-package-") as scratch:
         staging = Path(scratch) / "files"
         staging.mkdir()
-        for name in MODEL_FILES:
+        present = [*MODEL_FILES, *(name for name in OPTIONAL_MODEL_FILES if (model_dir / name).is_file())]
+        for name in present:
             shutil.copy2(model_dir / name, staging / name)
         handler_options = asdict(options or ServingOptions())
         (staging / MODEL_CONFIG_FILE).write_text(yaml.safe_dump({"handler": handler_options}))
         for source in (METRICS_FILE, SCHEMA_FILE):
             shutil.copy2(source, staging / source.name)
-        extra = [staging / name for name in MODEL_FILES if name != "model.safetensors"]
+        extra = [staging / name for name in present if name != "model.safetensors"]
         extra += [staging / METRICS_FILE.name, staging / SCHEMA_FILE.name]
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",

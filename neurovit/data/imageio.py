@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from neurovit.errors import UnreadableImageError
+from neurovit.errors import ImageTooLargeError, NotASliceError, UnreadableImageError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _decode_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
         except UnidentifiedImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise UnreadableImageError(
+            raise ImageTooLargeError(
                 f"image too large (possible decompression bomb): {str(error).split(',')[0]}"
             ) from error
         except Exception as error:  # a broken header: struct errors, SyntaxError, ValueError, ...
@@ -139,21 +139,21 @@ def _decode_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
             if width <= 0 or height <= 0:
                 raise UnreadableImageError(f"corrupt {source_format} image: size {width} x {height}")
             if width * height > max_pixels:
-                raise UnreadableImageError(_too_large_message(width, height, max_pixels))
+                raise ImageTooLargeError(_too_large_message(width, height, max_pixels))
             try:
                 frames = getattr(image, "n_frames", 1)  # TIFF and GIF walk their page list here
             except Exception as error:
                 raise UnreadableImageError(f"corrupt {source_format} image: {_reason(error)}") from error
             if frames > 1:
-                raise UnreadableImageError(
+                raise NotASliceError(
                     f"one 2-D slice expected, got {frames} frames (a multi-page {source_format})"
                 )
             try:
                 image.load()  # decodes now, so a truncated file fails here rather than later
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-                raise UnreadableImageError(_too_large_message(width, height, max_pixels)) from error
+                raise ImageTooLargeError(_too_large_message(width, height, max_pixels)) from error
             except MemoryError as error:
-                raise UnreadableImageError(_too_large_message(width, height, max_pixels)) from error
+                raise ImageTooLargeError(_too_large_message(width, height, max_pixels)) from error
             except Exception as error:  # OSError "image file is truncated", zlib errors, ...
                 raise UnreadableImageError(
                     f"truncated or corrupt {source_format} image: {_reason(error)}"
@@ -247,9 +247,9 @@ def _dicom_to_grey(dataset, *, max_pixels: int) -> DecodedImage:
     if rows <= 0 or columns <= 0:
         raise UnreadableImageError(f"corrupt DICOM image: size {columns} x {rows}")
     if rows * columns > max_pixels:
-        raise UnreadableImageError(_too_large_message(columns, rows, max_pixels))
+        raise ImageTooLargeError(_too_large_message(columns, rows, max_pixels))
     if frames > 1:
-        raise UnreadableImageError(f"one 2-D slice expected, got {frames} frames (a multi-frame DICOM)")
+        raise NotASliceError(f"one 2-D slice expected, got {frames} frames (a multi-frame DICOM)")
 
     try:
         with warnings.catch_warnings():
@@ -260,7 +260,7 @@ def _dicom_to_grey(dataset, *, max_pixels: int) -> DecodedImage:
 
     expected_ndim = 3 if samples > 1 else 2
     if raw.ndim != expected_ndim:
-        raise UnreadableImageError(f"one 2-D slice expected, got DICOM pixel data of shape {raw.shape}")
+        raise NotASliceError(f"one 2-D slice expected, got DICOM pixel data of shape {raw.shape}")
 
     try:
         if samples > 1:  # pydicom already converted YBR to RGB

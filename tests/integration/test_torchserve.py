@@ -22,6 +22,7 @@ from fixtures.serving_samples import (
     good_images,
 )
 
+from neurovit import telemetry
 from neurovit.serving import EXPLAIN_HEADER
 
 pytestmark = pytest.mark.integration
@@ -118,7 +119,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(torchserve
 def test_a_bad_input_gets_a_4xx_with_its_reason_and_the_worker_keeps_serving(torchserve, png, bad):
     response = torchserve.post(PREDICT, bad.body, bad.content_type)
     assert response.status == bad.status, (response.status, response.body[:300])
-    assert_error(response.json(), bad.status, bad.message)
+    assert_error(response.json(), bad.status, bad.message, bad.reason)
     assert bad.message in response.reason  # the status line says it too
     answered(torchserve.post(PREDICT, png, "image/png"))
 
@@ -143,7 +144,12 @@ def test_prometheus_metrics_count_answers_and_refusals(torchserve, png):
     with urllib.request.urlopen(f"{torchserve.metrics_url}/metrics", timeout=10) as response:
         text = response.read().decode()
     assert "ts_inference_requests_total" in text
-    assert "neurovit_predictions_total" in text and "neurovit_invalid_inputs_total" in text
+    # Every metric of the contract reaches TorchServe's Prometheus endpoint (errors: after the bad inputs
+    # of the tests above; the histograms with their buckets).
+    for spec in telemetry.METRICS:
+        assert f"\n{spec.name}" in text, spec.name
+    assert 'neurovit_request_duration_seconds_bucket{' in text and 'le="0.05"' in text
+    assert 'reason="empty_body"' in text and 'feature="ood_score"' in text
 
 
 def test_the_management_api_describes_the_model_through_the_handler(torchserve):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from fixtures.serving_samples import (
     CLASS_NAMES,
     TEMPERATURE,
@@ -31,6 +33,8 @@ from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 from ts.utils.util import list_classes_from_module
 
+from neurovit import telemetry
+from neurovit.drift import FEATURES
 from neurovit.serving import (
     EXPLAIN_HEADER,
     InvalidInput,
@@ -61,6 +65,10 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def handler_and_context(model_dir):
+    return handler_for(model_dir)
+
+
+def handler_for(model_dir):
     metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "handlers" / "metrics.yaml"))
     metrics.initialize_cache()
     metrics.model_name = "neurovit"
@@ -227,7 +235,7 @@ def test_a_bad_request_gets_its_4xx_and_the_rest_of_the_batch_is_answered(handle
     requests = [request(images["png"], "image/png"), request(bad.body, bad.content_type)]
     output, statuses = run(handler_and_context, requests)
     assert_answer(output[0])
-    assert_error(output[1], bad.status, bad.message)
+    assert_error(output[1], bad.status, bad.message, bad.reason)
     assert statuses[0][0] == 200
     assert statuses[1][0] == bad.status and bad.message in statuses[1][1]
     assert "\n" not in statuses[1][1]
@@ -390,3 +398,74 @@ def test_config_properties_switches_token_authorisation():
     on = config_properties("m", "v1", ServerSettings(token_authorization=True))
     assert "disable_token_authorization=false" in on and "enable_model_api=false" in on
     assert "disable_token_authorization=true" in config_properties("m", "v1", ServerSettings())
+
+
+# ---- metrics (monitoring/METRICS.md) -----------------------------------------------------------------------
+
+
+def emitted(caplog) -> list[tuple[str, float, dict]]:
+    """(name, value, labels) of every sample the handler sent TorchServe, parsed from its [METRICS] lines."""
+    samples = []
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "Failed to update metric" not in message, message
+        if message.startswith("[METRICS]neurovit_"):
+            head, dimensions = message[len("[METRICS]") :].split("|#")[:2]
+            name_unit, value = head.rsplit(":", 1)
+            labels = dict(pair.split(":", 1) for pair in dimensions.split(","))
+            samples.append((name_unit.rsplit(".", 1)[0], float(value), labels))
+    return samples
+
+
+def test_metrics_yaml_declares_exactly_what_telemetry_emits():
+    declared = yaml.safe_load((ROOT / "handlers" / "metrics.yaml").read_text())["model_metrics"]
+    ours = {
+        metric["name"]: (kind, tuple(metric["dimensions"]))
+        for kind, metrics in declared.items()
+        for metric in metrics
+        if metric["name"].startswith("neurovit_")
+    }
+    assert ours == {spec.name: (spec.kind, spec.all_labels) for spec in telemetry.METRICS}
+
+
+def test_a_batch_emits_latency_outcome_drift_and_reference_samples(model_dir, images, caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics.caching_metric")
+    fresh = handler_for(model_dir)
+    good = json_request({"data": b64(images["png"]), "explain": "all"})
+    output, _ = run(fresh, [good, request(b"", "application/octet-stream")])
+    samples = emitted(caplog)
+    by_name = {}
+    for name, value, labels in samples:
+        assert labels["model_name"] == "neurovit" and labels["model_version"] == VERSION
+        by_name.setdefault(name, []).append((value, labels))
+
+    assert [labels["route"] for _, labels in by_name["neurovit_request_duration_seconds"]] == ["predict"] * 2
+    stages = {labels["stage"] for _, labels in by_name["neurovit_stage_duration_seconds"]}
+    assert stages == {"preprocess", "forward", "explanation"}
+    assert [labels["label"] for _, labels in by_name["neurovit_predictions_total"]] == [output[0]["label"]]
+    ((_, error),) = by_name["neurovit_errors_total"]
+    assert (error["reason"], error["status"]) == ("empty_body", "400")
+    assert {labels["feature"] for _, labels in by_name["neurovit_drift_bin_total"]} == set(FEATURES)
+    reference = fresh[0].predictor.reference
+    confidence_bin = reference.bin_of("confidence", output[0]["confidence"])
+    assert ("confidence", str(confidence_bin)) in {
+        (labels["feature"], labels["bin"]) for _, labels in by_name["neurovit_drift_bin_total"]
+    }
+    gauges = by_name["neurovit_drift_reference_fraction"]
+    assert len(gauges) == sum(len(shares) for shares in reference.fractions.values())
+    assert len(by_name["neurovit_class_reference_fraction"]) == len(CLASS_NAMES)
+    assert by_name["neurovit_model_info"][0][0] == 1
+    assert by_name["neurovit_ood_threshold"][0][0] == pytest.approx(reference.ood_threshold)
+
+    caplog.clear()  # the reference gauges are not re-sent on every batch
+    run(fresh, [good])
+    assert "neurovit_drift_reference_fraction" not in {name for name, _, _ in emitted(caplog)}
+
+
+def test_every_answer_carries_its_ood_check(handler_and_context, images):
+    (answer,), _ = run(handler_and_context, [request(images["png"], "image/png")])
+    ood = answer["ood"]
+    assert ood["flagged"] == (ood["score"] > ood["threshold"])
+    noise = np.random.default_rng(5).integers(0, 256, (48, 48), dtype=np.uint8)
+    (odd,), _ = run(handler_and_context, [request(good_images(noise)["png"], "image/png")])
+    assert_answer(odd)  # an input unlike the training data is answered (maybe flagged), never refused

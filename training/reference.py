@@ -1,0 +1,88 @@
+"""The monitoring reference a version is published with: drift bins, class mix and the OOD scorer.
+
+Written into the calibrated model folder (``monitoring.json`` and ``ood.safetensors``), so it travels in
+the archive and the manifest covers it. Which split feeds which part, and why:
+- image features and the predicted-class mix: the training split (the population the model learnt);
+- confidence and OOD score: the validation split, because on its own training images a model is more
+  confident and closer to its class means than on any new slice, so a train reference would report drift
+  on perfectly ordinary traffic;
+- the OOD scorer is fitted on training embeddings and its threshold is the validation scores' quantile
+  for ``target_fpr``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neurovit.drift import MonitoringReference, image_features
+from neurovit.model import load_model
+from neurovit.ood import MahalanobisScorer, capture_embeddings, threshold_for_fpr
+from training.train import BatchLoader, pick_device
+
+DEFAULT_TARGET_FPR = 0.03  # margin under the 5% of real slices we allow to be flagged on unseen data
+
+
+@torch.no_grad()
+def logits_and_embeddings(model_dir: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits ``(N, classes)`` and CLS embeddings ``(N, dim)`` of canonical uint8 images."""
+    loaded = load_model(model_dir, device=pick_device("auto"))
+    device = next(loaded.model.parameters()).device
+    labels = np.zeros(len(images), dtype=np.int64)
+    loader = BatchLoader(images, labels, 256, loaded.preprocessing, device, shuffle=False, drop_last=False)
+    logits = []
+    with capture_embeddings(loaded.model) as embeddings:
+        for batch, _ in loader.batches():
+            logits.append(loaded.model(batch).logits.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
+
+
+def write_monitoring_reference(
+    model_dir: str | Path,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    temperature: float,
+    target_fpr: float = DEFAULT_TARGET_FPR,
+) -> dict:
+    """Fit the OOD scorer and the drift reference; save both in ``model_dir``. Returns a summary for the
+    evaluation's metrics (threshold, validation flag rate)."""
+    (train_images, train_labels), (val_images, _) = train, val
+    class_names = load_model(model_dir).class_names
+    train_logits, train_embeddings = logits_and_embeddings(model_dir, train_images)
+    val_logits, val_embeddings = logits_and_embeddings(model_dir, val_images)
+
+    scorer = MahalanobisScorer.fit(train_embeddings, train_labels)
+    val_scores = scorer.score(val_embeddings)
+    threshold = threshold_for_fpr(val_scores, target_fpr)
+    val_confidence = torch.softmax(torch.from_numpy(val_logits).double() / temperature, -1).max(-1).values
+
+    features = {
+        **image_features(train_images),
+        "confidence": val_confidence.numpy(),
+        "ood_score": val_scores,
+    }
+    reference = MonitoringReference.build(
+        features,
+        predicted=train_logits.argmax(axis=1),
+        class_names=class_names,
+        sources={
+            "image_features": f"train split, {len(train_images)} images",
+            "class_mix": f"predictions on the train split, {len(train_images)} images",
+            "confidence": f"val split, {len(val_images)} images",
+            "ood_score": f"val split, {len(val_images)} images",
+        },
+        ood_threshold=threshold,
+        ood_target_fpr=target_fpr,
+    )
+    scorer.save(model_dir)
+    reference.save(model_dir)
+    return {
+        "ood_threshold": threshold,
+        "ood_target_fpr": target_fpr,
+        "ood_val_flagged_rate": float(np.mean(val_scores > threshold)),
+    }
+
+
+__all__ = ["DEFAULT_TARGET_FPR", "logits_and_embeddings", "write_monitoring_reference"]
