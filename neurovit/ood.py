@@ -1,15 +1,20 @@
-"""Out-of-distribution score per request: Mahalanobis distance of the CLS embedding (Lee et al., "A Simple
-Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018).
-
-The embedding is what the classifier reads: the final layernorm's output at the CLS token. Class means and
-one shared covariance are fitted on the training split's embeddings (Ledoit-Wolf shrinkage, because a few
-hundred images cannot pin down a 192x192 covariance); the score is the distance to the nearest class mean.
-The flagging threshold is a quantile of the validation split's scores, chosen for a stated false-positive
-rate on real slices (``target_fpr``). The score needs no extra forward: a hook reads the embedding during
+"""Out-of-distribution score per request: Mahalanobis distances of the model's own features to the training
+classes (Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
+Attacks", NeurIPS 2018), over two layers as in their feature ensemble:
+- ``tokens``: the mean of the patch tokens entering the transformer (conv stem output plus position
+  embeddings): low-level texture and intensity statistics, which tell photographs, noise and documents from
+  MRI even when the classifier would be confident about them;
+- ``cls``: the CLS embedding the classifier reads (the final layernorm's output at token 0): semantics.
+For each, class means and one shared covariance are fitted on the training split's features (Ledoit-Wolf
+shrinkage: a few hundred images cannot pin down a 192x192 covariance) and the distance to the nearest class
+mean is divided by its median on the validation split; the score is the larger of the two. Lee et al.
+weight the layers with a regression fitted on OOD examples; taking the maximum of the normalised distances
+needs none, so no "unknown" data leaks into the threshold. The flagging threshold is the validation scores'
+quantile for a stated false-positive rate on real slices. No extra forward: hooks read both features during
 the forward that classifies.
 
-Saved as ``ood.safetensors`` (means, precision) in the model folder; the threshold lives in the monitoring
-reference (``neurovit.drift``), so both travel inside the archive and are covered by the manifest.
+Saved as ``ood.safetensors`` in the model folder; the threshold lives in the monitoring reference
+(``neurovit.drift``), so both travel inside the archive and are covered by the manifest.
 """
 
 from __future__ import annotations
@@ -28,17 +33,31 @@ from torch import nn
 OOD_FILE = "ood.safetensors"
 
 
+FEATURES = ("tokens", "cls")
+
+
 @contextmanager
-def capture_embeddings(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the CLS embedding (``vit.layernorm`` output, token 0) of every forward run inside the block."""
-    captured: list[torch.Tensor] = []
-    handle = model.vit.layernorm.register_forward_hook(
-        lambda module, args, output: captured.append(output[:, 0].detach().float().cpu())
-    )
+def capture_features(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Collect, for every forward run inside the block, the ``FEATURES`` of each image: the mean patch token
+    entering the encoder and the CLS embedding the classifier reads."""
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURES}
+
+    def keep(name: str, select):
+        return lambda module, args, output: captured[name].append(select(output).detach().float().cpu())
+
+    handles = [
+        model.vit.embeddings.register_forward_hook(keep("tokens", lambda out: out[:, 1:].mean(dim=1))),
+        model.vit.layernorm.register_forward_hook(keep("cls", lambda out: out[:, 0])),
+    ]
     try:
         yield captured
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def stack_features(captured: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    return {name: torch.cat(chunks).numpy() for name, chunks in captured.items()}
 
 
 @dataclass
@@ -67,23 +86,51 @@ class MahalanobisScorer:
         squared = np.einsum("ncd,de,nce->nc", diffs, self.precision, diffs)
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
+
+@dataclass
+class OODScorer:
+    """One ``MahalanobisScorer`` per feature, each distance divided by its validation median; the score is
+    the largest normalised distance."""
+
+    scorers: dict[str, MahalanobisScorer]
+    scales: dict[str, float]
+
+    @classmethod
+    def fit(cls, train: dict[str, np.ndarray], labels: np.ndarray, val: dict[str, np.ndarray]) -> OODScorer:
+        scorers = {name: MahalanobisScorer.fit(train[name], labels) for name in FEATURES}
+        scales = {name: float(np.median(scorers[name].score(val[name]))) or 1.0 for name in FEATURES}
+        return cls(scorers=scorers, scales=scales)
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """``(N,)`` scores; about 1 for a typical validation slice, larger = less like the training slices."""
+        distances = [self.scorers[name].score(features[name]) / self.scales[name] for name in FEATURES]
+        return np.max(np.stack(distances), axis=0)
+
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / OOD_FILE
-        save_file(
-            {"means": self.means.astype(np.float32), "precision": self.precision.astype(np.float32)}, path
-        )
+        tensors = {}
+        for name, scorer in self.scorers.items():
+            tensors[f"{name}.means"] = scorer.means.astype(np.float32)
+            tensors[f"{name}.precision"] = scorer.precision.astype(np.float32)
+            tensors[f"{name}.scale"] = np.array([self.scales[name]], dtype=np.float64)
+        save_file(tensors, path)
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> MahalanobisScorer | None:
+    def load(cls, folder: str | Path) -> OODScorer | None:
         """The folder's scorer, or None for a model published before OOD scoring existed."""
         path = Path(folder) / OOD_FILE
         if not path.is_file():
             return None
         tensors = load_file(path)
-        return cls(
-            means=tensors["means"].astype(np.float64), precision=tensors["precision"].astype(np.float64)
-        )
+        scorers = {
+            name: MahalanobisScorer(
+                means=tensors[f"{name}.means"].astype(np.float64),
+                precision=tensors[f"{name}.precision"].astype(np.float64),
+            )
+            for name in FEATURES
+        }
+        return cls(scorers=scorers, scales={name: float(tensors[f"{name}.scale"][0]) for name in FEATURES})
 
 
 def threshold_for_fpr(scores: np.ndarray, target_fpr: float) -> float:
@@ -93,4 +140,12 @@ def threshold_for_fpr(scores: np.ndarray, target_fpr: float) -> float:
     return float(np.quantile(np.asarray(scores, dtype=np.float64), 1 - target_fpr, method="higher"))
 
 
-__all__ = ["OOD_FILE", "MahalanobisScorer", "capture_embeddings", "threshold_for_fpr"]
+__all__ = [
+    "FEATURES",
+    "OOD_FILE",
+    "MahalanobisScorer",
+    "OODScorer",
+    "capture_features",
+    "stack_features",
+    "threshold_for_fpr",
+]

@@ -46,7 +46,7 @@ from neurovit.drift import MonitoringReference, image_features
 from neurovit.errors import ImageTooLargeError, NeuroVitError, NotASliceError, UnreadableImageError
 from neurovit.explain import explain, overlay_png
 from neurovit.model import LoadedModel, load_model
-from neurovit.ood import MahalanobisScorer, capture_embeddings
+from neurovit.ood import OODScorer, capture_features, stack_features
 from neurovit.preprocessing import canonicalise, to_tensor
 
 # Names in answers -> methods of neurovit.explain. "heatmap" is Grad-CAM on the ViT's tokens.
@@ -323,7 +323,7 @@ class Predictor:
         version: str,
         options: ServingOptions | None = None,
         reference: MonitoringReference | None = None,
-        ood_scorer: MahalanobisScorer | None = None,
+        ood_scorer: OODScorer | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model.eval()
@@ -355,7 +355,7 @@ class Predictor:
             version,
             options,
             reference=MonitoringReference.load(model_dir),
-            ood_scorer=MahalanobisScorer.load(model_dir),
+            ood_scorer=OODScorer.load(model_dir),
         )
 
     @property
@@ -404,7 +404,7 @@ class Predictor:
         pixels = pixels.to(self.device)
         maps: dict[str, np.ndarray] = {}
         timings: dict[str, float] = {}
-        with capture_embeddings(self.model) as embeddings:
+        with capture_features(self.model) as features:
             if methods:
                 maps = explain(self.model, pixels, methods, timings=timings)
                 logits = torch.from_numpy(maps.pop("logits"))
@@ -414,7 +414,7 @@ class Predictor:
                     logits = self.model(pixels).logits.float().cpu()
                 timings["forward"] = time.perf_counter() - start
         probabilities = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
-        ood_scores = self.ood_scorer.score(torch.cat(embeddings).numpy()) if self.ood_scorer else None
+        ood_scores = self.ood_scorer.score(stack_features(features)) if self.ood_scorer else None
         start = time.perf_counter()
         answers = [
             self._answer(

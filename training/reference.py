@@ -6,7 +6,7 @@ the archive and the manifest covers it. Which split feeds which part, and why:
 - confidence and OOD score: the validation split, because on its own training images a model is more
   confident and closer to its class means than on any new slice, so a train reference would report drift
   on perfectly ordinary traffic;
-- the OOD scorer is fitted on training embeddings and its threshold is the validation scores' quantile
+- the OOD scorer is fitted on training features, normalised on validation ones, and its threshold is the validation scores' quantile
   for ``target_fpr``.
 """
 
@@ -19,24 +19,26 @@ import torch
 
 from neurovit.drift import MonitoringReference, image_features
 from neurovit.model import load_model
-from neurovit.ood import MahalanobisScorer, capture_embeddings, threshold_for_fpr
+from neurovit.ood import OODScorer, capture_features, stack_features, threshold_for_fpr
 from training.train import BatchLoader, pick_device
 
 DEFAULT_TARGET_FPR = 0.03  # margin under the 5% of real slices we allow to be flagged on unseen data
 
 
 @torch.no_grad()
-def logits_and_embeddings(model_dir: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits ``(N, classes)`` and CLS embeddings ``(N, dim)`` of canonical uint8 images."""
+def logits_and_features(
+    model_dir: str | Path, images: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Raw logits ``(N, classes)`` and the OOD features (``neurovit.ood.FEATURES``) of canonical images."""
     loaded = load_model(model_dir, device=pick_device("auto"))
     device = next(loaded.model.parameters()).device
     labels = np.zeros(len(images), dtype=np.int64)
     loader = BatchLoader(images, labels, 256, loaded.preprocessing, device, shuffle=False, drop_last=False)
     logits = []
-    with capture_embeddings(loaded.model) as embeddings:
+    with capture_features(loaded.model) as features:
         for batch, _ in loader.batches():
             logits.append(loaded.model(batch).logits.float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
+    return torch.cat(logits).numpy(), stack_features(features)
 
 
 def write_monitoring_reference(
@@ -50,11 +52,11 @@ def write_monitoring_reference(
     evaluation's metrics (threshold, validation flag rate)."""
     (train_images, train_labels), (val_images, _) = train, val
     class_names = load_model(model_dir).class_names
-    train_logits, train_embeddings = logits_and_embeddings(model_dir, train_images)
-    val_logits, val_embeddings = logits_and_embeddings(model_dir, val_images)
+    train_logits, train_features = logits_and_features(model_dir, train_images)
+    val_logits, val_features = logits_and_features(model_dir, val_images)
 
-    scorer = MahalanobisScorer.fit(train_embeddings, train_labels)
-    val_scores = scorer.score(val_embeddings)
+    scorer = OODScorer.fit(train_features, train_labels, val_features)
+    val_scores = scorer.score(val_features)
     threshold = threshold_for_fpr(val_scores, target_fpr)
     val_confidence = torch.softmax(torch.from_numpy(val_logits).double() / temperature, -1).max(-1).values
 
@@ -85,4 +87,4 @@ def write_monitoring_reference(
     }
 
 
-__all__ = ["DEFAULT_TARGET_FPR", "logits_and_embeddings", "write_monitoring_reference"]
+__all__ = ["DEFAULT_TARGET_FPR", "logits_and_features", "write_monitoring_reference"]

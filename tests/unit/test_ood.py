@@ -8,7 +8,14 @@ import torch
 from fixtures.serving_samples import CLASS_NAMES, TINY
 
 from neurovit.model import build_model
-from neurovit.ood import MahalanobisScorer, capture_embeddings, threshold_for_fpr
+from neurovit.ood import (
+    FEATURES,
+    MahalanobisScorer,
+    OODScorer,
+    capture_features,
+    stack_features,
+    threshold_for_fpr,
+)
 
 
 def gaussian_classes(rng, n=400, dim=6):
@@ -38,14 +45,21 @@ def test_threshold_flags_the_stated_share_of_in_distribution_scores():
         threshold_for_fpr(scores, 0.0)
 
 
-def test_scorer_round_trip(tmp_path):
+def test_the_score_is_the_largest_normalised_distance_and_survives_a_round_trip(tmp_path):
     rng = np.random.default_rng(1)
-    train, labels = gaussian_classes(rng)
-    scorer = MahalanobisScorer.fit(train, labels)
+    train = {name: gaussian_classes(rng)[0] for name in FEATURES}
+    labels = gaussian_classes(rng)[1]
+    val = {name: gaussian_classes(rng, n=100)[0] for name in FEATURES}
+    scorer = OODScorer.fit(train, labels, val)
+    assert np.median(scorer.score(val)) >= 1.0  # the max of two distances, each with median 1 on val
+    # An image odd in one feature only (e.g. a photo's texture, with a plausible CLS) is still far.
+    odd = {name: values[:20].copy() for name, values in val.items()}
+    odd["tokens"] += 15.0
+    assert scorer.score(odd).min() > np.quantile(scorer.score(val), 0.99)
     scorer.save(tmp_path)
-    loaded = MahalanobisScorer.load(tmp_path)
-    assert np.allclose(loaded.score(train[:20]), scorer.score(train[:20]), rtol=1e-4)
-    assert MahalanobisScorer.load(tmp_path / "none") is None
+    loaded = OODScorer.load(tmp_path)
+    assert np.allclose(loaded.score(odd), scorer.score(odd), rtol=1e-4)
+    assert OODScorer.load(tmp_path / "none") is None
 
 
 def test_a_class_missing_from_the_data_has_no_mean():
@@ -55,15 +69,18 @@ def test_a_class_missing_from_the_data_has_no_mean():
     assert scorer.means.shape == (2, 6) and np.isfinite(scorer.score(train[:5])).all()
 
 
-def test_captured_embedding_is_what_the_classifier_reads():
+def test_captured_features_are_the_stem_tokens_and_what_the_classifier_reads():
     torch.manual_seed(0)
     model = build_model(TINY, CLASS_NAMES).eval()
     pixels = torch.randn(3, 1, 32, 32)
-    with torch.no_grad(), capture_embeddings(model) as embeddings:
-        logits = model(pixels).logits
-    (embedding,) = embeddings
-    assert embedding.shape == (3, TINY.hidden_size)
-    assert torch.allclose(model.classifier(embedding), logits, atol=1e-5)
+    with torch.no_grad(), capture_features(model) as captured:
+        outputs = model(pixels, output_hidden_states=True)
+    features = stack_features(captured)
+    assert features["cls"].shape == features["tokens"].shape == (3, TINY.hidden_size)
+    with torch.no_grad():
+        logits = model.classifier(torch.from_numpy(features["cls"]))
+    assert torch.allclose(logits, outputs.logits, atol=1e-5)
+    assert np.allclose(features["tokens"], outputs.hidden_states[0][:, 1:].mean(1).numpy(), atol=1e-6)
     with torch.no_grad():
         model(pixels)
-    assert len(embeddings) == 1  # the hook is gone after the block
+    assert len(captured["cls"]) == 1  # the hooks are gone after the block
