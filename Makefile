@@ -56,6 +56,10 @@ evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the 
 eval-explain: venv ## Score MODEL's explanation maps on DATA_DIR's lesion masks (pointing game, deletion AUC)
 	$(VENV_BIN)/python -m training.eval_explain --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EXPLAIN_ARGS)
 
+.PHONY: eval-ood
+eval-ood: venv ## Flag rate of MODEL's OOD score: held-out MRI in DATA_DIR vs photos, noise, other images
+	$(VENV_BIN)/python -m training.eval_ood --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(OOD_ARGS)
+
 .PHONY: versions
 versions: venv ## List the complete versions in the store
 	$(NEUROVIT) versions list --store $(NEUROVIT_STORE)
@@ -76,6 +80,10 @@ EXPLAIN      ?= all
 java: ## Install Java 17 (TorchServe's frontend) where it is missing (Debian/Ubuntu, as root)
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 
+.PHONY: prometheus
+prometheus: ## Install Prometheus and promtool (monitoring checks, demos) where missing (Debian/Ubuntu, as root)
+	@command -v promtool >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+
 .PHONY: package
 package: venv ## Build MODEL's TorchServe archive and KServe config into outputs/package/<version>
 	$(VENV_BIN)/python -m training.package --model $(MODEL) --store $(NEUROVIT_STORE)
@@ -90,8 +98,20 @@ predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|hea
 	$(VENV_BIN)/python -m training.serve predict --image $(IMAGE) --explain $(EXPLAIN)
 
 .PHONY: stop
-stop: venv ## Stop the local TorchServe started by `make serve`
-	$(VENV_BIN)/python -m training.serve stop
+stop: venv ## Stop the local TorchServe started by `make serve` (and Prometheus from `make monitor`/`drift-demo`)
+	$(VENV_BIN)/python -m training.monitor stop
+
+# ---- MONITORING --------------------------------------------------------------------------------
+PROMETHEUS_PORT ?= 9090
+
+.PHONY: monitor
+monitor: venv java prometheus ## TorchServe + Prometheus with monitoring/rules, a little traffic; prints the URL and queries
+	$(VENV_BIN)/python -m training.monitor monitor --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
+
+.PHONY: drift-demo
+drift-demo: venv java prometheus ## In-distribution then shifted traffic: PSI plot and a firing drift alert (outputs/drift-demo)
+	$(VENV_BIN)/python -m training.monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
+
 
 # ---- BENCHMARKS --------------------------------------------------------------------------------
 .PHONY: bench-train
@@ -108,13 +128,13 @@ bench-analyze: venv ## Time the analysis of 10,000 images
 
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test
-test: venv java ## Run the whole test suite (unit and integration: real TorchServe, S3 endpoint, kfp runner)
+test: venv java prometheus ## Run the whole test suite (unit and integration: real TorchServe, S3 endpoint, kfp runner)
 	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: venv ## Ruff lint and format check
-	$(VENV_BIN)/ruff check neurovit training handlers tests
-	$(VENV_BIN)/ruff format --check neurovit training handlers tests
+	$(VENV_BIN)/ruff check neurovit training handlers monitoring tests
+	$(VENV_BIN)/ruff format --check neurovit training handlers monitoring tests
 
 .PHONY: clean
 clean: ## Remove generated outputs (not the venv)

@@ -6,8 +6,8 @@ the archive and the manifest covers it. Which split feeds which part, and why:
 - confidence and OOD score: the validation split, because on its own training images a model is more
   confident and closer to its class means than on any new slice, so a train reference would report drift
   on perfectly ordinary traffic;
-- the OOD scorer is fitted on training features, normalised on validation ones, and its threshold is the validation scores' quantile
-  for ``target_fpr``.
+- the OOD scorer is fitted on training features and normalised on validation ones; its threshold is the
+  validation scores' quantile for ``target_fpr``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,280 @@
+"""Monitoring on this machine: ``python -m training.monitor monitor|drift-demo|stop``.
+
+``monitor`` (``make monitor``) starts TorchServe on a published version (unless ``make serve`` already runs)
+and a Prometheus with the rules of ``monitoring/rules``, sends a little traffic (slices, explanations, a few
+bad inputs) and prints the Prometheus URL and queries to try.
+
+``drift-demo`` (``make drift-demo``) does the same with the rules time-compressed (every window 2 minutes,
+every ``for`` 10 seconds: ``training.prometheus.compress_rules``), then sends in-distribution traffic (demo
+slices as they are) followed by a shifted stream (the same slices with a different contrast curve, from
+one class only), samples each feature's PSI and the class-mix PSI every few seconds, writes
+``outputs/drift-demo/psi.png`` (PSI over time with the 0.1 and 0.25 thresholds and the moment the stream
+shifted) and ``timeline.json``, and shows the drift alerts going from inactive to pending to firing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import itertools
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
+from neurovit.errors import NeuroVitError
+from training import prometheus
+from training.serve import SERVE_DIR, _pid, _state, api_key, serve
+
+MONITOR_DIR = OUTPUT_DIR / "monitor"
+DRIFT_DIR = OUTPUT_DIR / "drift-demo"
+FEATURE_PSI = "neurovit:drift_bin:psi_1h"
+CLASS_PSI = "neurovit:predictions:psi_1h"
+DRIFT_ALERTS = ("NeuroViTDriftWatch", "NeuroViTDriftAct", "NeuroViTClassMixDrift")
+WATCH, ACT = 0.1, 0.25
+QUERIES_TO_TRY = (
+    ("requests per second by route", "sum by (route) (rate(neurovit_request_duration_seconds_count[1m]))"),
+    ("p95 latency by route", "neurovit:request_duration_seconds:p95_5m"),
+    ("answers by predicted class", "sum by (label) (neurovit_predictions_total)"),
+    ("errors by reason", "sum by (reason, status) (neurovit_errors_total)"),
+    ("PSI per feature", FEATURE_PSI),
+    ("class-mix PSI", CLASS_PSI),
+    ("OOD flag rate", "neurovit:ood_flagged:ratio_15m"),
+)
+
+
+def demo_slices(data_dir: Path) -> dict[str, list[Path]]:
+    """Demo slices per class (masks left out)."""
+    classes = {}
+    for folder in sorted(path for path in Path(data_dir).iterdir() if path.is_dir()):
+        files = sorted(p for p in folder.glob("*.png") if not p.name.endswith(".mask.png"))
+        if files:
+            classes[folder.name] = files
+    if not classes:
+        raise NeuroVitError(f"no slices under {data_dir}: run `make demo-data` first")
+    return classes
+
+
+def ensure_served(store: str, model: str, port: int) -> dict:
+    """The running `make serve` server, or a new one."""
+    try:
+        state = _state(SERVE_DIR)
+        if _pid(SERVE_DIR) is not None:
+            return state
+    except NeuroVitError:
+        pass
+    return serve(model, store, port=port)
+
+
+def metrics_target(state: dict) -> str:
+    """host:port of TorchServe's metrics API (inference port + 2, see training.serve.local_settings)."""
+    host, port = state["url"].rsplit(":", 1)
+    return f"{host.split('//')[-1]}:{int(port) + 2}"
+
+
+class Client:
+    """Sends images to the local server the way a user would (JSON with base64; raw bytes for bad ones)."""
+
+    def __init__(self, state: dict) -> None:
+        self.url = f"{state['url']}/predictions/{state['model']}"
+        key = api_key(Path(state["key_file"]))
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def send(self, body: bytes, content_type: str = "application/octet-stream") -> int:
+        request = urllib.request.Request(
+            self.url, data=body, headers={**self.headers, "Content-Type": content_type}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def image(self, data: bytes, explain: str = "none") -> int:
+        body = json.dumps({"data": base64.b64encode(data).decode("ascii"), "explain": explain}).encode()
+        return self.send(body, "application/json")
+
+
+def shifted(path: Path, gamma: float = 0.35) -> bytes:
+    """The slice with a different contrast curve (as from another scanner or protocol)."""
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64) / 255.0
+    buffer = io.BytesIO()
+    Image.fromarray((pixels**gamma * 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def monitor(args: argparse.Namespace) -> None:
+    state = ensure_served(args.store, args.model, args.port)
+    url = prometheus.start(MONITOR_DIR, metrics_target(state), port=args.prometheus_port)
+    client, slices = Client(state), demo_slices(args.data_dir)
+    statuses = []
+    for i, path in enumerate(itertools.islice(itertools.cycle(_interleave(slices)), args.requests)):
+        statuses.append(client.image(path.read_bytes(), ("none", "none", "rollout", "heatmap")[i % 4]))
+    statuses += [client.send(b""), client.send(b"not an image", "text/plain")]
+    prometheus.wait_for_scrape(url, "neurovit_predictions_total")
+    print(
+        f"sent {len(statuses)} requests: "
+        + ", ".join(f"{s}: {statuses.count(s)}" for s in sorted(set(statuses)))
+    )
+    print(f"Prometheus: {url} (rules from monitoring/rules; alerts at {url}/alerts)")
+    print(f"TorchServe: {state['url']} (metrics at http://{metrics_target(state)}/metrics)")
+    print("queries to try (Prometheus > Graph):")
+    for title, expr in QUERIES_TO_TRY:
+        print(f"  {title:<30} {expr}")
+    print("stop both with `make stop`")
+
+
+def _interleave(slices: dict[str, list[Path]]) -> list[Path]:
+    """Slices in class rotation, so any stretch of traffic has the dataset's class mix."""
+    return [path for group in itertools.zip_longest(*slices.values()) for path in group if path is not None]
+
+
+def _sample(url: str) -> dict[str, float]:
+    values = {r["metric"]["feature"]: float(r["value"][1]) for r in prometheus.query(url, FEATURE_PSI)}
+    for result in prometheus.query(url, CLASS_PSI):  # one series per model version; the demo serves one
+        values["class mix"] = float(result["value"][1])
+    return values
+
+
+def _alert_states(url: str) -> dict[str, str]:
+    states: dict[str, str] = {}
+    for alert in prometheus.alerts(url):
+        name = alert["labels"]["alertname"]
+        if name in DRIFT_ALERTS:
+            key = f"{name}{{{alert['labels'].get('feature', 'class mix')}}}"
+            states[key] = alert["state"]
+    return states
+
+
+def drift_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = ensure_served(args.store, args.model, args.port)
+    rules = prometheus.compress_rules(out / "rules", window="2m", hold="10s")
+    url = prometheus.start(out / "prometheus", metrics_target(state), port=args.prometheus_port, rules=rules)
+    client, slices = Client(state), demo_slices(args.data_dir)
+    normal = itertools.cycle(_interleave(slices))
+    one_class = itertools.cycle(slices[sorted(slices)[0]])
+    print(f"Prometheus {url}; rules time-compressed (windows 2m, for 10s) in {out / 'rules'}")
+
+    timeline, started = [], time.monotonic()
+    shift_at, fired_at, phase = None, None, "in-distribution"
+    next_sample = 0.0
+    while True:
+        elapsed = time.monotonic() - started
+        if phase == "in-distribution" and elapsed >= args.normal_s:
+            phase, shift_at = "shifted", elapsed
+            print(
+                f"[{elapsed:5.0f}s] shifting the stream: contrast curve changed, one class only", flush=True
+            )
+        if phase == "shifted" and (
+            elapsed - shift_at >= args.shifted_s or (fired_at and elapsed - fired_at > 15)
+        ):
+            break
+        body = next(normal).read_bytes() if phase == "in-distribution" else shifted(next(one_class))
+        client.image(body)
+        if elapsed >= next_sample:
+            next_sample = elapsed + args.sample_s
+            psi, alerts = _sample(url), _alert_states(url)
+            timeline.append({"t": round(elapsed, 1), "phase": phase, "psi": psi, "alerts": alerts})
+            firing = sorted(k for k, v in alerts.items() if v == "firing")
+            if firing and fired_at is None:
+                fired_at = elapsed
+            shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(psi.items()))
+            print(f"[{elapsed:5.0f}s] {phase:<15} PSI {shown or '(waiting for data)'}", flush=True)
+            if alerts:
+                print(
+                    f"        alerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}", flush=True
+                )
+    (out / "timeline.json").write_text(json.dumps(timeline, indent=2) + "\n")
+    plot_timeline(timeline, shift_at, out / "psi.png")
+    print(f"plot: {out / 'psi.png'}\ntimeline: {out / 'timeline.json'}")
+    final = timeline[-1]["alerts"] if timeline else {}
+    firing = sorted(k for k, v in final.items() if v == "firing")
+    print(f"drift alerts firing at the end: {', '.join(firing) or 'none'}")
+    print(
+        f"Prometheus keeps running at {url} (alerts page: {url}/alerts); `make stop` stops it and TorchServe"
+    )
+    return 0 if firing else 1
+
+
+def plot_timeline(timeline: list[dict], shift_at: float | None, path: Path) -> None:
+    figure = Figure(figsize=(9, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    names = sorted({name for point in timeline for name in point["psi"]})
+    for name in names:
+        points = [(p["t"], p["psi"][name]) for p in timeline if name in p["psi"]]
+        axes.plot(*zip(*points, strict=True), label=name, marker=".")
+    axes.axhline(WATCH, color="orange", linestyle="--", label="watch (0.1)")
+    axes.axhline(ACT, color="red", linestyle="--", label="act (0.25)")
+    if shift_at is not None:
+        axes.axvline(shift_at, color="grey", linestyle=":", label="stream shifted")
+    fired = [p["t"] for p in timeline if any(v == "firing" for v in p["alerts"].values())]
+    if fired:
+        axes.axvspan(fired[0], timeline[-1]["t"], color="red", alpha=0.08, label="drift alert firing")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("PSI (window 2 min, compressed from 1 h)")
+    axes.set_yscale("symlog", linthresh=0.05)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.set_title("NeuroViT drift demo: PSI per feature, from Prometheus recording rules")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def stop_all(_: argparse.Namespace) -> None:
+    from training.serve import stop
+
+    for folder in (MONITOR_DIR, DRIFT_DIR / "prometheus"):
+        if prometheus.stop(folder):
+            print(f"Prometheus stopped ({folder})")
+    stop(SERVE_DIR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.monitor", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("monitor", "drift-demo"):
+        command = commands.add_parser(name)
+        command.add_argument("--model", default="latest")
+        command.add_argument("--store", default=DEFAULT_STORE)
+        command.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data")
+        command.add_argument("--port", type=int, default=8080, help="TorchServe inference port (metrics +2)")
+        command.add_argument("--prometheus-port", type=int, default=9090)
+    commands.choices["monitor"].add_argument("--requests", type=int, default=60)
+    drift = commands.choices["drift-demo"]
+    drift.add_argument("--out", type=Path, default=DRIFT_DIR)
+    drift.add_argument("--normal-s", type=float, default=150, help="seconds of in-distribution traffic")
+    drift.add_argument("--shifted-s", type=float, default=240, help="at most this long of shifted traffic")
+    drift.add_argument("--sample-s", type=float, default=5, help="seconds between PSI samples")
+    commands.add_parser("stop")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "monitor":
+            monitor(args)
+            return 0
+        if args.command == "drift-demo":
+            return drift_demo(args)
+        stop_all(args)
+        return 0
+    except NeuroVitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
