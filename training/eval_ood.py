@@ -5,7 +5,8 @@ published version (checksums verified) and sends two sets through the same path 
 (``Predictor.prepare`` then ``predict``; the images as encoded bytes):
 - MRI: the version's held-out test slices under ``--data-dir`` (every image there when the data no longer
   matches the version's split), which the threshold never saw;
-- not MRI: photographs, noise and other pictures (``training.ood_samples``), plus every image of
+- not MRI: photographs, noise and other pictures (``training.ood_samples``), the files of ``--data-dir``
+  that the version's analysis found not to be MRI (the split left them out), and every image of
   ``--non-mri-dir`` if given.
 Goals: MRI flagged at most 5%, each non-MRI group flagged at least 95%. Writes ``ood_eval.json`` and
 ``ood_scores.png`` (score histograms per group, with the threshold) to ``outputs/ood-eval/<version>/`` and
@@ -48,6 +49,15 @@ def scores(predictor: Predictor, images: list[bytes], batch_size: int = 32) -> n
         for i, answer in zip(places, predictor.predict(prepared), strict=True):
             result[i] = answer["ood"]["score"]
     return result
+
+
+def flagged_by_analysis(report_path: Path, data_dir: Path) -> list[Path]:
+    """Files of ``data_dir`` that the version's analysis found not to be MRI (pure noise, flat)."""
+    if not report_path.is_file():
+        return []
+    suspect = json.loads(report_path.read_text()).get("suspect", {})
+    relpaths = [*suspect.get("noise_like", []), *suspect.get("flat", [])]
+    return [data_dir / relpath for relpath in relpaths if (data_dir / relpath).is_file()]
 
 
 def summarise(group_scores: dict[str, np.ndarray], threshold: float) -> dict[str, dict]:
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         predictor = Predictor.load(local / "model", model_name, version)
         split_path = local / "split.json"
         chosen, source = select_images(Path(args.data_dir), split_path if split_path.is_file() else None)
+        suspects = flagged_by_analysis(local / "analysis" / "report.json", Path(args.data_dir))
     if predictor.ood_scorer is None:
         raise DataError(f"{model_name}/{version} was published without an OOD scorer: retrain to get one")
     threshold = float(predictor.reference.ood_threshold)
@@ -117,6 +128,8 @@ def run(args: argparse.Namespace) -> dict:
     samples = non_mri_samples()
     for group in dict.fromkeys(sample.group for sample in samples):
         group_scores[group] = scores(predictor, [s.png for s in samples if s.group == group])
+    if suspects:  # the dataset's own non-MRI files, which the split left out of training
+        group_scores["dataset noise (analysis)"] = scores(predictor, [path.read_bytes() for path in suspects])
     if args.non_mri_dir:
         files = sorted(path for path in Path(args.non_mri_dir).rglob("*") if path.is_file())
         if not files:

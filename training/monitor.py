@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -134,6 +135,42 @@ def monitor(args: argparse.Namespace) -> None:
     print("stop both with `make stop`")
 
 
+class TrafficStream:
+    """Background senders: demo slices in class rotation until ``shift()``, then one class with another
+    contrast curve. Several senders, because the drift alerts need at least 300 answers per window."""
+
+    def __init__(self, client: Client, slices: dict[str, list[Path]], senders: int = 3) -> None:
+        self.client, self.senders = client, senders
+        self.normal = itertools.cycle(_interleave(slices))
+        self.one_class = itertools.cycle(slices[sorted(slices)[0]])
+        self.shifted, self.sent = False, 0
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _next(self) -> bytes:
+        with self._lock:
+            self.sent += 1
+            return shifted(next(self.one_class)) if self.shifted else next(self.normal).read_bytes()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.client.image(self._next())
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.senders)]
+        for thread in self._threads:
+            thread.start()
+
+    def shift(self) -> None:
+        with self._lock:
+            self.shifted = True
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=70)
+
+
 def _interleave(slices: dict[str, list[Path]]) -> list[Path]:
     """Slices in class rotation, so any stretch of traffic has the dataset's class mix."""
     return [path for group in itertools.zip_longest(*slices.values()) for path in group if path is not None]
@@ -163,39 +200,43 @@ def drift_demo(args: argparse.Namespace) -> int:
     rules = prometheus.compress_rules(out / "rules", window="2m", hold="10s")
     url = prometheus.start(out / "prometheus", metrics_target(state), port=args.prometheus_port, rules=rules)
     client, slices = Client(state), demo_slices(args.data_dir)
-    normal = itertools.cycle(_interleave(slices))
-    one_class = itertools.cycle(slices[sorted(slices)[0]])
     print(f"Prometheus {url}; rules time-compressed (windows 2m, for 10s) in {out / 'rules'}")
-
+    stream = TrafficStream(client, slices, senders=args.senders)
+    stream.start()
     timeline, started = [], time.monotonic()
-    shift_at, fired_at, phase = None, None, "in-distribution"
-    next_sample = 0.0
-    while True:
-        elapsed = time.monotonic() - started
-        if phase == "in-distribution" and elapsed >= args.normal_s:
-            phase, shift_at = "shifted", elapsed
-            print(
-                f"[{elapsed:5.0f}s] shifting the stream: contrast curve changed, one class only", flush=True
-            )
-        if phase == "shifted" and (
-            elapsed - shift_at >= args.shifted_s or (fired_at and elapsed - fired_at > 15)
-        ):
-            break
-        body = next(normal).read_bytes() if phase == "in-distribution" else shifted(next(one_class))
-        client.image(body)
-        if elapsed >= next_sample:
-            next_sample = elapsed + args.sample_s
+    shift_at, fired_at = None, None
+    try:
+        while True:
+            time.sleep(args.sample_s)
+            elapsed = time.monotonic() - started
+            if shift_at is None and elapsed >= args.normal_s:
+                shift_at = elapsed
+                stream.shift()
+                print(
+                    f"[{elapsed:5.0f}s] shifting the stream: contrast curve changed, one class only",
+                    flush=True,
+                )
+            phase = "shifted" if shift_at is not None else "in-distribution"
             psi, alerts = _sample(url), _alert_states(url)
-            timeline.append({"t": round(elapsed, 1), "phase": phase, "psi": psi, "alerts": alerts})
-            firing = sorted(k for k, v in alerts.items() if v == "firing")
-            if firing and fired_at is None:
-                fired_at = elapsed
+            timeline.append(
+                {"t": round(elapsed, 1), "phase": phase, "sent": stream.sent, "psi": psi, "alerts": alerts}
+            )
             shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(psi.items()))
-            print(f"[{elapsed:5.0f}s] {phase:<15} PSI {shown or '(waiting for data)'}", flush=True)
+            print(
+                f"[{elapsed:5.0f}s] {phase:<15} {stream.sent:>5} sent  PSI {shown or '(waiting)'}", flush=True
+            )
             if alerts:
                 print(
                     f"        alerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}", flush=True
                 )
+            if fired_at is None and any(v == "firing" for v in alerts.values()):
+                fired_at = elapsed
+            if shift_at is not None and (
+                elapsed - shift_at >= args.shifted_s or (fired_at and elapsed - fired_at > 15)
+            ):
+                break
+    finally:
+        stream.stop()
     (out / "timeline.json").write_text(json.dumps(timeline, indent=2) + "\n")
     plot_timeline(timeline, shift_at, out / "psi.png")
     print(f"plot: {out / 'psi.png'}\ntimeline: {out / 'timeline.json'}")
@@ -257,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--normal-s", type=float, default=150, help="seconds of in-distribution traffic")
     drift.add_argument("--shifted-s", type=float, default=240, help="at most this long of shifted traffic")
     drift.add_argument("--sample-s", type=float, default=5, help="seconds between PSI samples")
+    drift.add_argument("--senders", type=int, default=3, help="concurrent clients sending the stream")
     commands.add_parser("stop")
     return parser
 

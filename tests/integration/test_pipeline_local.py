@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from neurovit.data.split import load_split
 from neurovit.store import resolve
+from training import eval_ood
 from training.pipeline import run_local
 
 pytestmark = [
@@ -57,3 +60,22 @@ def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None
     matrix = logged["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
     assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == manifest["class_names"]
     assert sum(sum(row["row"]) for row in matrix["rows"]) == manifest["metrics"]["n"]
+
+    # The monitoring reference and the OOD scorer travel with the version, inside the archive too.
+    assert {"model/monitoring.json", "model/ood.safetensors"} <= set(manifest["files"])
+    with zipfile.ZipFile(store.root / model / version / "model-store" / f"{model}.mar") as archive:
+        assert {"monitoring.json", "ood.safetensors"} <= set(archive.namelist())
+
+    # make eval-ood on the published version: held-out slices vs the built-in non-MRI images.
+    out = tmp_path / "ood-eval"
+    code = eval_ood.main(
+        ["--model", version_uri, "--data-dir", str(run_dir / "prepare-data" / "dataset"), "--out", str(out)]
+    )
+    assert code == 0
+    result = json.loads((out / eval_ood.RESULTS_FILE).read_text())
+    summary = result["summary"]
+    assert {"mri (held-out)", "photo", "noise", "other", "all non-MRI"} <= set(summary)
+    held_out = load_split(store.root / model / version / "split.json").entries_in("test")
+    assert summary["mri (held-out)"]["images"] == len(held_out) > 0
+    assert all(0 <= row["flagged_rate"] <= 1 for row in summary.values())
+    assert (out / eval_ood.PLOT_FILE).stat().st_size > 0
