@@ -5,9 +5,9 @@ and a Prometheus with the rules of ``monitoring/rules``, sends a little traffic 
 bad inputs) and prints the Prometheus URL and queries to try.
 
 ``drift-demo`` (``make drift-demo``) does the same with the rules time-compressed (every window 2 minutes,
-every ``for`` 10 seconds: ``training.prometheus.compress_rules``), then sends in-distribution traffic (demo
-slices as they are) followed by a shifted stream (the same slices with a different contrast curve, from
-one class only), samples each feature's PSI and the class-mix PSI every few seconds, writes
+every ``for`` 10 seconds: ``training.prometheus.compress_rules``), then sends in-distribution traffic (the
+served version's held-out slices as they are) followed by a shifted stream (slices of one class with a
+different contrast curve), samples each feature's PSI and the class-mix PSI every few seconds, writes
 ``outputs/drift-demo/psi.png`` (PSI over time with the 0.1 and 0.25 thresholds and the moment the stream
 shifted) and ``timeline.json``, and shows the drift alerts going from inactive to pending to firing.
 """
@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
+from neurovit.data.split import load_split
 from neurovit.errors import NeuroVitError
 from training import prometheus
 from training.serve import SERVE_DIR, _pid, _state, api_key, serve
@@ -63,6 +64,24 @@ def demo_slices(data_dir: Path) -> dict[str, list[Path]]:
     if not classes:
         raise NeuroVitError(f"no slices under {data_dir}: run `make demo-data` first")
     return classes
+
+
+def held_out_slices(state: dict, data_dir: Path) -> dict[str, list[Path]]:
+    """The served version's validation and test slices under ``data_dir``, per class: images the model never
+    trained on, i.e. what new in-distribution traffic looks like. (Its own training images would score
+    lower OOD and higher confidence than the reference, which comes from validation, and read as drift.)"""
+    split_file = SERVE_DIR / "models" / state["version"] / "split.json"
+    if not split_file.is_file():
+        print(f"warning: {split_file} is missing: sending every demo slice as in-distribution traffic")
+        return demo_slices(data_dir)
+    slices: dict[str, list[Path]] = {}
+    for entry in load_split(split_file).entries:
+        path = Path(data_dir) / entry.relpath
+        if entry.split in ("val", "test") and path.is_file():
+            slices.setdefault(entry.label, []).append(path)
+    if not slices:
+        raise NeuroVitError(f"none of the served version's held-out slices is under {data_dir}")
+    return dict(sorted(slices.items()))
 
 
 def ensure_served(store: str, model: str, port: int) -> dict:
@@ -199,8 +218,9 @@ def drift_demo(args: argparse.Namespace) -> int:
     state = ensure_served(args.store, args.model, args.port)
     rules = prometheus.compress_rules(out / "rules", window="2m", hold="10s")
     url = prometheus.start(out / "prometheus", metrics_target(state), port=args.prometheus_port, rules=rules)
-    client, slices = Client(state), demo_slices(args.data_dir)
+    client, slices = Client(state), held_out_slices(state, args.data_dir)
     print(f"Prometheus {url}; rules time-compressed (windows 2m, for 10s) in {out / 'rules'}")
+    print(f"in-distribution traffic: the version's {sum(map(len, slices.values()))} held-out slices")
     stream = TrafficStream(client, slices, senders=args.senders)
     stream.start()
     timeline, started = [], time.monotonic()
@@ -229,7 +249,7 @@ def drift_demo(args: argparse.Namespace) -> int:
                 print(
                     f"        alerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}", flush=True
                 )
-            if fired_at is None and any(v == "firing" for v in alerts.values()):
+            if shift_at is not None and fired_at is None and any(v == "firing" for v in alerts.values()):
                 fired_at = elapsed
             if shift_at is not None and (
                 elapsed - shift_at >= args.shifted_s or (fired_at and elapsed - fired_at > 15)
@@ -256,17 +276,22 @@ def plot_timeline(timeline: list[dict], shift_at: float | None, path: Path) -> N
     names = sorted({name for point in timeline for name in point["psi"]})
     for name in names:
         points = [(p["t"], p["psi"][name]) for p in timeline if name in p["psi"]]
-        axes.plot(*zip(*points, strict=True), label=name, marker=".")
+        times, values = zip(*points, strict=True)
+        axes.plot(times, np.maximum(values, 1e-3), label=name, marker=".")
     axes.axhline(WATCH, color="orange", linestyle="--", label="watch (0.1)")
     axes.axhline(ACT, color="red", linestyle="--", label="act (0.25)")
     if shift_at is not None:
         axes.axvline(shift_at, color="grey", linestyle=":", label="stream shifted")
-    fired = [p["t"] for p in timeline if any(v == "firing" for v in p["alerts"].values())]
+    fired = [
+        p["t"]
+        for p in timeline
+        if p["phase"] == "shifted" and any(v == "firing" for v in p["alerts"].values())
+    ]
     if fired:
         axes.axvspan(fired[0], timeline[-1]["t"], color="red", alpha=0.08, label="drift alert firing")
     axes.set_xlabel("seconds")
     axes.set_ylabel("PSI (window 2 min, compressed from 1 h)")
-    axes.set_yscale("symlog", linthresh=0.05)
+    axes.set_yscale("log")
     axes.legend(fontsize=8, loc="upper left")
     axes.set_title("NeuroViT drift demo: PSI per feature, from Prometheus recording rules")
     figure.tight_layout()

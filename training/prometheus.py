@@ -98,6 +98,7 @@ def start(
         raise PrometheusError(INSTALL_HINT)
     out_dir = Path(out_dir).resolve()
     stop(out_dir)
+    shutil.rmtree(out_dir / "data", ignore_errors=True)  # a fresh TSDB: no series from an earlier run
     config = write_config(out_dir, target, rules, interval)
     log = (out_dir / "prometheus.log").open("w")
     process = subprocess.Popen(
