@@ -114,8 +114,10 @@ def running_torchserve(
     envelope: str | None = None,
     batch_size: int = 1,
     max_batch_delay_ms: int = 50,
+    **other_settings: object,
 ) -> Iterator[TorchServe]:
-    """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it."""
+    """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it.
+    ``other_settings``: more ServerSettings fields (the load tests set ``job_queue_size``)."""
     inference, management, metrics, grpc, grpc_management = free_ports(5)
     settings = ServerSettings(
         inference_address=f"http://127.0.0.1:{inference}",
@@ -128,6 +130,7 @@ def running_torchserve(
         batch_size=batch_size,
         max_batch_delay_ms=max_batch_delay_ms,
         token_authorization=True,
+        **other_settings,
     )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
@@ -181,6 +184,14 @@ def torchserve(torchserve_package, tmp_path_factory) -> Iterator[TorchServe]:
     """No envelope, batching on: up to 4 requests per batch, waiting up to 200 ms for them."""
     workdir = tmp_path_factory.mktemp("torchserve")
     with running_torchserve(torchserve_package, workdir, batch_size=4, max_batch_delay_ms=200) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def torchserve_small_queue(torchserve_package, tmp_path_factory) -> Iterator[TorchServe]:
+    """Batching on (4, 50 ms) and a job queue of 4: a burst a test can send overflows it (load tests)."""
+    workdir = tmp_path_factory.mktemp("torchserve-small-queue")
+    with running_torchserve(torchserve_package, workdir, batch_size=4, job_queue_size=4) as server:
         yield server
 
 

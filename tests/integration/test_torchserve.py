@@ -148,7 +148,7 @@ def test_prometheus_metrics_count_answers_and_refusals(torchserve, png):
     # of the tests above; the histograms with their buckets).
     for spec in telemetry.METRICS:
         assert f"\n{spec.name}" in text, spec.name
-    assert 'neurovit_request_duration_seconds_bucket{' in text and 'le="0.05"' in text
+    assert "neurovit_request_duration_seconds_bucket{" in text and 'le="0.05"' in text
     assert 'reason="empty_body"' in text and 'feature="ood_score"' in text
 
 
