@@ -30,6 +30,17 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv
 venv: $(VENV)/.installed ## Create .venv and install NeuroViT with its pinned dependencies
 
+# Tools whose pins clash with the project's (checkov, the kserve SDK): their own environment.
+TOOLS_VENV   := .venv-tools
+$(TOOLS_VENV)/.installed: requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
+	touch $@
+
+.PHONY: tools-venv
+tools-venv: $(TOOLS_VENV)/.installed ## Create .venv-tools (checkov, kserve SDK: requirements-tools.txt)
+
 # ---- MAIN JOB ----------------------------------------------------------------------------------
 .PHONY: demo
 demo: venv java ## Demo set -> analyse, split, train, evaluate, package, publish; then serve it and explain one slice
@@ -72,6 +83,10 @@ pipeline: venv ## Run the Kubeflow pipeline on this machine with kfp's local run
 pipeline-compile: venv ## Recompile training/pipeline.yaml from training/pipeline.py
 	$(VENV_BIN)/python -m training.pipeline compile
 
+.PHONY: pipeline-submit
+pipeline-submit: venv ## Submit training/pipeline.yaml to Kubeflow Pipelines (KFP_HOST, NEUROVIT_STORE_URI, ...; SUBMIT_ARGS="--param epochs=30")
+	$(VENV_BIN)/python -m training.submit $(SUBMIT_ARGS)
+
 # ---- SERVING -----------------------------------------------------------------------------------
 SERVE_PORT   ?= 8080
 EXPLAIN      ?= all
@@ -112,6 +127,19 @@ monitor: venv java prometheus ## TorchServe + Prometheus with monitoring/rules, 
 drift-demo: venv java prometheus ## In-distribution then shifted traffic: PSI plot and a firing drift alert (outputs/drift-demo)
 	$(VENV_BIN)/python -m training.monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
 
+# ---- LOAD TESTS (locust; scenarios in tests/load/locustfile.py) ---------------------------------
+LOAD_TIME    ?= 60s
+LOAD_USERS   ?= 8
+LOAD_USER    ?= MixedUser
+LOAD_P95_MS  ?= 500
+
+.PHONY: load-test
+load-test: venv ## Locust against `make serve` (LOAD_USERS users, LOAD_TIME); CSV + HTML report in outputs/load/<time>/
+	@out=$(OUTPUT_DIR)/load/$$(date +%Y%m%d-%H%M%S); mkdir -p $$out; \
+	$(VENV_BIN)/locust -f tests/load/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
+	    --p95-objective-ms $(LOAD_P95_MS) --csv $$out/load --html $$out/report.html \
+	    --summary-file $$out/summary.json $(LOAD_ARGS) $(LOAD_USER); status=$$?; \
+	echo "load test report: $$out/report.html (CSV $$out/load_*.csv, summary $$out/summary.json)"; exit $$status
 
 # ---- BENCHMARKS --------------------------------------------------------------------------------
 .PHONY: bench-train
@@ -122,13 +150,42 @@ bench-train: venv ## Train the default recipe on real slices within a time budge
 bench-serve: venv java ## Latency of predict/rollout/heatmap against the bare forward, requests/s with batching on and off
 	$(VENV_BIN)/python -m training.bench_serve --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
+.PHONY: bench-load
+bench-load: venv java ## Capacity per replica: locust users stepped up to the p95 objective; plot and KServe sizing
+	$(VENV_BIN)/python -m training.bench_load --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+
 .PHONY: bench-analyze
 bench-analyze: venv ## Time the analysis of 10,000 images
 	$(VENV_BIN)/python -m training.bench_analyze
 
+# ---- KUBERNETES (manifests/, helm/neurovit; README "On Kubernetes") ----------------------------
+NAMESPACE    ?= neurovit
+ISVC         ?= neurovit
+CANARY       ?= 10
+
+.PHONY: kube-monitoring
+kube-monitoring: venv ## Copy monitoring/rules and dashboards into the chart and the kustomize base (PrometheusRule, ConfigMaps)
+	$(VENV_BIN)/python -m training.k8s_monitoring
+
+.PHONY: kube-validate
+kube-validate: venv tools-venv ## Render every overlay and chart variant; validate (schemas, CRDs, security, checkov, hadolint)
+	$(VENV_BIN)/python -m pytest tests/deploy -q
+
+.PHONY: deploy
+deploy: tools-venv ## Roll STORAGE_URI=s3://... out to ISVC in NAMESPACE as a canary with CANARY % of the traffic (100: rollout)
+	$(TOOLS_VENV)/bin/python -m training.deploy canary --storage-uri "$(STORAGE_URI)" --percent $(CANARY) --name $(ISVC) --namespace $(NAMESPACE)
+
+.PHONY: deploy-promote
+deploy-promote: tools-venv ## Send all of ISVC's traffic to the canary
+	$(TOOLS_VENV)/bin/python -m training.deploy promote --name $(ISVC) --namespace $(NAMESPACE)
+
+.PHONY: deploy-rollback
+deploy-rollback: tools-venv ## Serve the version ISVC served before the last `make deploy`, with all the traffic
+	$(TOOLS_VENV)/bin/python -m training.deploy rollback --name $(ISVC) --namespace $(NAMESPACE)
+
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test
-test: venv java prometheus ## Run the whole test suite (unit and integration: real TorchServe, S3 endpoint, kfp runner)
+test: venv java prometheus tools-venv ## Run the whole test suite (unit and integration: real TorchServe, S3 endpoint, kfp runner)
 	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint

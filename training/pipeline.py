@@ -23,9 +23,10 @@ count is a runtime parameter, so the spec carries it in ``resourceCount``, which
 when it builds the pod; a backend too old to read that field would start the task without a GPU. The local
 runner ignores resources and accelerators.
 
-Store credentials on a cluster come from the environment (see ``neurovit.store``): give the prepare_data and
-publish tasks ``NEUROVIT_S3_ENDPOINT`` and the ``AWS_*`` keys, for example with kfp-kubernetes'
-``use_secret_as_env``.
+Store access on a cluster: the prepare_data and publish tasks read the store's address (``NEUROVIT_S3_*``)
+from the ConfigMap ``store_config`` and the ``AWS_*`` keys from the Secret ``store_secret`` (pipeline
+parameters, default the objects that manifests/ and helm/ create), as environment through kfp-kubernetes.
+Both are optional, so a run against another store starts without them; the local runner ignores them.
 """
 
 import argparse
@@ -34,7 +35,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 PIPELINE_NAME = "neurovit-training"
@@ -43,6 +44,11 @@ DEFAULT_TRAINING_IMAGE = "ghcr.io/neurovit/neurovit-train:0.1.0"
 # Read once, at import: the image is baked into each component when the module is loaded.
 TRAINING_IMAGE = os.environ.get("NEUROVIT_TRAINING_IMAGE", DEFAULT_TRAINING_IMAGE)
 GPU_RESOURCE = "nvidia.com/gpu"
+# What the cluster objects (manifests/, helm/) provide to the tasks that talk to the store.
+STORE_SECRET = "neurovit-s3"
+STORE_CONFIG = "neurovit-store"
+STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+STORE_CONFIG_KEYS = ("NEUROVIT_S3_ENDPOINT", "NEUROVIT_S3_SECURE", "NEUROVIT_S3_REGION")
 
 # Requests and limits per task (Kubernetes quantities). Sized for the public brain-tumour MRI sets
 # (~7,000 slices held in memory as 128 px uint8); raise them for larger data.
@@ -289,6 +295,23 @@ def _sized(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     )
 
 
+def _with_store_access(task: dsl.PipelineTask, store_secret, store_config) -> dsl.PipelineTask:
+    """Give ``task`` the store's credentials and address from the cluster, as environment variables."""
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=store_secret,
+        secret_key_to_env={key: key for key in STORE_SECRET_KEYS},
+        optional=True,
+    )
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=store_config,
+        config_map_key_to_env={key: key for key in STORE_CONFIG_KEYS},
+        optional=True,
+    )
+    return task
+
+
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description=(
@@ -307,6 +330,8 @@ def training_pipeline(
     seed: int = 0,
     demo_images_per_class: int = 150,
     train_gpus: int = 1,
+    store_secret: str = STORE_SECRET,
+    store_config: str = STORE_CONFIG,
 ) -> str:
     """Training defaults are TrainConfig's (a unit test keeps them equal); the output is the version URI."""
     data = _sized(
@@ -314,6 +339,7 @@ def training_pipeline(
     )
     # The data behind a URI can change between runs while the URI stays the same: never reuse a cached copy.
     data.set_caching_options(enable_caching=False)
+    _with_store_access(data, store_secret, store_config)
     dataset = data.outputs["dataset"]
 
     analysis = _sized(analyze(dataset=dataset), "analyze")
@@ -348,6 +374,7 @@ def training_pipeline(
     )
     # Publishing is a side effect: every run must publish its own version.
     published.set_caching_options(enable_caching=False)
+    _with_store_access(published, store_secret, store_config)
     return published.output
 
 

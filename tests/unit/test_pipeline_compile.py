@@ -34,7 +34,8 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    return yaml.safe_load(PIPELINE_FILE.read_text())
+    # The first document is the pipeline spec; the second, kfp-kubernetes' platform spec (store access).
+    return next(yaml.safe_load_all(PIPELINE_FILE.read_text()))
 
 
 def _executor(spec: dict, task: str) -> dict:

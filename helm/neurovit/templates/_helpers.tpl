@@ -1,0 +1,126 @@
+{{/* Names, labels, images and the required values of the NeuroViT chart. */}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "neurovit.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every object name: the release name, plus the chart name unless the release holds it. */}}
+{{- define "neurovit.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<suffix>", kept within 63 characters. */}}
+{{- define "neurovit.component" -}}
+{{- printf "%s-%s" (include "neurovit.fullname" .root) .suffix | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "neurovit.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "neurovit.labels" -}}
+helm.sh/chart: {{ include "neurovit.chart" . }}
+{{ include "neurovit.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: neurovit
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "neurovit.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "neurovit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Selector labels of one component (minio, minio-bucket). */}}
+{{- define "neurovit.componentSelectorLabels" -}}
+{{ include "neurovit.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* registry/repository:tag, or @digest when one is given. */}}
+{{- define "neurovit.image" -}}
+{{- $image := .image -}}
+{{- if $image.digest }}
+{{- printf "%s/%s@%s" $image.registry $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s/%s:%s%s" $image.registry $image.repository $image.tag (default "" .suffix) }}
+{{- end }}
+{{- end }}
+
+{{/* The serving image: the -gpu build on GPU predictors. */}}
+{{- define "neurovit.servingImage" -}}
+{{- $suffix := ternary .Values.gpu.imageTagSuffix "" .Values.gpu.enabled }}
+{{- include "neurovit.image" (dict "image" .Values.image "suffix" $suffix) }}
+{{- end }}
+
+{{/* Required: the published version to serve. */}}
+{{- define "neurovit.storageUri" -}}
+{{- required "model.storageUri is required: the s3:// URI of a published version folder, e.g. s3://neurovit/neurovit/v20261125-160000-ab12cd (a pipeline run prints it)" .Values.model.storageUri }}
+{{- end }}
+
+{{/* Required: the Secret with the S3 credentials (an existing one, or the chart's from --set keys). */}}
+{{- define "neurovit.s3SecretName" -}}
+{{- if .Values.s3.existingSecret }}
+{{- .Values.s3.existingSecret }}
+{{- else if and .Values.s3.accessKeyId .Values.s3.secretAccessKey }}
+{{- include "neurovit.component" (dict "root" . "suffix" "s3") }}
+{{- else }}
+{{- required "s3.existingSecret is required: the name of a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (README, On Kubernetes), or give s3.accessKeyId and s3.secretAccessKey with --set" "" }}
+{{- end }}
+{{- end }}
+
+{{/* MinIO runs when it is enabled and no external endpoint is set. */}}
+{{- define "neurovit.minioEnabled" -}}
+{{- if and .Values.minio.enabled (not .Values.s3.endpoint) }}true{{ end }}
+{{- end }}
+
+{{/* host:port of the store, and whether it speaks TLS ("1"/"0", KServe's annotation values). */}}
+{{- define "neurovit.s3Endpoint" -}}
+{{- if .Values.s3.endpoint }}
+{{- .Values.s3.endpoint }}
+{{- else if .Values.minio.enabled }}
+{{- printf "%s.%s.svc.cluster.local:9000" (include "neurovit.component" (dict "root" . "suffix" "minio")) .Release.Namespace }}
+{{- else }}
+{{- required "s3.endpoint is required when minio.enabled is false: host:port of your S3 store" "" }}
+{{- end }}
+{{- end }}
+
+{{- define "neurovit.s3UseHttps" -}}
+{{- if and .Values.s3.endpoint .Values.s3.useHttps }}1{{ else }}0{{ end }}
+{{- end }}
+
+{{/* Container security context of every container the chart defines. */}}
+{{- define "neurovit.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Pod security context of the chart's own pods: MinIO and mc run as any user; a high uid stays clear of
+host users. */}}
+{{- define "neurovit.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

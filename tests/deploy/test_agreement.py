@@ -1,0 +1,74 @@
+"""The chart and the kustomize manifests deploy the same thing: same kinds and names, same images, same ports.
+Each overlay is compared with the chart variant that documents the same setting."""
+
+from __future__ import annotations
+
+import pytest
+
+PAIRS = [("knative", "knative-scale-to-zero"), ("standard", "standard"), ("gpu", "gpu"), ("v2", "v2")]
+
+
+def inventory(objects: list[dict]) -> set[tuple[str, str]]:
+    # The Secret: kustomize always generates it; the chart only when given keys (else it names one).
+    return {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] != "Secret"}
+
+
+def images(objects: list[dict]) -> set[str]:
+    found = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("image"), str):
+                found.add(node["image"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(objects)
+    return found
+
+
+def ports(objects: list[dict]) -> set[tuple]:
+    found = set()
+    for obj in objects:
+        spec = obj.get("spec", {})
+        if obj["kind"] == "Service":
+            found |= {
+                ("Service", obj["metadata"]["name"], p["port"], p.get("targetPort")) for p in spec["ports"]
+            }
+        containers = spec.get("containers", []) + spec.get("template", {}).get("spec", {}).get(
+            "containers", []
+        )
+        for container in containers:
+            found |= {
+                (obj["kind"], container["name"], p["containerPort"]) for p in container.get("ports", [])
+            }
+        if obj["kind"] == "PodMonitor":
+            for endpoint in spec["podMetricsEndpoints"]:
+                found.add(("PodMonitor", endpoint["portNumber"], endpoint["relabelings"][0]["replacement"]))
+        if obj["kind"] == "NetworkPolicy":
+            found |= {
+                ("NetworkPolicy", obj["metadata"]["name"], p["port"])
+                for rule in spec.get("ingress", [])
+                for p in rule.get("ports", [])
+            }
+    return found
+
+
+@pytest.mark.parametrize(("overlay", "variant"), PAIRS)
+def test_chart_and_kustomize_agree(overlays, charts, overlay, variant) -> None:
+    kustomized, charted = overlays[overlay], charts[variant]
+    assert inventory(kustomized) == inventory(charted)
+    assert images(kustomized) == images(charted)
+    assert ports(kustomized) == ports(charted)
+
+
+def test_credentials_secret_agrees(overlays, charts) -> None:
+    generated = next(o for o in overlays["knative"] if o["kind"] == "Secret")
+    created = next(o for o in charts["default"] if o["kind"] == "Secret")
+    assert generated["metadata"]["name"] == created["metadata"]["name"] == "neurovit-s3"
+    assert set(generated["data"]) == set(created["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for key in ("serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"):
+        assert generated["metadata"]["annotations"][key] == created["metadata"]["annotations"][key]

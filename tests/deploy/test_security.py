@@ -1,0 +1,137 @@
+"""Secure defaults on every pod we define: non-root, no privilege escalation, read-only root filesystem,
+all capabilities dropped, seccomp RuntimeDefault, requests and limits, probes; images pinned by tag.
+
+Predictor pods are built by KServe from our ServingRuntime's container merged with the InferenceService's
+model fields (the model's fields win), so that merge is what is checked."""
+
+from __future__ import annotations
+
+import pytest
+from k8s_render import by_kind, one
+
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+
+
+def pod_spec(obj: dict) -> dict:
+    template = (
+        obj["spec"]["jobTemplate"]["spec"]["template"]
+        if obj["kind"] == "CronJob"
+        else obj["spec"]["template"]
+    )
+    return template["spec"]
+
+
+def predictor_container(objects: list[dict]) -> tuple[dict, dict]:
+    """The predictor container as KServe builds it, and the predictor's pod-level fields."""
+    runtime = one(objects, "ServingRuntime")["spec"]["containers"][0]
+    predictor = one(objects, "InferenceService")["spec"]["predictor"]
+    model = {
+        key: value
+        for key, value in predictor["model"].items()
+        if key not in {"modelFormat", "runtime", "storageUri", "protocolVersion"}
+    }
+    return {**runtime, **model}, predictor
+
+
+def pods(objects: list[dict]) -> list[tuple[str, dict, list[dict], bool]]:
+    """(name, pod-level securityContext, containers, long-running) for every pod we define."""
+    found = [
+        (
+            f"{obj['kind']}/{obj['metadata']['name']}",
+            pod_spec(obj).get("securityContext", {}),
+            pod_spec(obj)["containers"] + pod_spec(obj).get("initContainers", []),
+            obj["kind"] not in {"Job", "CronJob"},
+        )
+        for obj in objects
+        if obj["kind"] in WORKLOADS
+    ]
+    container, predictor = predictor_container(objects)
+    found.append(("predictor", predictor.get("securityContext", {}), [container], True))
+    return found
+
+
+def setting(pod_context: dict, container: dict, key: str):
+    """A container's security setting, falling back to the pod's (as the kubelet does)."""
+    return container.get("securityContext", {}).get(key, pod_context.get(key))
+
+
+def test_every_pod_is_hardened(rendered) -> None:
+    problems = []
+    for name, objects in rendered.items():
+        for pod, pod_context, containers, long_running in pods(objects):
+            for container in containers:
+                where = f"{name} {pod}/{container['name']}"
+                context = container.get("securityContext", {})
+                if setting(pod_context, container, "runAsNonRoot") is not True:
+                    problems.append(f"{where}: runAsNonRoot")
+                if context.get("allowPrivilegeEscalation") is not False:
+                    problems.append(f"{where}: allowPrivilegeEscalation")
+                if context.get("readOnlyRootFilesystem") is not True:
+                    problems.append(f"{where}: readOnlyRootFilesystem")
+                if context.get("capabilities", {}).get("drop") != ["ALL"] or context["capabilities"].get(
+                    "add"
+                ):
+                    problems.append(f"{where}: capabilities")
+                if (setting(pod_context, container, "seccompProfile") or {}).get("type") != "RuntimeDefault":
+                    problems.append(f"{where}: seccompProfile")
+                resources = container.get("resources", {})
+                for part in ("requests", "limits"):
+                    if not {"cpu", "memory"} <= set(resources.get(part, {})):
+                        problems.append(f"{where}: {part}")
+                # A Job's one-shot container serves nothing to probe; its backoff and deadline bound it.
+                if long_running and not (container.get("readinessProbe") and container.get("livenessProbe")):
+                    problems.append(f"{where}: probes")
+    assert not problems, "\n".join(problems)
+
+
+def test_service_accounts_carry_no_api_token(rendered) -> None:
+    for name, objects in rendered.items():
+        for account in by_kind(objects, "ServiceAccount"):
+            assert account.get("automountServiceAccountToken") is False, (
+                f"{name} {account['metadata']['name']}"
+            )
+
+
+@pytest.mark.parametrize("kind", ["ServingRuntime", "InferenceService", "StatefulSet", "Job"])
+def test_images_are_pinned(rendered, kind) -> None:
+    for name, objects in rendered.items():
+        for obj in by_kind(objects, kind):
+            text = str(obj)
+            for image in [part.split("'")[0] for part in text.split("'image': '")[1:]]:
+                tag = image.rsplit("/", 1)[-1]
+                assert "@sha256:" in image or (":" in tag and not tag.endswith(":latest")), f"{name}: {image}"
+
+
+def test_predictor_is_reachable_only_from_the_ingress_path_and_prometheus(rendered) -> None:
+    for name, objects in rendered.items():
+        policies = [
+            p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"].endswith("-predictor")
+        ]
+        assert len(policies) == 1, name
+        (policy,) = policies
+        assert policy["spec"]["podSelector"]["matchLabels"]["component"] == "predictor"
+        sources = [
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for rule in policy["spec"]["ingress"]
+            for peer in rule["from"]
+        ]
+        assert "monitoring" in sources and "default" not in sources
+        assert all("podSelector" not in peer for rule in policy["spec"]["ingress"] for peer in rule["from"])
+
+
+def test_no_credentials_in_the_repository() -> None:
+    from k8s_render import CHART, MANIFESTS
+
+    values = (CHART / "values.yaml").read_text()
+    assert 'accessKeyId: ""' in values and 'secretAccessKey: ""' in values
+    import yaml
+
+    secrets = [
+        path
+        for path in MANIFESTS.rglob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "Secret"
+    ]
+    assert not secrets, "credentials come from the gitignored s3-credentials.env, never from a manifest"
+    ignored = (CHART.parents[1] / ".gitignore").read_text()
+    assert "manifests/base/s3-credentials.env" in ignored

@@ -1,0 +1,177 @@
+"""Roll a published version out to the InferenceService with the kserve SDK: canary, promote, rollback.
+
+    python -m training.deploy canary   --storage-uri s3://neurovit/neurovit/<version> [--percent 10]
+    python -m training.deploy promote
+    python -m training.deploy rollback
+    (all take --name and --namespace, default neurovit; make deploy / deploy-promote / deploy-rollback)
+
+- canary: points ``predictor.model.storageUri`` at the new version and sends ``--percent`` of the traffic to
+  it (``canaryTrafficPercent``); the rest stays on the previous revision. The previous URI is kept in the
+  annotation ``neurovit.io/previous-storage-uri`` for a rollback. ``--percent 100`` is a plain rollout.
+- promote: ``canaryTrafficPercent`` 100, so the new revision takes all the traffic.
+- rollback: points the service back at the previous URI with all the traffic.
+
+Traffic splitting needs KServe's Knative mode. In Standard mode only ``--percent 100`` (a rolling update) is
+accepted. The Kubernetes connection is the usual one: ``KUBECONFIG`` / ``~/.kube/config``, or the pod's
+ServiceAccount in a cluster (``neurovit-deployer`` may patch InferenceServices). Runs in .venv-tools, where
+the kserve SDK lives (its pins clash with the project's); only the SDK and the standard library are imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+
+PREVIOUS_URI_ANNOTATION = "neurovit.io/previous-storage-uri"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+KNATIVE_MODES = {"Knative", "Serverless"}  # "Serverless": KServe's former name, still accepted
+STORAGE_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
+
+
+class DeployError(ValueError):
+    """The rollout cannot be done as asked (bad URI, wrong mode, nothing to roll back to)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    namespace: str
+
+
+def storage_uri(isvc: dict) -> str:
+    return isvc["spec"]["predictor"]["model"]["storageUri"]
+
+
+def deployment_mode(isvc: dict) -> str:
+    """The mode KServe resolved (status), else the annotation; KServe's default is Standard."""
+    status_mode = (isvc.get("status") or {}).get("deploymentMode")
+    return status_mode or (isvc["metadata"].get("annotations") or {}).get(MODE_ANNOTATION, "Standard")
+
+
+def canary_patch(isvc: dict, new_uri: str, percent: int) -> dict:
+    """Merge patch that serves ``new_uri`` to ``percent`` % of the traffic, remembering the current URI."""
+    if not STORAGE_URI.match(new_uri):
+        raise DeployError(f"storage URI {new_uri!r} is not s3://<bucket>/<model>/<version>")
+    if not 1 <= percent <= 100:
+        raise DeployError(f"canary percent must be 1..100, got {percent}")
+    if percent < 100 and deployment_mode(isvc) not in KNATIVE_MODES:
+        raise DeployError(
+            f"traffic splitting needs KServe's Knative mode; {isvc['metadata']['name']} runs in "
+            f"{deployment_mode(isvc)} mode: use --percent 100 (CANARY=100) for a rolling update"
+        )
+    current = storage_uri(isvc)
+    if current == new_uri:
+        raise DeployError(f"{isvc['metadata']['name']} already serves {new_uri}")
+    return {
+        "metadata": {"annotations": {PREVIOUS_URI_ANNOTATION: current}},
+        "spec": {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": new_uri}}},
+    }
+
+
+def promote_patch(isvc: dict) -> dict:
+    """Merge patch that sends all the traffic to the latest revision."""
+    return {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
+
+
+def rollback_patch(isvc: dict) -> dict:
+    """Merge patch that serves the previous version again, with all the traffic."""
+    previous = (isvc["metadata"].get("annotations") or {}).get(PREVIOUS_URI_ANNOTATION)
+    if not previous:
+        raise DeployError(
+            f"{isvc['metadata']['name']} has no {PREVIOUS_URI_ANNOTATION} annotation: "
+            "nothing to roll back to "
+            "(only versions rolled out with `make deploy` can be rolled back)"
+        )
+    return {
+        "metadata": {"annotations": {PREVIOUS_URI_ANNOTATION: storage_uri(isvc)}},
+        "spec": {"predictor": {"canaryTrafficPercent": 100, "model": {"storageUri": previous}}},
+    }
+
+
+def as_inference_service(patch: dict):
+    """The patch as the SDK's V1beta1InferenceService (KServeClient.patch reads its api_version)."""
+    from kserve import V1beta1InferenceService, constants
+
+    return V1beta1InferenceService(
+        api_version=f"{constants.KSERVE_GROUP}/{constants.KSERVE_V1BETA1_VERSION}",
+        kind=constants.KSERVE_KIND_INFERENCESERVICE,
+        metadata=patch.get("metadata", {}),
+        spec=patch["spec"],
+    )
+
+
+def apply(client, target: Target, action: str, *, new_uri: str = "", percent: int = 10) -> dict:
+    """Read the InferenceService, build the patch for ``action`` and send it; returns the patch."""
+    isvc = client.get(target.name, namespace=target.namespace)
+    if action == "canary":
+        patch = canary_patch(isvc, new_uri, percent)
+    elif action == "promote":
+        patch = promote_patch(isvc)
+    elif action == "rollback":
+        patch = rollback_patch(isvc)
+    else:
+        raise DeployError(f"unknown action {action!r}")
+    client.patch(target.name, as_inference_service(patch), namespace=target.namespace)
+    return patch
+
+
+def connect():
+    """A KServeClient on the usual Kubernetes configuration; DeployError when there is none."""
+    try:
+        from kserve import KServeClient
+        from kubernetes.config import ConfigException
+    except ImportError as error:
+        raise DeployError(f"the kserve SDK is missing ({error}): run `make tools-venv`") from error
+    try:
+        return KServeClient()
+    except (ConfigException, OSError) as error:
+        raise DeployError(
+            f"no Kubernetes credentials ({error}): set KUBECONFIG or ~/.kube/config, or run in a pod"
+        ) from error
+
+
+def describe(patch: dict, target: Target) -> str:
+    predictor = patch["spec"]["predictor"]
+    uri = predictor.get("model", {}).get("storageUri")
+    where = f"inferenceservice/{target.name} in {target.namespace}"
+    if uri:
+        return f"{where}: {predictor['canaryTrafficPercent']}% of the traffic to {uri}"
+    return f"{where}: promoted, 100% of the traffic to the latest revision"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.deploy", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("canary", "promote", "rollback"))
+    parser.add_argument("--name", default="neurovit", help="InferenceService name (default neurovit)")
+    parser.add_argument("--namespace", default="neurovit", help="its namespace (default neurovit)")
+    parser.add_argument("--storage-uri", default="", help="canary: s3:// URI of the published version")
+    parser.add_argument("--percent", type=int, default=10, help="canary: traffic share of the new version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    target = Target(args.name, args.namespace)
+    try:
+        if args.action == "canary" and not args.storage_uri:
+            raise DeployError(
+                "--storage-uri (STORAGE_URI=) is required: the s3:// URI a pipeline run printed"
+            )
+        client = connect()
+        patch = apply(client, target, args.action, new_uri=args.storage_uri, percent=args.percent)
+    except (DeployError, RuntimeError) as error:
+        # RuntimeError: the SDK's wrapping of API errors (not found, forbidden, unreachable).
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(describe(patch, target))
+    if args.action != "canary":
+        print(
+            "record the served version in your values or overlay before the next helm upgrade / kubectl apply"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Submit the compiled pipeline (training/pipeline.yaml) to Kubeflow Pipelines: ``make pipeline-submit``.
+
+Connection and run settings come from the environment, so nothing secret is typed on a command line:
+
+| variable | meaning |
+|---|---|
+| ``KFP_HOST`` | required: the KFP API, e.g. ``http://localhost:8080`` (port-forward of ml-pipeline-ui) |
+| ``KFP_TOKEN`` | a bearer token (``kubectl create token <service account>``), or |
+| ``KFP_TOKEN_PATH`` | a file holding one (a projected ServiceAccount token inside a pod), or |
+| ``KFP_COOKIES`` | a session cookie (``authservice_session=...``) for Kubeflow behind Dex |
+| ``KFP_NAMESPACE`` | the Kubeflow profile namespace runs go to (multi-user installs) |
+| ``KFP_EXPERIMENT`` | experiment name (default ``neurovit``) |
+| ``NEUROVIT_STORE_URI`` | required pipeline parameter ``store_uri``, e.g. ``s3://neurovit`` |
+| ``NEUROVIT_DATA_URI`` | pipeline parameter ``data_uri`` (default ``demo``) |
+
+Further pipeline parameters: ``--param name=value`` (repeatable): ``--param epochs=30 --param train_gpus=0``.
+Prints the run's id and its page in the Kubeflow UI. Missing settings or an unreachable endpoint end with one
+``error:`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+PIPELINE_FILE = Path(__file__).with_name("pipeline.yaml")
+DEFAULT_EXPERIMENT = "neurovit"
+
+
+class SubmitError(ValueError):
+    """The run cannot be submitted as configured."""
+
+
+def parse_params(pairs: list[str]) -> dict[str, object]:
+    """``name=value`` pairs; integers and floats become numbers (the pipeline's parameters are typed)."""
+    params: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise SubmitError(f"--param {pair!r} is not name=value")
+        value: object = text
+        for number in (int, float):
+            try:
+                value = number(text)
+                break
+            except ValueError:
+                continue
+        params[name] = value
+    return params
+
+
+def run_arguments(env: Mapping[str, str], extra: dict[str, object]) -> dict[str, object]:
+    """The pipeline's parameters: store_uri (required), data_uri, then ``--param`` values."""
+    store_uri = env.get("NEUROVIT_STORE_URI", "").strip()
+    if not store_uri:
+        raise SubmitError("NEUROVIT_STORE_URI is not set: the store runs publish to, e.g. s3://neurovit")
+    return {"store_uri": store_uri, "data_uri": env.get("NEUROVIT_DATA_URI", "demo"), **extra}
+
+
+def client_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """Keyword arguments of ``kfp.Client`` from the environment."""
+    host = env.get("KFP_HOST", "").strip()
+    if not host:
+        raise SubmitError(
+            "KFP_HOST is not set: the Kubeflow Pipelines endpoint, e.g. http://localhost:8080 after "
+            "`kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80`"
+        )
+    settings: dict[str, object] = {"host": host}
+    token_path = env.get("KFP_TOKEN_PATH", "").strip()
+    if env.get("KFP_TOKEN"):
+        settings["existing_token"] = env["KFP_TOKEN"]
+    elif token_path:
+        if not Path(token_path).is_file():
+            raise SubmitError(f"KFP_TOKEN_PATH {token_path} is not a file")
+        from kfp.client import ServiceAccountTokenVolumeCredentials
+
+        settings["credentials"] = ServiceAccountTokenVolumeCredentials(path=token_path)
+    if env.get("KFP_COOKIES"):
+        settings["cookies"] = env["KFP_COOKIES"]
+    if env.get("KFP_NAMESPACE"):
+        settings["namespace"] = env["KFP_NAMESPACE"]
+    return settings
+
+
+def submit(client, arguments: dict[str, object], env: Mapping[str, str], pipeline_file: Path = PIPELINE_FILE):
+    """Create one run of ``pipeline_file``; returns kfp's RunPipelineResult."""
+    return client.create_run_from_pipeline_package(
+        str(pipeline_file),
+        arguments=arguments,
+        experiment_name=env.get("KFP_EXPERIMENT", DEFAULT_EXPERIMENT),
+        namespace=env.get("KFP_NAMESPACE") or None,
+    )
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.submit", description=__doc__.splitlines()[0])
+    parser.add_argument("--param", action="append", default=[], help="pipeline parameter name=value")
+    parser.add_argument("--pipeline", type=Path, default=PIPELINE_FILE, help="compiled pipeline spec")
+    args = parser.parse_args(argv)
+    env = os.environ if env is None else env
+    try:
+        settings = client_settings(env)
+        arguments = run_arguments(env, parse_params(args.param))
+        if not args.pipeline.is_file():
+            raise SubmitError(f"{args.pipeline} is missing: run `make pipeline-compile`")
+        import kfp
+
+        # kfp warns on every client that it needs KFP 2.0.0-beta.2 or later: noise for a one-shot command.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"kfp\.")
+        result = submit(kfp.Client(**settings), arguments, env, args.pipeline)
+    except SubmitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - kfp raises urllib3, HTTP and API errors alike: report, no traceback
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: cannot submit to {env.get('KFP_HOST')}: {reason}", file=sys.stderr)
+        return 2
+    print(f"run {result.run_id} submitted: {env['KFP_HOST'].rstrip('/')}/#/runs/details/{result.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
