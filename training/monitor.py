@@ -31,10 +31,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from monitoring.queries import EVENT_ONLY_METRICS, metrics_used
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.data.split import load_split
 from neurovit.errors import NeuroVitError
 from training import prometheus
+from training.ood_samples import noise
 from training.serve import SERVE_DIR, _pid, _state, api_key, serve
 
 MONITOR_DIR = OUTPUT_DIR / "monitor"
@@ -141,7 +143,10 @@ def monitor(args: argparse.Namespace) -> None:
     for i, path in enumerate(itertools.islice(itertools.cycle(_interleave(slices)), args.requests)):
         statuses.append(client.image(path.read_bytes(), ("none", "none", "rollout", "heatmap")[i % 4]))
     statuses += [client.send(b""), client.send(b"not an image", "text/plain")]
+    statuses += [client.send(sample.png, "image/png") for sample in list(noise(count_per_kind=1))[:2]]
+    statuses.append(client.image(next(iter(slices.values()))[0].read_bytes(), "all"))
     prometheus.wait_for_scrape(url, "neurovit_predictions_total")
+    missing = missing_from_scrape(f"http://{metrics_target(state)}/metrics")
     print(
         f"sent {len(statuses)} requests: "
         + ", ".join(f"{s}: {statuses.count(s)}" for s in sorted(set(statuses)))
@@ -151,6 +156,12 @@ def monitor(args: argparse.Namespace) -> None:
     print("queries to try (Prometheus > Graph):")
     for title, expr in QUERIES_TO_TRY:
         print(f"  {title:<30} {expr}")
+    if missing:
+        print(
+            f"metrics that rules or dashboards name but TorchServe does not export yet: {', '.join(missing)}"
+        )
+    else:
+        print("every metric that a rule, an alert or a dashboard names is in TorchServe's scrape")
     print("stop both with `make stop`")
 
 
@@ -188,6 +199,17 @@ class TrafficStream:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=70)
+
+
+def missing_from_scrape(metrics_url: str) -> list[str]:
+    """Metric names that a rule, alert or dashboard of monitoring/ uses but the scrape lacks (Prometheus'
+    own ``up`` and the metrics TorchServe creates only on a rare event aside)."""
+    with urllib.request.urlopen(metrics_url, timeout=15) as response:
+        text = response.read().decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"}
+    exported |= {name.rsplit("_", 1)[0] for name in exported if name.endswith(("_bucket", "_sum", "_count"))}
+    ignored = {"up", *EVENT_ONLY_METRICS}
+    return sorted(name for name in metrics_used() if name not in exported and name not in ignored)
 
 
 def _interleave(slices: dict[str, list[Path]]) -> list[Path]:

@@ -16,6 +16,7 @@ from fixtures.serving_samples import MODEL, VERSION, assert_answer, b64, good_im
 from monitoring.queries import all_queries
 from neurovit.drift import psi
 from training import prometheus
+from training.monitor import missing_from_scrape
 from training.ood_samples import non_mri_samples
 
 pytestmark = pytest.mark.integration
@@ -104,3 +105,7 @@ def test_the_rules_psi_is_the_python_formula_on_the_scraped_counts(prometheus_ur
     expected = psi([reference[key] for key in bins], live)
     (value,) = psi_rule.values()
     assert value == pytest.approx(expected, rel=0.02, abs=1e-3)
+
+
+def test_every_metric_a_rule_or_dashboard_names_is_in_the_scrape(torchserve, traffic):
+    assert missing_from_scrape(f"{torchserve.metrics_url}/metrics") == []
