@@ -7,11 +7,14 @@ Attacks", NeurIPS 2018), over two layers as in their feature ensemble:
 - ``cls``: the CLS embedding the classifier reads (the final layernorm's output at token 0): semantics.
 For each, class means and one shared covariance are fitted on the training split's features (Ledoit-Wolf
 shrinkage: a few hundred images cannot pin down a 192x192 covariance) and the distance to the nearest class
-mean is divided by its median on the validation split; the score is the larger of the two. Lee et al.
-weight the layers with a regression fitted on OOD examples; taking the maximum of the normalised distances
-needs none, so no "unknown" data leaks into the threshold. The flagging threshold is the validation scores'
-quantile for a stated false-positive rate on real slices. No extra forward: hooks read both features during
-the forward that classifies.
+mean is divided by its own validation quantile at the target false-positive rate, so that 1 means "as far
+as the farthest few percent of real slices" in every layer; the score is the larger of the two. (Dividing
+by the median instead let the CLS distance's long validation tail, hard but real slices, raise the joint
+threshold until a third of the photographs passed on the real-data model.) Lee et al. weight the layers
+with a regression fitted on OOD examples; the maximum of tail-normalised distances needs none, so no
+"unknown" data leaks into the threshold. The flagging threshold is the validation scores' quantile for the
+stated false-positive rate on real slices. No extra forward: hooks read both features during the forward
+that classifies.
 
 Saved as ``ood.safetensors`` in the model folder; the threshold lives in the monitoring reference
 (``neurovit.drift``), so both travel inside the archive and are covered by the manifest.
@@ -89,20 +92,28 @@ class MahalanobisScorer:
 
 @dataclass
 class OODScorer:
-    """One ``MahalanobisScorer`` per feature, each distance divided by its validation median; the score is
-    the largest normalised distance."""
+    """One ``MahalanobisScorer`` per feature, each distance divided by its validation quantile at the target
+    false-positive rate; the score is the largest normalised distance."""
 
     scorers: dict[str, MahalanobisScorer]
     scales: dict[str, float]
 
     @classmethod
-    def fit(cls, train: dict[str, np.ndarray], labels: np.ndarray, val: dict[str, np.ndarray]) -> OODScorer:
+    def fit(
+        cls,
+        train: dict[str, np.ndarray],
+        labels: np.ndarray,
+        val: dict[str, np.ndarray],
+        target_fpr: float,
+    ) -> OODScorer:
         scorers = {name: MahalanobisScorer.fit(train[name], labels) for name in FEATURES}
-        scales = {name: float(np.median(scorers[name].score(val[name]))) or 1.0 for name in FEATURES}
+        scales = {
+            name: threshold_for_fpr(scorers[name].score(val[name]), target_fpr) or 1.0 for name in FEATURES
+        }
         return cls(scorers=scorers, scales=scales)
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """``(N,)`` scores; about 1 for a typical validation slice, larger = less like the training slices."""
+        """``(N,)`` scores; 1 = as far as the farthest ``target_fpr`` of validation slices in one layer."""
         distances = [self.scorers[name].score(features[name]) / self.scales[name] for name in FEATURES]
         return np.max(np.stack(distances), axis=0)
 

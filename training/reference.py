@@ -55,7 +55,7 @@ def write_monitoring_reference(
     train_logits, train_features = logits_and_features(model_dir, train_images)
     val_logits, val_features = logits_and_features(model_dir, val_images)
 
-    scorer = OODScorer.fit(train_features, train_labels, val_features)
+    scorer = OODScorer.fit(train_features, train_labels, val_features, target_fpr)
     val_scores = scorer.score(val_features)
     threshold = threshold_for_fpr(val_scores, target_fpr)
     val_confidence = torch.softmax(torch.from_numpy(val_logits).double() / temperature, -1).max(-1).values

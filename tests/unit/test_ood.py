@@ -50,8 +50,9 @@ def test_the_score_is_the_largest_normalised_distance_and_survives_a_round_trip(
     train = {name: gaussian_classes(rng)[0] for name in FEATURES}
     labels = gaussian_classes(rng)[1]
     val = {name: gaussian_classes(rng, n=100)[0] for name in FEATURES}
-    scorer = OODScorer.fit(train, labels, val)
-    assert np.median(scorer.score(val)) >= 1.0  # the max of two distances, each with median 1 on val
+    scorer = OODScorer.fit(train, labels, val, target_fpr=0.05)
+    for name, component in scorer.scorers.items():  # each layer: 1 at its own 95th validation percentile
+        assert np.mean(component.score(val[name]) / scorer.scales[name] > 1) == pytest.approx(0.05, abs=0.011)
     # An image odd in one feature only (e.g. a photo's texture, with a plausible CLS) is still far.
     odd = {name: values[:20].copy() for name, values in val.items()}
     odd["tokens"] += 15.0
