@@ -194,9 +194,7 @@ def calibrate_and_evaluate_stage(
     shutil.rmtree(model_out, ignore_errors=True)
     save_model(loaded.model, model_out, loaded.preprocessing, info)
     train_data = split_arrays(data_dir, plan, "train", loaded.preprocessing, cache)
-    metrics["monitoring"] = write_monitoring_reference(
-        model_out, train_data, (val_images, val_labels), temperature=info.temperature
-    )
+    metrics["monitoring"] = write_monitoring_reference(model_out, train_data, (val_images, val_labels))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

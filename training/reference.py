@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from neurovit.drift import MonitoringReference, image_features
-from neurovit.model import load_model
+from neurovit.model import LoadedModel, load_model
 from neurovit.ood import OODScorer, capture_features, stack_features, threshold_for_fpr
 from training.train import BatchLoader, pick_device
 
@@ -26,11 +26,8 @@ DEFAULT_TARGET_FPR = 0.03  # margin under the 5% of real slices we allow to be f
 
 
 @torch.no_grad()
-def logits_and_features(
-    model_dir: str | Path, images: np.ndarray
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def logits_and_features(loaded: LoadedModel, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Raw logits ``(N, classes)`` and the OOD features (``neurovit.ood.FEATURES``) of canonical images."""
-    loaded = load_model(model_dir, device=pick_device("auto"))
     device = next(loaded.model.parameters()).device
     labels = np.zeros(len(images), dtype=np.int64)
     loader = BatchLoader(images, labels, 256, loaded.preprocessing, device, shuffle=False, drop_last=False)
@@ -45,20 +42,22 @@ def write_monitoring_reference(
     model_dir: str | Path,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
-    temperature: float,
     target_fpr: float = DEFAULT_TARGET_FPR,
 ) -> dict:
-    """Fit the OOD scorer and the drift reference; save both in ``model_dir``. Returns a summary for the
-    evaluation's metrics (threshold, validation flag rate)."""
+    """Fit the OOD scorer and the drift reference of the calibrated model in ``model_dir`` (its class names
+    and temperature come from the folder); save both there. Returns a summary for the evaluation's metrics
+    (threshold, validation flag rate)."""
     (train_images, train_labels), (val_images, _) = train, val
-    class_names = load_model(model_dir).class_names
-    train_logits, train_features = logits_and_features(model_dir, train_images)
-    val_logits, val_features = logits_and_features(model_dir, val_images)
+    loaded = load_model(model_dir, device=pick_device("auto"))
+    train_logits, train_features = logits_and_features(loaded, train_images)
+    val_logits, val_features = logits_and_features(loaded, val_images)
 
     scorer = OODScorer.fit(train_features, train_labels, val_features, target_fpr)
     val_scores = scorer.score(val_features)
     threshold = threshold_for_fpr(val_scores, target_fpr)
-    val_confidence = torch.softmax(torch.from_numpy(val_logits).double() / temperature, -1).max(-1).values
+    val_confidence = (
+        torch.softmax(torch.from_numpy(val_logits).double() / loaded.info.temperature, -1).max(-1).values
+    )
 
     features = {
         **image_features(train_images),
@@ -68,7 +67,7 @@ def write_monitoring_reference(
     reference = MonitoringReference.build(
         features,
         predicted=train_logits.argmax(axis=1),
-        class_names=class_names,
+        class_names=loaded.class_names,
         sources={
             "image_features": f"train split, {len(train_images)} images",
             "class_mix": f"predictions on the train split, {len(train_images)} images",
