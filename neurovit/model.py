@@ -26,6 +26,13 @@ from neurovit.preprocessing import PreprocessConfig
 
 MODEL_INFO_FILE = "neurovit.json"
 
+# Padding of a stride-2 stem conv per kernel size. A stride-2 conv with kernel k and padding p centres output
+# i on input 2i + (k - 1) / 2 - p: 2i + 0.5 for (2, 0) and (4, 1), so after s stages token i is centred at
+# 2^s * i + (2^s - 1) / 2, the centre of its own patch; (3, 1) gives 2i, i.e. the patch's top-left corner.
+STEM_PADDING = {2: 0, 3: 1, 4: 1}
+# Configs saved before ``stem_kernel`` existed used 3x3 convs.
+LEGACY_STEM_KERNEL = 3
+
 # HF's per-call "Loading weights" / "Writing shards" bars would drown our own progress output.
 hf_logging.disable_progress_bar()
 
@@ -40,6 +47,10 @@ class ModelConfig:
         stem_channels: output channels of each stride-2 conv in the stem; their count sets the total stride.
         stem_extra_convs: stride-1 convs after the stride-2 conv of every stage but the first (which runs at
             the highest resolution, where a stride-1 conv costs the most).
+        stem_kernel: kernel of the stride-2 convs: 2 (no padding, as ConvNeXt downsamples) or 4 (padding 1)
+            centre each token's receptive field on its own patch; the 3 (padding 1) of the first versions
+            centres it on the patch's top-left corner, 7.5 px off at stride 16, which shifts every
+            explanation map by half a patch (see ``ConvStem``).
         hidden_size, num_layers, num_heads, mlp_ratio: transformer width, depth, heads, MLP expansion.
         dropout: dropout on hidden states (attention-probability dropout stays 0 so rollout sees clean maps).
     """
@@ -48,6 +59,7 @@ class ModelConfig:
     stem: str = "conv"
     stem_channels: tuple[int, ...] = (32, 64, 128, 192)
     stem_extra_convs: int = 1
+    stem_kernel: int = 2
     hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 3
@@ -65,6 +77,8 @@ class ModelConfig:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of the stride {self.patch_size}"
             )
+        if self.stem_kernel not in STEM_PADDING:
+            raise ValueError(f"stem_kernel must be one of {sorted(STEM_PADDING)}, got {self.stem_kernel}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
@@ -89,19 +103,26 @@ class ModelInfo:
 
 
 class ConvStem(nn.Module):
-    """Stages of a stride-2 3x3 conv (+ ``extra_convs`` stride-1 3x3 convs in every stage but the
-    first), each with BatchNorm and ReLU, then a 1x1 conv to the hidden size. Extra convs put capacity
-    where a small dataset trains fastest: local texture and shape."""
+    """Stages of a stride-2 conv (kernel ``kernel``, see ``STEM_PADDING``) + ``extra_convs`` stride-1 3x3
+    convs in every stage but the first, each with BatchNorm and ReLU, then a 1x1 conv to the hidden size.
+    Extra convs put capacity where a small dataset trains fastest: local texture and shape; being
+    symmetric (3x3, padding 1) they keep each token centred on its patch."""
 
     def __init__(
-        self, in_channels: int, channels: tuple[int, ...], hidden_size: int, extra_convs: int = 0
+        self,
+        in_channels: int,
+        channels: tuple[int, ...],
+        hidden_size: int,
+        extra_convs: int = 0,
+        kernel: int = LEGACY_STEM_KERNEL,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for stage, out_channels in enumerate(channels):
             for stride in (2,) + (1,) * (extra_convs if stage else 0):
+                size, padding = (kernel, STEM_PADDING[kernel]) if stride == 2 else (3, 1)
                 layers += [
-                    nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                    nn.Conv2d(in_channels, out_channels, size, stride=stride, padding=padding, bias=False),
                     nn.BatchNorm2d(out_channels),
                     nn.ReLU(inplace=True),
                 ]
@@ -138,6 +159,7 @@ class NeuroViTForImageClassification(ViTForImageClassification):
                 tuple(config.stem_channels),
                 config.hidden_size,
                 int(getattr(config, "stem_extra_convs", 0)),
+                int(getattr(config, "stem_kernel", LEGACY_STEM_KERNEL)),
             )
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -173,6 +195,7 @@ def build_model(config: ModelConfig, class_names: list[str]) -> NeuroViTForImage
         stem=config.stem,
         stem_channels=list(config.stem_channels),
         stem_extra_convs=config.stem_extra_convs,
+        stem_kernel=config.stem_kernel,
         attn_implementation="eager",  # rollout needs the attention probabilities; SDPA returns none
     )
     model = NeuroViTForImageClassification(vit_config)
