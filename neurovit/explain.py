@@ -10,6 +10,12 @@ class per image that defaults to the predicted one.
   matrix products.
 - ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the ViT's tokens, as in jacobgil/pytorch-grad-cam
   ``usage_examples/vit_example.py`` (``target_layers = [model.blocks[-1].norm1]``).
+- ``hirescam``: HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful explanations
+  of convolutional neural networks"), pytorch-grad-cam's ``HiResCAM``: the same tokens and gradients, but
+  multiplied element-wise before summing over channels instead of weighting each channel by its gradient
+  averaged over all tokens. On token activations that average mixes every patch's gradient into one weight
+  per channel, and the map loses the lesion; the element-wise product keeps each patch's own evidence
+  (pointing game on the demo set: README, "Explanations"). This is the service's class heat map.
 - ``gradient_rollout``: class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic
   Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", rules 5 and 6),
   checked against hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``.
@@ -35,9 +41,10 @@ from torch import nn
 
 from neurovit.errors import NeuroVitError
 
-METHODS = ("rollout", "gradcam", "gradient_rollout")
+METHODS = ("rollout", "gradcam", "hirescam", "gradient_rollout")
 HEAD_FUSIONS = ("mean", "max", "min")
-GRADIENT_METHODS = ("gradcam", "gradient_rollout")
+GRADIENT_METHODS = ("gradcam", "hirescam", "gradient_rollout")
+TOKEN_METHODS = ("gradcam", "hirescam")  # the CAMs on the last block's input tokens
 
 Target = int | Sequence[int] | np.ndarray | torch.Tensor | None
 
@@ -180,6 +187,20 @@ def grad_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.nd
         return _patch_grid(cam)
 
 
+def hires_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
+    """HiResCAM on token activations ``(N, T, C)`` and their gradients: ``ReLU(sum_c A_c * dY/dA_c)`` per
+    patch token (each token weighted by its own gradient), CLS dropped."""
+    if tokens.ndim != 3 or tokens.shape != gradients.shape:
+        raise ExplainError(
+            f"expected tokens and gradients of one shape (N, T, C), got {tuple(tokens.shape)} "
+            f"and {tuple(gradients.shape)}"
+        )
+    with torch.no_grad():
+        dtype = _work_dtype(tokens)
+        cam = (tokens.detach().to(dtype) * gradients.detach().to(dtype)).sum(dim=-1).clamp(min=0)
+        return _patch_grid(cam)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Model-level explainers.
 
@@ -256,8 +277,8 @@ def explain(
 
     captured: dict[str, torch.Tensor] = {}
     handle = None
-    if "gradcam" in methods:
-        # Grad-CAM activations: the output of the LAST layer's layernorm_before, i.e. the tokens entering the
+    if any(method in TOKEN_METHODS for method in methods):
+        # CAM activations: the output of the LAST layer's layernorm_before, i.e. the tokens entering the
         # final attention (pytorch-grad-cam's ``blocks[-1].norm1``). Not the last layer's output nor the input
         # of the final layernorm (the same tensor here): only CLS feeds the classifier, so after the last
         # attention the patch tokens get exactly zero gradient and the CAM would be blank.
@@ -279,7 +300,7 @@ def explain(
             wanted: list[torch.Tensor] = []
             if "gradient_rollout" in methods:
                 wanted += attentions  # the softmax outputs themselves: eval-mode dropout returns its input
-            if "gradcam" in methods:
+            if any(method in TOKEN_METHODS for method in methods):
                 wanted.append(captured["tokens"])
             gradients: list[torch.Tensor] = []
             if wanted:
@@ -295,6 +316,8 @@ def explain(
             result[method] = rollout_from_attentions(attentions, head_fusion, discard_ratio)
         elif method == "gradient_rollout":
             result[method] = gradient_rollout_from_attentions(attentions, gradients[: len(attentions)])
+        elif method == "hirescam":
+            result[method] = hires_cam_from_tokens(captured["tokens"], gradients[-1])
         else:
             result[method] = grad_cam_from_tokens(captured["tokens"], gradients[-1])
     result["target"] = targets.cpu().numpy()
@@ -317,6 +340,11 @@ def attention_rollout(
 def grad_cam(model: nn.Module, pixel_values: torch.Tensor, target: Target = None) -> np.ndarray:
     """Grad-CAM maps ``(N, g, g)`` for ``target`` (default: the predicted class)."""
     return explain(model, pixel_values, ("gradcam",), target=target)["gradcam"]
+
+
+def hires_cam(model: nn.Module, pixel_values: torch.Tensor, target: Target = None) -> np.ndarray:
+    """HiResCAM maps ``(N, g, g)`` for ``target`` (default: the predicted class)."""
+    return explain(model, pixel_values, ("hirescam",), target=target)["hirescam"]
 
 
 def gradient_rollout(model: nn.Module, pixel_values: torch.Tensor, target: Target = None) -> np.ndarray:
@@ -364,6 +392,7 @@ __all__ = [
     "GRADIENT_METHODS",
     "HEAD_FUSIONS",
     "METHODS",
+    "TOKEN_METHODS",
     "ExplainError",
     "attention_rollout",
     "explain",
@@ -371,6 +400,8 @@ __all__ = [
     "grad_cam_from_tokens",
     "gradient_rollout",
     "gradient_rollout_from_attentions",
+    "hires_cam",
+    "hires_cam_from_tokens",
     "normalise_maps",
     "overlay_png",
     "resolve_target",

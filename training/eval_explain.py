@@ -3,9 +3,10 @@
 ``python -m training.eval_explain [--model latest|<version>|<version URI>] [--data-dir outputs/demo-data]``
 (``make eval-explain``) fetches a published version, takes the images of its test split (from the
 version's ``split.json``; every image of ``--data-dir`` when the version has none or the data no longer
-matches it), computes the three explainers' maps (``rollout``, ``gradcam`` (the "heatmap"),
-``gradient_rollout``) and two baselines (a seeded uniform random map, a centred Gaussian) on the ViT's patch
-grid, and scores every map with the two measures of ``neurovit.explain_metrics``:
+matches it), computes the explainers' maps (``rollout``, ``hirescam`` (the served "heatmap"),
+``gradient_rollout``, and ``gradcam``, the classic CAM the heatmap replaced) and two baselines (a seeded
+uniform random map, a centred Gaussian) on the ViT's patch grid, and scores every map with the two
+measures of ``neurovit.explain_metrics``:
 
 - pointing game (Zhang et al. 2018): does the map's maximum fall on the lesion? The grid map is upsampled
   bilinearly to the model input's resolution (what the overlays show) and its maximum must lie within
@@ -15,7 +16,8 @@ grid, and scores every map with the two measures of ``neurovit.explain_metrics``
   rates (as TorchRay); the strict variant (tolerance 0) is reported too.
 - deletion AUC (Petsiuk et al. 2018, RISE): the temperature-calibrated probability of the PREDICTED class
   (the class the maps explain; ``--explain true`` explains and follows the true class instead) as the map's
-  most relevant patch-grid cells are replaced, one cell per step by default, by the image's mean value;
+  most relevant patch-grid cells are replaced, one cell per step by default, by black (the scan's background;
+  ``--substrate mean|blur`` for the image mean or a blur);
   the trapezoid area over the fraction removed, in [0, 1]. Lower is better. Every slice counts, with or
   without a lesion.
 
@@ -62,7 +64,7 @@ from neurovit.explain_metrics import (
     random_map,
 )
 from neurovit.model import LoadedModel, load_model
-from neurovit.preprocessing import canonicalise, resize_keep_aspect, to_tensor
+from neurovit.preprocessing import canonicalise, resize_keep_aspect, standardise, to_tensor
 from neurovit.store import VERSION_PATTERN, resolve
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,8 @@ BASELINES = ("random", "gaussian")
 ALL_METHODS = (*METHODS, *BASELINES)
 LABELS = {
     "rollout": "rollout",
-    "gradcam": "gradcam (heatmap)",
+    "gradcam": "gradcam",
+    "hirescam": "hirescam (heatmap)",
     "gradient_rollout": "gradient_rollout",
     "random": "random map (baseline)",
     "gaussian": "centred Gaussian (baseline)",
@@ -81,6 +84,10 @@ PER_IMAGE_FILE = "per_image.csv"
 GALLERY_FILE = "gallery.png"
 CURVES_FILE = "deletion_curves.png"
 DEFAULT_TOLERANCE_PX = 8.0
+# Deleted cells become black by default: zero is an MRI slice's background, "no tissue here", which the model
+# has seen everywhere outside the head. A flat grey (the image mean) is a pattern no slice contains, so
+# covering the brain with it fools the model whatever the map ranked first (EXPLAINABILITY-NOTES, RISE).
+SUBSTRATE_CHOICES = ("black", "mean", "blur")
 
 
 @dataclass
@@ -203,6 +210,13 @@ def compute_maps(
     return maps, np.concatenate(targets), np.concatenate(logits)
 
 
+def substrate_value(name: str, loaded: LoadedModel) -> str | float:
+    """``black`` -> the model input of intensity 0; ``mean``/``blur`` go to ``make_substrate`` as they are."""
+    if name == "black":
+        return float(standardise(torch.zeros(()), loaded.preprocessing))
+    return name
+
+
 def class_probability(model: torch.nn.Module, target: int, temperature: float):
     """``batch -> softmax(logits / T)[:, target]``: the calibrated probability that deletion follows."""
 
@@ -222,7 +236,7 @@ def score(
     *,
     tolerance: float,
     steps: int | None,
-    substrate: str,
+    substrate: str | float,
     batch_size: int,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method, per image: ``hit`` and ``hit_strict`` (NaN without a lesion), ``curve`` and ``auc``."""
@@ -382,11 +396,12 @@ def write_gallery(
                 axes[row, column].contour(item.mask, levels=[0.5], colors="lime", linewidths=0.8)
             axes[row, column].set_axis_off()
     figure.suptitle(
-        f"Explanations of the {explained} class; green: lesion mask; x: the map's maximum (pointing game); "
+        f"Explanations of the {explained} class; green: lesion mask; x: the map's maximum (pointing game);\n"
         "del AUC: deletion area (lower is better)",
         fontsize=9,
     )
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))
+    # Room for the two-line title above the first row's three-line titles.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.6 / figure.get_figheight()))
     _save(figure, path)
 
 
@@ -541,7 +556,7 @@ def run(args: argparse.Namespace) -> dict:
         loaded,
         tolerance=args.tolerance,
         steps=args.steps,
-        substrate=args.substrate,
+        substrate=substrate_value(args.substrate, loaded),
         batch_size=args.deletion_batch_size,
     )
     timings["score_s"] = time.perf_counter() - phase
@@ -627,7 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_PX, help="pointing game, pixels")
     parser.add_argument("--steps", type=int, help="deletion steps (default: one patch-grid cell per step)")
     parser.add_argument(
-        "--substrate", choices=("mean", "blur"), default="mean", help="what removed cells become"
+        "--substrate",
+        choices=SUBSTRATE_CHOICES,
+        default="black",
+        help="what removed cells become: black (the scan's background, default), the image mean, or a blur",
     )
     parser.add_argument(
         "--explain",

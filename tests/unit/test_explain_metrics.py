@@ -289,7 +289,14 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     assert "test split" in printed and "pointing game" in printed
     result = json.loads((out / "explain_eval.json").read_text())
     assert result["version"] == version and result["n_slices"] == 4
-    assert set(result["methods"]) == {"rollout", "gradcam", "gradient_rollout", "random", "gaussian"}
+    assert set(result["methods"]) == {
+        "rollout",
+        "gradcam",
+        "hirescam",
+        "gradient_rollout",
+        "random",
+        "gaussian",
+    }
     for values in result["methods"].values():
         assert values["n"] == 4 and values["n_pointing_game"] == 2
         assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= values["deletion_auc"] <= 1.0

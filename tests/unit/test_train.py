@@ -6,7 +6,7 @@ import torch
 
 import training.train as train_module
 from neurovit.model import ModelConfig, load_model
-from neurovit.preprocessing import PreprocessConfig
+from neurovit.preprocessing import PreprocessConfig, standardise
 from training.augment import AugmentConfig, augment_batch
 from training.train import TrainConfig, measure_step_ratio, train
 
@@ -130,3 +130,21 @@ def test_step_ratio_is_measured_on_the_real_loader(data):
     ratio = measure_step_ratio(train_data, CLASSES, PREPROCESSING, tiny_config(), steps=3)
     assert ratio["loader_step_s"] > 0 and ratio["bare_step_s"] > 0
     assert ratio["step_ratio"] == pytest.approx(ratio["loader_step_s"] / ratio["bare_step_s"])
+
+
+def test_saved_model_has_batchnorm_statistics_of_its_own_weights(data, tmp_path):
+    # The EMA weights get their BatchNorm statistics re-estimated on un-augmented training images before
+    # each validation: the first BatchNorm's running mean must be the mean of the first conv's output over
+    # the training images (all 160 are used: 10 batches of 16, fewer than BN_BATCHES), not an average of
+    # the live model's statistics taken on augmented batches.
+    train_data, val_data = data
+    assert len(train_data[0]) // 16 <= train_module.BN_BATCHES
+    result = train(
+        train_data, val_data, CLASSES, PREPROCESSING, tiny_config(epochs=1), tmp_path, progress=False
+    )
+    stem = load_model(result.best_dir).model.vit.embeddings.patch_embeddings.projection.layers
+    conv, norm = stem[0], stem[1]
+    pixels = standardise(torch.as_tensor(train_data[0]).unsqueeze(1).float() / 255.0, PREPROCESSING)
+    with torch.no_grad():
+        expected = conv(pixels).mean(dim=(0, 2, 3))
+    np.testing.assert_allclose(norm.running_mean.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
