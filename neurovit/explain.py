@@ -171,14 +171,18 @@ def gradient_rollout_from_attentions(
         return _patch_grid(relevance[:, 0])
 
 
-def grad_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
-    """Grad-CAM on token activations ``(N, T, C)`` and their gradients: CLS dropped, channel weights = mean
-    gradient over the patch tokens, ``ReLU(sum_c w_c * A_c)`` per patch."""
+def _check_token_gradients(tokens: torch.Tensor, gradients: torch.Tensor) -> None:
     if tokens.ndim != 3 or tokens.shape != gradients.shape:
         raise ExplainError(
             f"expected tokens and gradients of one shape (N, T, C), got {tuple(tokens.shape)} "
             f"and {tuple(gradients.shape)}"
         )
+
+
+def grad_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
+    """Grad-CAM on token activations ``(N, T, C)`` and their gradients: CLS dropped, channel weights = mean
+    gradient over the patch tokens, ``ReLU(sum_c w_c * A_c)`` per patch."""
+    _check_token_gradients(tokens, gradients)
     with torch.no_grad():
         dtype = _work_dtype(tokens)
         activations, grads = tokens.detach().to(dtype), gradients.detach().to(dtype)
@@ -190,11 +194,7 @@ def grad_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.nd
 def hires_cam_from_tokens(tokens: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
     """HiResCAM on token activations ``(N, T, C)`` and their gradients: ``ReLU(sum_c A_c * dY/dA_c)`` per
     patch token (each token weighted by its own gradient), CLS dropped."""
-    if tokens.ndim != 3 or tokens.shape != gradients.shape:
-        raise ExplainError(
-            f"expected tokens and gradients of one shape (N, T, C), got {tuple(tokens.shape)} "
-            f"and {tuple(gradients.shape)}"
-        )
+    _check_token_gradients(tokens, gradients)
     with torch.no_grad():
         dtype = _work_dtype(tokens)
         cam = (tokens.detach().to(dtype) * gradients.detach().to(dtype)).sum(dim=-1).clamp(min=0)

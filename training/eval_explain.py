@@ -85,8 +85,8 @@ GALLERY_FILE = "gallery.png"
 CURVES_FILE = "deletion_curves.png"
 DEFAULT_TOLERANCE_PX = 8.0
 # Deleted cells become black by default: zero is an MRI slice's background, "no tissue here", which the model
-# has seen everywhere outside the head. A flat grey (the image mean) is a pattern no slice contains, so
-# covering the brain with it fools the model whatever the map ranked first (EXPLAINABILITY-NOTES, RISE).
+# has seen everywhere outside the head (EXPLAINABILITY-NOTES). A flat grey (the image mean) is a pattern no
+# slice contains; both are offered, and the README reports both.
 SUBSTRATE_CHOICES = ("black", "mean", "blur")
 
 
