@@ -227,8 +227,11 @@ def train(
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
     train_loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
     val_loader = BatchLoader(*val_data, 256, preprocessing, device, shuffle=False, drop_last=False)
-    # Un-augmented training images for the EMA model's BatchNorm statistics (see below).
-    bn_loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, shuffle=True)
+    # Un-augmented training images for the EMA model's BatchNorm statistics (see below); it reuses the
+    # training loader's tensors, so a GPU holds the training set once.
+    bn_loader = BatchLoader(
+        train_loader.images, train_loader.labels, config.batch_size, preprocessing, device, shuffle=True
+    )
     steps_per_epoch = len(train_loader)
     schedule = WarmupCosine(round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
