@@ -272,12 +272,13 @@ def explain(
             "load it with attn_implementation='eager' (neurovit.model.load_model does)"
         )
     needs_grad = any(method in GRADIENT_METHODS for method in methods)
+    needs_tokens = any(method in TOKEN_METHODS for method in methods)
     if needs_grad and torch.is_inference_mode_enabled():
         raise ExplainError(f"{GRADIENT_METHODS} need autograd: call explain outside torch.inference_mode()")
 
     captured: dict[str, torch.Tensor] = {}
     handle = None
-    if any(method in TOKEN_METHODS for method in methods):
+    if needs_tokens:
         # CAM activations: the output of the LAST layer's layernorm_before, i.e. the tokens entering the
         # final attention (pytorch-grad-cam's ``blocks[-1].norm1``). Not the last layer's output nor the input
         # of the final layernorm (the same tensor here): only CLS feeds the classifier, so after the last
@@ -300,7 +301,7 @@ def explain(
             wanted: list[torch.Tensor] = []
             if "gradient_rollout" in methods:
                 wanted += attentions  # the softmax outputs themselves: eval-mode dropout returns its input
-            if any(method in TOKEN_METHODS for method in methods):
+            if needs_tokens:
                 wanted.append(captured["tokens"])
             gradients: list[torch.Tensor] = []
             if wanted:
