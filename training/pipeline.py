@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-uri", default="demo", help="'demo', a local folder or s3://bucket/prefix")
     p.add_argument("--model-name", default=None, help="default: NEUROVIT_MODEL_NAME or 'neurovit'")
     p.add_argument("--epochs", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
-    p.add_argument("--batch-size", type=int, help="default: the demo schedule's")
+    p.add_argument("--batch-size", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--time-budget", type=float, help="training budget in seconds")
     p.add_argument("--seed", type=int)
