@@ -31,14 +31,18 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     n = images.shape[0]
     device = images.device
 
+    def draw() -> torch.Tensor:
+        # drawn where the generator lives, then moved: a CPU generator can feed a CUDA batch and vice versa
+        return torch.rand(n, generator=generator, device=generator.device).to(device)
+
     def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator, device=device) * (high - low) + low
+        return draw() * (high - low) + low
 
     angle = uniform(-config.max_rotation_deg, config.max_rotation_deg) * math.pi / 180
     scale = uniform(*config.scale_range)
     flip = torch.ones(n, device=device)
     if config.hflip:
-        flip = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+        flip = torch.where(draw() < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin

@@ -32,12 +32,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", default=DEFAULT_STORE)
     parser.add_argument("--time-budget", type=float, default=1800.0, help="training seconds (default 30 min)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument(
+        "--patience", type=int, default=TrainConfig.patience, help="early-stopping patience in epochs"
+    )
     parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
     run_dir = args.run_dir or OUTPUT_DIR / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    config = TrainConfig(epochs=args.epochs, time_budget_s=args.time_budget, device=args.device)
+    config = TrainConfig(
+        epochs=args.epochs, patience=args.patience, time_budget_s=args.time_budget, device=args.device
+    )
     preprocessing = PreprocessConfig(image_size=config.model.image_size)
 
     job = run_main_job(args.data_dir, args.store, config, run_dir, val_fraction=0.1, given_val_as_test=True)

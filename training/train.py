@@ -119,7 +119,11 @@ class BatchLoader:
         self, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator).to(self.device) if self.shuffle else None
+        order = None
+        if self.shuffle:
+            # randperm must run where its generator lives (a CUDA generator cannot draw on the CPU)
+            where = generator.device if generator is not None else torch.device("cpu")
+            order = torch.randperm(n, generator=generator, device=where).to(self.device)
         for b in range(len(self)):
             index = slice(b * self.batch_size, (b + 1) * self.batch_size)
             picked = order[index] if order is not None else torch.arange(n, device=self.device)[index]
