@@ -104,10 +104,20 @@ def test_early_stopping_ends_when_validation_stops_improving(data, tmp_path):
     train_data, _ = data
     # validation labels are noise: accuracy cannot keep improving, so patience runs out
     noise_val = (train_data[0][:32], np.random.default_rng(3).integers(0, 2, 32))
-    config = tiny_config(epochs=30, patience=2)
+    config = tiny_config(epochs=30, patience=2, patience_start=0.0)
     result = train(train_data, noise_val, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
     assert result.epochs_run < 30
     assert result.epochs_run - result.best_epoch == 2
+
+
+def test_early_stopping_waits_for_the_late_part_of_the_schedule(data, tmp_path):
+    train_data, _ = data
+    noise_val = (train_data[0][:32], np.random.default_rng(3).integers(0, 2, 32))
+    config = tiny_config(epochs=12, patience=2, patience_start=0.75)  # watched from epoch 9 on
+    result = train(train_data, noise_val, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    # without the wait it would stop at best_epoch + 2, early (see the test above)
+    assert result.epochs_run == min(12, max(result.best_epoch, 9) + 2)
+    assert result.epochs_run >= 11
 
 
 def test_a_class_without_training_images_is_refused(data, tmp_path):
