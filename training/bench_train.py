@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--time-budget", type=float, default=1800.0, help="training seconds (default 30 min)")
     parser.add_argument("--epochs", type=int, default=100, help="at most; the time budget fits the rest")
     parser.add_argument("--image-size", type=int, default=CPU_BENCH_IMAGE_SIZE, help="model input side (px)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument(
         "--patience", type=int, default=TrainConfig.patience, help="early-stopping patience in epochs"
     )
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = args.run_dir or OUTPUT_DIR / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     config = TrainConfig(
         epochs=args.epochs,
+        batch_size=args.batch_size,
         patience=args.patience,
         time_budget_s=args.time_budget,
         device=args.device,
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "image_size": args.image_size,
+        "batch_size": args.batch_size,
         "data_fingerprint": plan.fingerprint[:12],
     }
     print(json.dumps(summary), flush=True)

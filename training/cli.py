@@ -38,7 +38,7 @@ def _timestamp() -> str:
 
 def _train_config(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
     values = dict(defaults or {})
-    for name in ("epochs", "batch_size", "learning_rate", "seed", "patience", "device"):
+    for name in ("epochs", "batch_size", "learning_rate", "seed", "patience", "patience_start", "device"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if getattr(args, "time_budget", None):
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int)
         p.add_argument("--learning-rate", type=float)
         p.add_argument("--patience", type=int, help="epochs without improvement before early stopping")
+        p.add_argument(
+            "--patience-start", type=float, help="fraction of the schedule before early stopping watches"
+        )
         p.add_argument("--time-budget", type=float, help="training budget in seconds; the schedule fits it")
         p.add_argument("--seed", type=int)
         p.add_argument("--image-size", type=int, default=128)
