@@ -123,17 +123,17 @@ class BatchLoader:
         self, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        generator = generator or torch.default_generator
         order = None
         if self.shuffle:
             # randperm must run where its generator lives (a CUDA generator cannot draw on the CPU)
-            where = generator.device if generator is not None else torch.device("cpu")
-            order = torch.randperm(n, generator=generator, device=where).to(self.device)
+            order = torch.randperm(n, generator=generator, device=generator.device).to(self.device)
         for b in range(len(self)):
             index = slice(b * self.batch_size, (b + 1) * self.batch_size)
             picked = order[index] if order is not None else torch.arange(n, device=self.device)[index]
             images = self.images[picked].unsqueeze(1).float().div_(255.0)
             if self.augment is not None:
-                images = augment_batch(images, self.augment, generator or torch.default_generator)
+                images = augment_batch(images, self.augment, generator)
             yield standardise(images, self.preprocessing), self.labels[picked]
 
 
