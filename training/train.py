@@ -137,6 +137,15 @@ class BatchLoader:
             yield standardise(images, self.preprocessing), self.labels[picked]
 
 
+def place_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move ``model`` to ``device``; on the CPU also to channels_last, oneDNN's preferred conv layout: a
+    training step of the conv stem runs about 11 % faster (measured on 2 cores, 96 px, batch 64). Values
+    and saved weights are unchanged; only the memory layout differs. GPUs keep the default layout (not
+    measured there)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on norms, biases, position embeddings and the CLS token (standard for ViTs)."""
     decay, no_decay = [], []
@@ -230,7 +239,7 @@ def train(
     device = pick_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
-    model = build_model(config.model, class_names).to(device)
+    model = place_for_training(build_model(config.model, class_names), device)
     ema = AveragedModel(model, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
     train_loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
@@ -392,7 +401,7 @@ def measure_step_ratio(
     gathering, augmentation, standardisation). Measured on a throwaway copy of a fresh model.
     """
     device = pick_device(config.device)
-    model = build_model(config.model, class_names).to(device).train()
+    model = place_for_training(build_model(config.model, class_names), device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
     generator = torch.Generator(device=device).manual_seed(config.seed)

@@ -1,14 +1,16 @@
 """The training loop: it learns, it resumes exactly, it respects a time budget, it stops early."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 import training.train as train_module
-from neurovit.model import ModelConfig, load_model
+from neurovit.model import ModelConfig, ModelInfo, build_model, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
 from training.augment import AugmentConfig, augment_batch
-from training.train import TrainConfig, measure_step_ratio, train
+from training.train import TrainConfig, measure_step_ratio, place_for_training, train
 
 CLASSES = ["vertical", "horizontal"]
 PREPROCESSING = PreprocessConfig(image_size=32)
@@ -158,3 +160,22 @@ def test_saved_model_has_batchnorm_statistics_of_its_own_weights(data, tmp_path)
     with torch.no_grad():
         expected = conv(pixels).mean(dim=(0, 2, 3))
     np.testing.assert_allclose(norm.running_mean.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_training_layout_changes_memory_not_values(tmp_path):
+    # On the CPU the model trains in channels_last (faster convs): the same weights must compute the same
+    # logits, and the saved model must load back (in the default layout) with those logits.
+    model = build_model(tiny_config().model, CLASSES).eval()
+    placed = place_for_training(copy.deepcopy(model), torch.device("cpu")).eval()
+    second_conv = placed.vit.embeddings.patch_embeddings.projection.layers[3]
+    assert isinstance(second_conv, torch.nn.Conv2d) and second_conv.in_channels > 1
+    assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not second_conv.weight.is_contiguous()
+    images = torch.randn(5, 1, 32, 32)
+    with torch.no_grad():
+        expected = model(images).logits
+        torch.testing.assert_close(placed(images).logits, expected, rtol=1e-4, atol=1e-5)
+    save_model(placed, tmp_path, PREPROCESSING, ModelInfo(class_names=CLASSES))
+    with torch.no_grad():
+        reloaded = load_model(tmp_path).model(images).logits
+    torch.testing.assert_close(reloaded, expected, rtol=1e-4, atol=1e-5)
