@@ -15,7 +15,8 @@
   kills the prediction first. Here the regions are the cells of the map's own grid (the ViT's patches),
   not single pixels, and every perturbed input of a curve is built at once and run in batches.
 - ``random_map`` (seeded) and ``gaussian_map`` (a centred blob: "the lesion is somewhere in the middle")
-  are the baselines an explainer must beat.
+  are the baselines an explainer must beat; ``lesion_map`` (the ground-truth mask on the patch grid) is a
+  reference, not an explainer: how low deletion goes when the lesion is removed first.
 
 Both scores depend only on the ORDER of a map's values (its argmax, its ranking), so any monotone rescaling
 of a map leaves them unchanged.
@@ -266,6 +267,22 @@ def gaussian_map(grid: int, sigma: float | None = None) -> np.ndarray:
     return normalise_maps(blob[None])[0]
 
 
+def lesion_map(mask: np.ndarray, grid: int) -> np.ndarray:
+    """The lesion's share of each cell's pixels ``(grid, grid)``, on the cells deletion uses (``cell_index``).
+
+    Deletion following this map removes the lesion's cells first (the most-covered first; cells without
+    lesion tie and go in raster order). ``mask`` is ``(H, W)`` boolean or 0/1 and must not be empty.
+    """
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    if not mask.any():
+        raise ValueError("the mask is empty: a slice without a lesion has no lesion map")
+    cells = cell_index((grid, grid), *mask.shape).reshape(-1)
+    lesion_pixels = np.bincount(cells, weights=mask.reshape(-1), minlength=grid * grid)
+    return (lesion_pixels / np.bincount(cells, minlength=grid * grid)).reshape(grid, grid)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Comparing two methods on the same images.
 
@@ -294,6 +311,7 @@ __all__ = [
     "deletion_inputs",
     "deletion_order",
     "gaussian_map",
+    "lesion_map",
     "make_substrate",
     "max_point",
     "paired_bootstrap",

@@ -25,7 +25,9 @@ Writes ``outputs/explain-eval/<version>/``: ``explain_eval.json`` (per method: p
 n, and the details), ``per_image.csv``, ``gallery.png`` (a few slices per class: the input with the lesion
 outline, then each method's overlay with its maximum marked) and ``deletion_curves.png``; and prints the
 table. Each explainer is also compared with each baseline on the same images (paired bootstrap 95%
-intervals of the difference), which is what "better than the baseline" means here.
+intervals of the difference), which is what "better than the baseline" means here. A reference line gives
+the deletion AUC with the lesion mask itself as the map (lesion slices only): how far deletion falls on
+this model when the lesion goes first, which the explainers' scores can be read against.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from neurovit.explain_metrics import (
     deletion_auc,
     deletion_curves,
     gaussian_map,
+    lesion_map,
     max_point,
     paired_bootstrap,
     pointing_game_hit,
@@ -271,6 +274,33 @@ def score(
     return scores
 
 
+def lesion_reference(
+    slices: list[Slice],
+    inputs: torch.Tensor,
+    targets: np.ndarray,
+    loaded: LoadedModel,
+    grid: int,
+    *,
+    steps: int | None,
+    substrate: str | float,
+    batch_size: int,
+) -> np.ndarray:
+    """Deletion AUC per slice with the lesion mask itself as the map (NaN without a lesion).
+
+    Not an explainer: it says how far deletion can fall on this model when the lesion goes first, so the
+    explainers' deletion scores can be read against it as well as against the baselines.
+    """
+    aucs = np.full(len(slices), np.nan)
+    with torch.inference_mode():
+        for i, item in enumerate(slices):
+            if item.has_lesion:
+                model_fn = class_probability(loaded.model, int(targets[i]), loaded.info.temperature)
+                reference = lesion_map(item.mask, grid)[None]
+                curve = deletion_curves(model_fn, inputs[i], reference, steps, substrate, batch_size)[0]
+                aucs[i] = deletion_auc(curve)
+    return aucs
+
+
 def _macro(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float]]:
     """Mean of the per-class means over the classes that have values (NaNs left out)."""
     per_class = {}
@@ -433,7 +463,7 @@ def _interval(result: dict | None) -> str:
     return f"{result['mean_difference']:+.3f} [{result['ci_low']:+.3f}, {result['ci_high']:+.3f}]"
 
 
-def format_table(summary: dict, comparisons: dict) -> str:
+def format_table(summary: dict, comparisons: dict, lesion_reference: dict | None = None) -> str:
     lines = [
         f"{'method':<28} | {'pointing game ↑':>15} | {'deletion AUC ↓':>14}",
         f"{'-' * 28}-+-{'-' * 15}-+-{'-' * 14}",
@@ -447,6 +477,14 @@ def format_table(summary: dict, comparisons: dict) -> str:
         f"(pointing game: {first['n_pointing_game']} lesion slices, mean of per-class hit rates; "
         f"deletion AUC: {first['n']} slices)"
     )
+    if lesion_reference and lesion_reference["n"]:
+        same_slices = ", ".join(
+            f"{method} {values['deletion_auc_lesion_slices']:.3f}" for method, values in summary.items()
+        )
+        lines.append(
+            f"reference, the lesion mask as the map ({lesion_reference['n']} lesion slices): deletion AUC "
+            f"{lesion_reference['deletion_auc_lesion_slices']:.3f}; on the same slices: {same_slices}"
+        )
     lines.append("gain over each baseline, paired bootstrap 95% interval; 'yes' when it lies above 0:")
     for method, against in comparisons.items():
         for baseline, result in against.items():
@@ -559,8 +597,25 @@ def run(args: argparse.Namespace) -> dict:
         substrate=substrate_value(args.substrate, loaded),
         batch_size=args.deletion_batch_size,
     )
+    reference = lesion_reference(
+        slices,
+        inputs,
+        targets,
+        loaded,
+        grid,
+        steps=args.steps,
+        substrate=substrate_value(args.substrate, loaded),
+        batch_size=args.deletion_batch_size,
+    )
     timings["score_s"] = time.perf_counter() - phase
     summary, comparisons = summarise(slices, scores, predicted, class_names, args.seed)
+    lesion_slices = ~np.isnan(reference)
+    lesion_mask_reference = {
+        "deletion_auc_lesion_slices": float(reference[lesion_slices].mean())
+        if lesion_slices.any()
+        else float("nan"),
+        "n": int(lesion_slices.sum()),
+    }
 
     phase = time.perf_counter()
     write_gallery(
@@ -592,6 +647,7 @@ def run(args: argparse.Namespace) -> dict:
         "accuracy_on_slices": accuracy,
         "methods": summary,
         "comparisons": comparisons,
+        "lesion_mask_reference": lesion_mask_reference,
         "settings": {
             "explained_class": args.explain,
             "temperature": loaded.info.temperature,
@@ -620,12 +676,12 @@ def run(args: argparse.Namespace) -> dict:
         "timings_s": {name: round(value, 2) for name, value in timings.items()},
     }
     (out / RESULTS_FILE).write_text(json.dumps(_json_safe(document), indent=2) + "\n")
-    print(format_table(summary, comparisons))
+    print(format_table(summary, comparisons, lesion_mask_reference))
+    forwards = (len(slices) * len(maps) + lesion_mask_reference["n"]) * (steps + 1)
     print(
         f"timings: load {timings['load_s']:.1f}s, maps {timings['explain_s']:.1f}s, "
-        f"scores {timings['score_s']:.1f}s "
-        f"({len(slices) * len(maps) * (steps + 1)} deletion forwards), figures {timings['figures_s']:.1f}s, "
-        f"total {timings['total_s']:.1f}s"
+        f"scores {timings['score_s']:.1f}s ({forwards} deletion forwards), "
+        f"figures {timings['figures_s']:.1f}s, total {timings['total_s']:.1f}s"
     )
     print(f"results: {out / RESULTS_FILE}\ngallery: {out / GALLERY_FILE}\ncurves:  {out / CURVES_FILE}")
     return document

@@ -20,6 +20,7 @@ from neurovit.explain_metrics import (
     deletion_inputs,
     deletion_order,
     gaussian_map,
+    lesion_map,
     make_substrate,
     max_point,
     paired_bootstrap,
@@ -229,6 +230,17 @@ def test_the_gaussian_map_peaks_at_the_centre():
         gaussian_map(8, sigma=0)
 
 
+def test_the_lesion_map_is_the_lesion_share_of_each_cell():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[0:4, 0:2] = True  # half of the top-left 4x4 cell
+    mask[4:8, 4:8] = True  # all of the bottom-right cell
+    np.testing.assert_allclose(lesion_map(mask, 2), [[0.5, 0.0], [0.0, 1.0]])
+    # deletion following it removes the fully covered cell, then the half-covered one, then the rest
+    assert deletion_order(lesion_map(mask, 2)).tolist() == [3, 0, 1, 2]
+    with pytest.raises(ValueError, match="empty"):
+        lesion_map(np.zeros((8, 8), dtype=bool), 2)
+
+
 def test_paired_bootstrap_of_a_constant_difference():
     result = paired_bootstrap(np.full(20, 0.7), np.full(20, 0.2))
     assert result == pytest.approx({"mean_difference": 0.5, "ci_low": 0.5, "ci_high": 0.5})
@@ -302,6 +314,9 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
         assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= values["deletion_auc"] <= 1.0
         assert len(values["mean_deletion_curve"]) == 5
     assert set(result["comparisons"]["rollout"]) == {"random", "gaussian"}
+    reference = result["lesion_mask_reference"]
+    assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
+    assert "the lesion mask as the map (2 lesion slices)" in printed
     for name in ("gallery.png", "deletion_curves.png", "per_image.csv"):
         assert (out / name).stat().st_size > 0
 
