@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         patience=args.patience,
         time_budget_s=args.time_budget,
         device=args.device,
+        channels_last=True,
         model=ModelConfig(image_size=args.image_size, stem_channels=args.stem_channels),
     )
     preprocessing = PreprocessConfig(image_size=config.model.image_size)

@@ -171,6 +171,8 @@ def test_cpu_training_layout_changes_memory_not_values(tmp_path):
     assert isinstance(second_conv, torch.nn.Conv2d) and second_conv.in_channels > 1
     assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not second_conv.weight.is_contiguous()
+    kept = place_for_training(copy.deepcopy(model), torch.device("cpu"), channels_last=False)
+    assert kept.vit.embeddings.patch_embeddings.projection.layers[3].weight.is_contiguous()
     images = torch.randn(5, 1, 32, 32)
     with torch.no_grad():
         expected = model(images).logits
