@@ -163,7 +163,7 @@ def test_saved_model_has_batchnorm_statistics_of_its_own_weights(data, tmp_path)
 
 
 def test_cpu_training_layout_changes_memory_not_values(tmp_path):
-    # On the CPU the model trains in channels_last (faster convs): the same weights must compute the same
+    # With channels_last (bench-train, faster convs on the CPU) the same weights must compute the same
     # logits, and the saved model must load back (in the default layout) with those logits.
     model = build_model(tiny_config().model, CLASSES).eval()
     placed = place_for_training(copy.deepcopy(model), torch.device("cpu")).eval()
