@@ -586,6 +586,7 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     phase = time.perf_counter()
+    substrate = substrate_value(args.substrate, loaded)
     scores = score(
         slices,
         inputs,
@@ -594,7 +595,7 @@ def run(args: argparse.Namespace) -> dict:
         loaded,
         tolerance=args.tolerance,
         steps=args.steps,
-        substrate=substrate_value(args.substrate, loaded),
+        substrate=substrate,
         batch_size=args.deletion_batch_size,
     )
     lesion_mask_reference = lesion_reference(
@@ -604,7 +605,7 @@ def run(args: argparse.Namespace) -> dict:
         loaded,
         grid,
         steps=args.steps,
-        substrate=substrate_value(args.substrate, loaded),
+        substrate=substrate,
         batch_size=args.deletion_batch_size,
     )
     timings["score_s"] = time.perf_counter() - phase

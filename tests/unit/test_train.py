@@ -166,7 +166,7 @@ def test_cpu_training_layout_changes_memory_not_values(tmp_path):
     # With channels_last (bench-train, faster convs on the CPU) the same weights must compute the same
     # logits, and the saved model must load back (in the default layout) with those logits.
     model = build_model(tiny_config().model, CLASSES).eval()
-    placed = place_for_training(copy.deepcopy(model), torch.device("cpu")).eval()
+    placed = place_for_training(copy.deepcopy(model), torch.device("cpu"), channels_last=True).eval()
     second_conv = placed.vit.embeddings.patch_embeddings.projection.layers[3]
     assert isinstance(second_conv, torch.nn.Conv2d) and second_conv.in_channels > 1
     assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
