@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from neurovit.explain import (
+    ROLLOUT_DISCARD_RATIO,
+    ROLLOUT_HEAD_FUSION,
     ExplainError,
     attention_rollout,
     explain,
@@ -286,7 +288,10 @@ def test_explain_returns_what_the_forward_gave_so_serving_can_reuse_it(model, im
         outputs = model(images, output_attentions=True)
     np.testing.assert_allclose(result["logits"], outputs.logits.numpy(), atol=1e-5)
     np.testing.assert_array_equal(result["target"], outputs.logits.argmax(-1).numpy())
-    np.testing.assert_allclose(result["rollout"], rollout_from_attentions(outputs.attentions), atol=1e-6)
+    # with the service's rollout settings, not the plain defaults of the pure function
+    expected = rollout_from_attentions(outputs.attentions, ROLLOUT_HEAD_FUSION, ROLLOUT_DISCARD_RATIO)
+    np.testing.assert_allclose(result["rollout"], expected, atol=1e-6)
+    assert not np.allclose(result["rollout"], rollout_from_attentions(outputs.attentions), atol=1e-3)
 
 
 def test_no_gradient_is_left_on_parameters_and_the_mode_is_kept(model, images):
