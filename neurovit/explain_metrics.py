@@ -169,14 +169,15 @@ def deletion_curves(
     image: torch.Tensor,
     maps: np.ndarray,
     steps: int | None = None,
-    substrate: str | float = "mean",
+    substrate: str | float | torch.Tensor = "mean",
     batch_size: int = 128,
 ) -> np.ndarray:
     """Deletion curves of several maps ``(M, h, w)`` of one image: ``(M, steps + 1)`` probabilities.
 
     ``model_fn`` takes a batch ``(B, C, H, W)`` and returns the explained class' probability ``(B,)`` (the
     caller binds the class and any temperature). All ``M * (steps + 1)`` perturbed inputs go through it in
-    batches of ``batch_size``, without gradients.
+    batches of ``batch_size``, without gradients. ``substrate``: a name or number for ``make_substrate``,
+    or the replacement image itself, shaped like ``image``.
     """
     image = _as_chw(image)
     maps = np.asarray(maps)
@@ -184,7 +185,7 @@ def deletion_curves(
         raise ValueError(f"expected maps (M, h, w), got shape {maps.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fill = make_substrate(image, substrate)
+    fill = substrate if isinstance(substrate, torch.Tensor) else make_substrate(image, substrate)
     inputs = torch.cat([deletion_inputs(image, grid_map, steps, fill) for grid_map in maps])
     scores = []
     with torch.no_grad():
@@ -202,7 +203,7 @@ def deletion_curve(
     image: torch.Tensor,
     saliency: np.ndarray,
     steps: int | None = None,
-    substrate: str | float = "mean",
+    substrate: str | float | torch.Tensor = "mean",
     batch_size: int = 128,
 ) -> np.ndarray:
     """The deletion curve of one map ``(h, w)``: ``steps + 1`` probabilities (see ``deletion_curves``)."""

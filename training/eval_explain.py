@@ -17,7 +17,8 @@ measures of ``neurovit.explain_metrics``:
 - deletion AUC (Petsiuk et al. 2018, RISE): the temperature-calibrated probability of the PREDICTED class
   (the class the maps explain; ``--explain true`` explains and follows the true class instead) as the map's
   most relevant patch-grid cells are replaced, one cell per step by default, by black (the scan's background;
-  ``--substrate mean|blur`` for the image mean or a blur);
+  ``--substrate mean|blur`` for the image mean or a blur; ``--substrate healthy`` on the demo set for the
+  slice's lesion-free twin, see below, lesion slices only);
   the trapezoid area over the fraction removed, in [0, 1]. Lower is better. Every slice counts, with or
   without a lesion.
 
@@ -28,6 +29,11 @@ table. Each explainer is also compared with each baseline on the same images (pa
 intervals of the difference), which is what "better than the baseline" means here. A reference line gives
 the deletion AUC with the lesion mask itself as the map (lesion slices only): how far deletion falls on
 this model when the lesion goes first, which the explainers' scores can be read against.
+
+On the demo set, whose generator can redraw every lesion slice without its lesion (same slice, pose and
+scanner noise: ``neurovit.data.demo.healthy_twin``), a last line asks whether the model needs the lesion at
+all: per class, the explained class' probability on the slice and on its healthy twin. Where it barely
+drops, the model reads that class from elsewhere, and a map cannot be both on the lesion and faithful.
 """
 
 from __future__ import annotations
@@ -51,11 +57,18 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
+from neurovit.data.demo import healthy_twin
 from neurovit.data.imageio import read_image
 from neurovit.data.layout import MASK_SUFFIX, discover
 from neurovit.data.split import load_split
 from neurovit.errors import DataError, NeuroVitError
-from neurovit.explain import METHODS, explain, overlay_png
+from neurovit.explain import (
+    METHODS,
+    ROLLOUT_DISCARD_RATIO,
+    ROLLOUT_HEAD_FUSION,
+    explain,
+    overlay_png,
+)
 from neurovit.explain_metrics import (
     deletion_auc,
     deletion_curves,
@@ -89,8 +102,10 @@ CURVES_FILE = "deletion_curves.png"
 DEFAULT_TOLERANCE_PX = 8.0
 # Deleted cells become black by default: zero is an MRI slice's background, "no tissue here", which the model
 # has seen everywhere outside the head (EXPLAINABILITY-NOTES). A flat grey (the image mean) is a pattern no
-# slice contains; both are offered, and the README reports both.
-SUBSTRATE_CHOICES = ("black", "mean", "blur")
+# slice contains, and a blur keeps a bright lesion bright. "healthy" (the demo set only): each lesion slice's
+# lesion-free twin, the tissue that was there, so a removed cell looks like a healthy brain rather than like
+# a black or grey square (lesion slices only). The README reports black and healthy.
+SUBSTRATE_CHOICES = ("black", "mean", "blur", "healthy")
 
 
 @dataclass
@@ -101,6 +116,9 @@ class Slice:
     label: str
     image: np.ndarray  # (H, W) uint8, as the model sees it before standardisation
     mask: np.ndarray | None  # (H, W) bool; None when no mask file sits beside the image
+    # The demo generator's lesion-free twin of a lesion slice, canonicalised in the slice's own intensity
+    # window (so it equals the slice outside the lesion); None for other data.
+    healthy: np.ndarray | None = None
 
     @property
     def has_lesion(self) -> bool:
@@ -165,8 +183,13 @@ def load_mask(image_path: Path, size: int) -> np.ndarray | None:
 
 
 def load_slices(
-    chosen: list[tuple[Path, str, str]], loaded: LoadedModel, per_class: int | None
+    chosen: list[tuple[Path, str, str]],
+    loaded: LoadedModel,
+    per_class: int | None,
+    data_dir: Path | None = None,
 ) -> list[Slice]:
+    """The chosen images as ``Slice``s, at most ``per_class`` per class; lesion slices of a demo dataset in
+    ``data_dir`` also get their healthy twin (``neurovit.data.demo.healthy_twin``)."""
     unknown = sorted({label for _, _, label in chosen} - set(loaded.class_names))
     if unknown:
         raise DataError(f"classes {unknown} are unknown to the model ({loaded.class_names})")
@@ -175,8 +198,16 @@ def load_slices(
     for path, relpath, label in sorted(chosen, key=lambda item: item[1]):
         if per_class is not None and taken[label] >= per_class:
             continue
-        image = canonicalise(read_image(path).pixels, loaded.preprocessing)
-        slices.append(Slice(relpath, label, image, load_mask(path, size)))
+        pixels = read_image(path).pixels
+        image = canonicalise(pixels, loaded.preprocessing)
+        mask = load_mask(path, size)
+        healthy = None
+        if data_dir is not None and mask is not None and mask.any():
+            twin = healthy_twin(data_dir, relpath)
+            if twin is not None:
+                # read_image gives grey levels in [0, 1]: the twin goes through the same scaling
+                healthy = canonicalise(twin / np.float32(255.0), loaded.preprocessing, window_of=pixels)
+        slices.append(Slice(relpath, label, image, mask, healthy))
         taken[label] += 1
     if not slices:
         raise DataError("no images to evaluate")
@@ -213,10 +244,19 @@ def compute_maps(
     return maps, np.concatenate(targets), np.concatenate(logits)
 
 
-def substrate_value(name: str, loaded: LoadedModel) -> str | float:
-    """``black`` -> the model input of intensity 0; ``mean``/``blur`` go to ``make_substrate`` as they are."""
+def substrate_value(name: str, loaded: LoadedModel, slices: list[Slice]) -> str | float | torch.Tensor:
+    """``black`` -> the model input of intensity 0; ``healthy`` -> every slice's healthy twin as a model
+    input ``(N, 1, H, W)``; ``mean``/``blur`` go to ``make_substrate`` as they are."""
     if name == "black":
         return float(standardise(torch.zeros(()), loaded.preprocessing))
+    if name == "healthy":
+        missing = [item.relpath for item in slices if item.healthy is None]
+        if missing:
+            raise DataError(
+                f"the healthy substrate needs the demo generator's lesion-free twin of every lesion slice; "
+                f"{len(missing)} have none (e.g. {missing[0]}): not an unchanged demo dataset"
+            )
+        return to_tensor(np.stack([item.healthy for item in slices]), loaded.preprocessing)
     return name
 
 
@@ -239,7 +279,7 @@ def score(
     *,
     tolerance: float,
     steps: int | None,
-    substrate: str | float,
+    substrate: str | float | torch.Tensor,
     batch_size: int,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method, per image: ``hit`` and ``hit_strict`` (NaN without a lesion), ``curve`` and ``auc``."""
@@ -263,7 +303,8 @@ def score(
                     scores[method]["hit"][i] = pointing_game_hit(maps[method][i], item.mask, tolerance)
                     scores[method]["hit_strict"][i] = pointing_game_hit(maps[method][i], item.mask, 0.0)
             model_fn = class_probability(loaded.model, int(targets[i]), temperature)
-            curves = deletion_curves(model_fn, inputs[i], stacked[i], steps, substrate, batch_size)
+            fill = substrate[i] if isinstance(substrate, torch.Tensor) else substrate
+            curves = deletion_curves(model_fn, inputs[i], stacked[i], steps, fill, batch_size)
             for method, curve in zip(methods, curves, strict=True):
                 scores[method]["curve"].append(curve)
             if (i + 1) % 10 == 0 or i + 1 == count:
@@ -282,7 +323,7 @@ def lesion_reference(
     grid: int,
     *,
     steps: int | None,
-    substrate: str | float,
+    substrate: str | float | torch.Tensor,
     batch_size: int,
 ) -> dict:
     """Mean deletion AUC over the lesion slices with the lesion mask itself as the map, and their count.
@@ -296,9 +337,40 @@ def lesion_reference(
             if item.has_lesion:
                 model_fn = class_probability(loaded.model, int(targets[i]), loaded.info.temperature)
                 reference = lesion_map(item.mask, grid)[None]
-                curve = deletion_curves(model_fn, inputs[i], reference, steps, substrate, batch_size)[0]
+                fill = substrate[i] if isinstance(substrate, torch.Tensor) else substrate
+                curve = deletion_curves(model_fn, inputs[i], reference, steps, fill, batch_size)[0]
                 aucs.append(deletion_auc(curve))
     return {"deletion_auc_lesion_slices": float(np.mean(aucs)) if aucs else float("nan"), "n": len(aucs)}
+
+
+def lesion_reliance(
+    slices: list[Slice], targets: np.ndarray, probabilities: np.ndarray, loaded: LoadedModel
+) -> dict:
+    """Does the prediction need the lesion? Per class, over the lesion slices with a healthy twin: the mean
+    calibrated probability of the explained class on the slice and on its twin (the lesion replaced by the
+    tissue that was there). A probability that stays up without the lesion means the model reads that class
+    from something else, and then no map can be both on the lesion and faithful (deletion)."""
+    chosen = [i for i, item in enumerate(slices) if item.has_lesion and item.healthy is not None]
+    if not chosen:
+        return {"n": 0, "per_class": {}}
+    twins = to_tensor(np.stack([slices[i].healthy for i in chosen]), loaded.preprocessing)
+    with torch.inference_mode():
+        logits = loaded.model(twins).logits.float()
+    twin_probabilities = torch.softmax(logits / loaded.info.temperature, dim=-1).numpy()
+    explained = targets[chosen]
+    on_slice = probabilities[chosen, explained]
+    on_twin = twin_probabilities[np.arange(len(chosen)), explained]
+    labels = np.array([slices[i].label for i in chosen])
+    per_class = {
+        name: {
+            "n": int((labels == name).sum()),
+            "probability_on_slice": float(on_slice[labels == name].mean()),
+            "probability_on_healthy_twin": float(on_twin[labels == name].mean()),
+        }
+        for name in loaded.class_names
+        if (labels == name).any()
+    }
+    return {"n": len(chosen), "per_class": per_class}
 
 
 def _macro(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float]]:
@@ -463,7 +535,9 @@ def _interval(result: dict | None) -> str:
     return f"{result['mean_difference']:+.3f} [{result['ci_low']:+.3f}, {result['ci_high']:+.3f}]"
 
 
-def format_table(summary: dict, comparisons: dict, lesion_reference: dict | None = None) -> str:
+def format_table(
+    summary: dict, comparisons: dict, lesion_reference: dict | None = None, reliance: dict | None = None
+) -> str:
     lines = [
         f"{'method':<28} | {'pointing game ↑':>15} | {'deletion AUC ↓':>14}",
         f"{'-' * 28}-+-{'-' * 15}-+-{'-' * 14}",
@@ -484,6 +558,15 @@ def format_table(summary: dict, comparisons: dict, lesion_reference: dict | None
         lines.append(
             f"reference, the lesion mask as the map ({lesion_reference['n']} lesion slices): deletion AUC "
             f"{lesion_reference['deletion_auc_lesion_slices']:.3f}; on the same slices: {same_slices}"
+        )
+    if reliance and reliance["n"]:
+        per_class = ", ".join(
+            f"{name} {values['probability_on_slice']:.2f} -> {values['probability_on_healthy_twin']:.2f}"
+            for name, values in reliance["per_class"].items()
+        )
+        lines.append(
+            f"does the prediction need the lesion? explained class' probability, slice -> its healthy twin "
+            f"({reliance['n']} lesion slices): {per_class}"
         )
     lines.append("gain over each baseline, paired bootstrap 95% interval; 'yes' when it lies above 0:")
     for method, against in comparisons.items():
@@ -558,7 +641,18 @@ def run(args: argparse.Namespace) -> dict:
         loaded = load_model(local / "model")
         split_path = local / "split.json"
         chosen, source = select_images(Path(args.data_dir), split_path if split_path.is_file() else None)
-    slices = load_slices(chosen, loaded, args.max_per_class)
+    slices = load_slices(chosen, loaded, args.max_per_class, Path(args.data_dir))
+    if args.substrate == "healthy":
+        # A slice without a lesion has nothing to restore (its curve would be flat for every map); planted
+        # copies and other data have no twin.
+        lesion_slices = [item for item in slices if item.has_lesion]
+        slices = [item for item in lesion_slices if item.healthy is not None]
+        if not slices:
+            raise DataError(
+                "the healthy substrate needs the demo generator's lesion-free twin of each lesion slice; "
+                f"none of the {len(lesion_slices)} lesion slices has one: not an unchanged demo dataset"
+            )
+        source += f"; healthy substrate: the {len(slices)} lesion slices with a twin"
     class_names = loaded.class_names
     grid = loaded.preprocessing.image_size // loaded.model.config.patch_size
     print(f"model {model_name}/{version} (T={loaded.info.temperature:.2f}); {source}")
@@ -586,7 +680,7 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     phase = time.perf_counter()
-    substrate = substrate_value(args.substrate, loaded)
+    substrate = substrate_value(args.substrate, loaded, slices)
     scores = score(
         slices,
         inputs,
@@ -608,6 +702,7 @@ def run(args: argparse.Namespace) -> dict:
         substrate=substrate,
         batch_size=args.deletion_batch_size,
     )
+    reliance = lesion_reliance(slices, targets, probabilities, loaded)
     timings["score_s"] = time.perf_counter() - phase
     summary, comparisons = summarise(slices, scores, predicted, class_names, args.seed)
 
@@ -642,8 +737,10 @@ def run(args: argparse.Namespace) -> dict:
         "methods": summary,
         "comparisons": comparisons,
         "lesion_mask_reference": lesion_mask_reference,
+        "lesion_reliance": reliance,
         "settings": {
             "explained_class": args.explain,
+            "rollout": {"head_fusion": ROLLOUT_HEAD_FUSION, "discard_ratio": ROLLOUT_DISCARD_RATIO},
             "temperature": loaded.info.temperature,
             "grid": grid,
             "pointing_game": {
@@ -662,6 +759,8 @@ def run(args: argparse.Namespace) -> dict:
                 "auc": "(sum - first/2 - last/2) / steps, as eclique/RISE",
                 "lesion_mask_reference": "the lesion's share of each grid cell as the map; lesion slices",
             },
+            "lesion_reliance": "explained class' calibrated probability on each lesion slice and on the demo "
+            "generator's lesion-free twin of it (same slice, pose and scanner draws); mean per class",
             "baselines": {
                 "random": f"uniform random per slice, seed {args.seed}",
                 "gaussian": f"centred isotropic Gaussian, sigma {grid / 4:g} cells",
@@ -671,7 +770,7 @@ def run(args: argparse.Namespace) -> dict:
         "timings_s": {name: round(value, 2) for name, value in timings.items()},
     }
     (out / RESULTS_FILE).write_text(json.dumps(_json_safe(document), indent=2) + "\n")
-    print(format_table(summary, comparisons, lesion_mask_reference))
+    print(format_table(summary, comparisons, lesion_mask_reference, reliance))
     forwards = (len(slices) * len(maps) + lesion_mask_reference["n"]) * (steps + 1)
     print(
         f"timings: load {timings['load_s']:.1f}s, maps {timings['explain_s']:.1f}s, "
@@ -696,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--substrate",
         choices=SUBSTRATE_CHOICES,
         default="black",
-        help="what removed cells become: black (the scan's background, default), the image mean, or a blur",
+        help="what removed cells become: black (the scan's background, default), the image mean, a blur, "
+        "or (demo set, lesion slices only) the slice's healthy twin",
     )
     parser.add_argument(
         "--explain",

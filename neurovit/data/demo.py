@@ -24,6 +24,7 @@ parameters, counts, duplicates and per-image generation facts. Output is byte-id
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -331,12 +332,17 @@ def _acquire(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.round(image * 255).astype(np.uint8)
 
 
-def _render(label: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One (image, mask, facts) sample of ``label``."""
+def _render(
+    label: str, rng: np.random.Generator, size: int, healthy: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One (image, mask, facts) sample of ``label``; with ``healthy``, the facts also hold
+    ``"healthy_twin"``: the same slice, pose and acquisition with no lesion painted (see ``healthy_twin``).
+    The random draws of the image are the same either way."""
     z_mm = _sample_level(rng, label)
     level = _level(z_mm)
     canvas = level.t1.copy()
     _paint_gland(canvas, level, z_mm, rng)
+    unpainted = canvas.copy() if healthy else None
     facts: dict = {"level_mm": z_mm}
     lesion = np.zeros_like(canvas)
     if label in _PAINTERS:
@@ -347,11 +353,48 @@ def _render(label: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray
                 for key, value in lesion_facts.items()
             }
         )
-    image, lesion = _warp([canvas, lesion.astype(np.float32)], rng, size)
+    planes = [canvas, lesion.astype(np.float32)] + ([unpainted] if unpainted is not None else [])
+    image, lesion, *twin = _warp(planes, rng, size)  # one pose for every plane
     mask = lesion >= 0.5
     if label in _PAINTERS and not mask.any():  # a tiny lesion thinned out by resampling: keep its core
         mask = lesion >= 0.5 * lesion.max()
+    if twin:
+        # the same scanner draws (bias field, noise, window, gamma) from a copy of the generator
+        facts["healthy_twin"] = _acquire(twin[0], copy.deepcopy(rng))
     return _acquire(image, rng), (mask * 255).astype(np.uint8), facts
+
+
+def _image_rng(seed: int, class_index: int, index: int) -> np.random.Generator:
+    # One independent stream per image: the output does not depend on generation order.
+    return np.random.default_rng([seed, class_index, index])
+
+
+def healthy_twin(data_dir: str | Path, relpath: str) -> np.ndarray | None:
+    """The lesion-free twin of the demo image ``relpath`` of ``data_dir``, or None if there is none.
+
+    The twin is the image re-rendered with the same level, pose and scanner draws but no lesion painted:
+    it differs from the image only where the lesion (and its oedema) is, so it is what the slice would look
+    like healthy. Explanation scores use it as a deletion substrate and to ask whether a model's
+    prediction needs the lesion at all (``training.eval_explain``). Only original images of a dataset that
+    ``generate_demo_dataset`` wrote have one (not planted duplicates or other data). ``(H, W)`` uint8, like
+    the image file; a DataError if the file on disk is not what the generator draws for it (edited data).
+    """
+    root = Path(data_dir)
+    manifest_path = root / DEMO_MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if relpath not in manifest["images"]:
+        return None
+    label = relpath.split("/", 1)[0]
+    index = int(Path(relpath).stem.rsplit("_", 1)[1])
+    rng = _image_rng(manifest["seed"], manifest["classes"].index(label), index)
+    image, _, facts = _render(label, rng, manifest["image_size"], healthy=True)
+    with Image.open(root / relpath) as stored:
+        on_disk = np.asarray(stored.convert("L"))
+    if not np.array_equal(on_disk, image):
+        raise DataError(f"{relpath} is not the image the demo generator draws for it: it was changed")
+    return facts["healthy_twin"]
 
 
 def _save_png(pixels: np.ndarray, path: Path) -> None:
@@ -444,9 +487,7 @@ def generate_demo_dataset(
         for class_index, label in enumerate(DEMO_CLASSES):
             (build / label).mkdir()
             for index in range(n_per_class):
-                # One independent stream per image: the output does not depend on generation order.
-                rng = np.random.default_rng([seed, class_index, index])
-                image, mask, facts = _render(label, rng, image_size)
+                image, mask, facts = _render(label, _image_rng(seed, class_index, index), image_size)
                 name = f"{label}/{label}_{index:04d}"
                 _save_png(image, build / f"{name}.png")
                 _save_png(mask, build / f"{name}{MASK_SUFFIX}")
@@ -483,4 +524,4 @@ def generate_demo_dataset(
     return out_dir
 
 
-__all__ = ["DEMO_CLASSES", "DEMO_MANIFEST", "MASK_SUFFIX", "generate_demo_dataset"]
+__all__ = ["DEMO_CLASSES", "DEMO_MANIFEST", "MASK_SUFFIX", "generate_demo_dataset", "healthy_twin"]

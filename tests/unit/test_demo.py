@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from neurovit.data.demo import DEMO_CLASSES, MASK_SUFFIX, generate_demo_dataset
+from neurovit.data.demo import DEMO_CLASSES, MASK_SUFFIX, generate_demo_dataset, healthy_twin
 from neurovit.errors import DataError
 
 N_PER_CLASS = 8
@@ -164,6 +164,35 @@ def test_same_seed_same_bytes_other_seed_other_bytes(demo: Path, tmp_path: Path)
     assert sum(other.get(name) == digest for name, digest in images.items()) == 0
     # The generator keeps to its own random streams.
     assert (np.random.get_state()[1] == state_numpy).all() and random.getstate() == state_python
+
+
+def test_healthy_twin_is_the_slice_without_its_lesion(demo: Path) -> None:
+    for label in ("glioma", "meningioma", "pituitary"):
+        for path in _originals(demo, label)[:3]:
+            image, mask = _load(path), _load(path.with_name(path.stem + MASK_SUFFIX)) > 0
+            twin = healthy_twin(demo, path.relative_to(demo).as_posix())
+            assert twin is not None and twin.shape == image.shape and twin.dtype == np.uint8
+            changed = twin != image
+            assert changed[mask].mean() > 0.5, path  # the lesion is gone...
+            # the oedema reaches past the mask (up to 12 px here); beyond it nothing moved: same pose, noise
+            far_from_lesion = ndimage.distance_transform_edt(~mask) > 16
+            assert not changed[far_from_lesion].any(), path
+    for path in _originals(demo, "notumor")[:2]:
+        assert np.array_equal(healthy_twin(demo, path.relative_to(demo).as_posix()), _load(path))
+
+
+def test_healthy_twin_only_for_unchanged_demo_originals(
+    demo: Path, description: dict, tmp_path: Path
+) -> None:
+    assert healthy_twin(demo, description["duplicates"][0]["path"]) is None  # a planted copy
+    assert healthy_twin(tmp_path, "glioma/glioma_0000.png") is None  # not a demo dataset
+    edited = generate_demo_dataset(tmp_path / "edited", n_per_class=2, image_size=SIZE, seed=0)
+    target = edited / "glioma" / "glioma_0001.png"
+    pixels = _load(target).copy()
+    pixels[:4, :4] = 255
+    Image.fromarray(pixels).save(target)
+    with pytest.raises(DataError, match="changed"):
+        healthy_twin(edited, "glioma/glioma_0001.png")
 
 
 def test_replaces_an_earlier_demo_set_but_not_other_folders(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from neurovit.data.demo import DEMO_CLASSES, generate_demo_dataset
 from neurovit.data.split import SplitEntry, SplitPlan
 from neurovit.explain_metrics import (
     cell_index,
@@ -28,10 +29,10 @@ from neurovit.explain_metrics import (
     random_map,
     removed_counts,
 )
-from neurovit.model import ModelConfig, ModelInfo, build_model, save_model
-from neurovit.preprocessing import PreprocessConfig, canonicalise
+from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, save_model
+from neurovit.preprocessing import PreprocessConfig, canonicalise, to_tensor
 from neurovit.store import LocalStore
-from training.eval_explain import load_mask, main
+from training.eval_explain import lesion_reliance, load_mask, load_slices, main
 
 # ---- pointing game -----------------------------------------------------------------------------------------
 
@@ -317,6 +318,11 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     reference = result["lesion_mask_reference"]
     assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
     assert "the lesion mask as the map (2 lesion slices)" in printed
+    # not the demo generator's data: no healthy twins, so no lesion-reliance line
+    assert result["lesion_reliance"] == {"n": 0, "per_class": {}}
+    assert "healthy twin" not in printed
+    assert main([*argv, "--substrate", "healthy", "--out", str(tmp_path / "healthy")]) == 2
+    assert "healthy substrate needs the demo generator's lesion-free twin" in capsys.readouterr().err
     for name in ("gallery.png", "deletion_curves.png", "per_image.csv"):
         assert (out / name).stat().st_size > 0
 
@@ -324,3 +330,56 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(data / "notumor" / "notumor_0.png")
     assert main([*argv, "--model", version, "--out", str(tmp_path / "out2")]) == 0
     assert json.loads((tmp_path / "out2" / "explain_eval.json").read_text())["n_slices"] == 6
+
+
+def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_path, capsys):
+    data = generate_demo_dataset(tmp_path / "demo", n_per_class=2, image_size=32, seed=0)
+    chosen = [
+        (data / label / f"{label}_{n:04d}.png", f"{label}/{label}_{n:04d}.png", label)
+        for label in DEMO_CLASSES
+        for n in range(2)
+    ]
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    model = build_model(config, list(DEMO_CLASSES)).eval()
+    preprocessing = PreprocessConfig(image_size=32)
+    loaded = LoadedModel(model, preprocessing, ModelInfo(class_names=list(DEMO_CLASSES), temperature=2.0))
+    slices = load_slices(chosen, loaded, None, data)
+    lesion = [item for item in slices if item.has_lesion]
+    assert len(lesion) == 6 and all(item.healthy is not None for item in lesion)
+    assert all(item.healthy is None for item in slices if item.label == "notumor")
+    assert all(not np.array_equal(item.healthy, item.image) for item in lesion)
+    assert load_slices(chosen, loaded, None)[0].healthy is None  # no data folder given: no twins
+
+    targets = np.array([3, 0, 1, 2, 0, 0, 1, 2])  # any explained class per slice
+    with torch.no_grad():
+        logits = model(to_tensor(np.stack([item.image for item in slices]), preprocessing)).logits
+    probabilities = torch.softmax(logits / 2.0, dim=-1).numpy()
+    reliance = lesion_reliance(slices, targets, probabilities, loaded)
+    assert reliance["n"] == 6 and set(reliance["per_class"]) == {"glioma", "meningioma", "pituitary"}
+    glioma = [i for i, item in enumerate(slices) if item.label == "glioma"]
+    twins = to_tensor(np.stack([slices[i].healthy for i in glioma]), preprocessing)
+    with torch.no_grad():
+        on_twins = torch.softmax(model(twins).logits / 2.0, dim=-1).numpy()
+    expected_twin = np.mean([on_twins[k, targets[i]] for k, i in enumerate(glioma)])
+    expected_slice = np.mean([probabilities[i, targets[i]] for i in glioma])
+    values = reliance["per_class"]["glioma"]
+    assert values["n"] == 2
+    assert values["probability_on_healthy_twin"] == pytest.approx(expected_twin, abs=1e-6)
+    assert values["probability_on_slice"] == pytest.approx(expected_slice, abs=1e-6)
+
+    # The command on the demo data, deletion with the healthy twins as the substrate: lesion slices only.
+    save_model(model, tmp_path / "version" / "model", preprocessing, loaded.info)
+    store = tmp_path / "store"
+    LocalStore(store).publish("neurovit", tmp_path / "version", metadata={})
+    out = tmp_path / "out"
+    argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "4"]
+    assert main([*argv, "--substrate", "healthy"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["n_slices"] == 6 and result["settings"]["deletion"]["substrate"] == "healthy"
+    assert result["lesion_reliance"]["n"] == 6
+    assert "slice -> its healthy twin (6 lesion slices)" in printed
+    # all cells restored = the healthy twin itself: every map's curve ends at the twin's probability
+    ends = {name: values["mean_deletion_curve"][-1] for name, values in result["methods"].items()}
+    assert max(ends.values()) - min(ends.values()) < 1e-6
