@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from neurovit.explain import (
+    GRADIENT_ROLLOUT_START_LAYER,
     ROLLOUT_DISCARD_RATIO,
     ROLLOUT_HEAD_FUSION,
     ExplainError,
@@ -156,6 +157,11 @@ def test_gradient_rollout_clamps_before_the_head_mean_and_accumulates_layers():
     # -> min-max [1/3, 1, 1/3, 0]. (Mean before clamp: [0, 1, .5, .25]; the last layer only: [0, 1, 0, 0].)
     maps = gradient_rollout_from_attentions([attention, attention], [first, second])
     np.testing.assert_allclose(maps, [[[1 / 3, 1.0], [1 / 3, 0.0]]], atol=1e-6)
+    # Starting at the second layer (the CLIP notebook's start_layer): R = I + A2.
+    later = gradient_rollout_from_attentions([attention, attention], [first, second], start_layer=1)
+    np.testing.assert_allclose(later, [[[0.0, 1.0], [0.0, 0.0]]], atol=1e-6)
+    with pytest.raises(ExplainError, match="start_layer"):
+        gradient_rollout_from_attentions([attention, attention], [first, second], start_layer=2)
 
 
 # ---- a hand-built model whose class is the quadrant of the bright blob -------------------------------------
@@ -252,7 +258,9 @@ def test_batched_maps_match_a_per_image_autograd_reference(model, images):
         expected_cam = grad_cam_from_tokens(tokens, tokens.grad)
         expected_hires = hires_cam_from_tokens(tokens, tokens.grad)
         np.testing.assert_allclose(maps["hirescam"][index], expected_hires[0], atol=1e-5)
-        expected_rollout = gradient_rollout_from_attentions(attentions, [a.grad for a in attentions])
+        expected_rollout = gradient_rollout_from_attentions(
+            attentions, [a.grad for a in attentions], GRADIENT_ROLLOUT_START_LAYER
+        )
         np.testing.assert_allclose(maps["gradcam"][index], expected_cam[0], atol=1e-5)
         np.testing.assert_allclose(maps["gradient_rollout"][index], expected_rollout[0], atol=1e-5)
 
