@@ -82,22 +82,10 @@ def resize_keep_aspect(pixels: np.ndarray, size: int) -> np.ndarray:
     return canvas
 
 
-def canonicalise(
-    pixels: np.ndarray, config: PreprocessConfig, window_of: np.ndarray | None = None
-) -> np.ndarray:
-    """Grey float image (any range) -> ``image_size`` square uint8 image, intensities scaled per image.
-
-    ``window_of``: take the intensity window (the percentiles) from this other image of the same size
-    instead, so that two versions of one scan that differ in a region come out equal everywhere else.
-    """
+def canonicalise(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Grey float image (any range) -> ``image_size`` square uint8 image, intensities scaled per image."""
     square = resize_keep_aspect(np.asarray(pixels, dtype=np.float32), config.image_size)
-    if window_of is not None:
-        if np.shape(window_of) != np.shape(pixels):
-            raise ValueError(f"window_of has shape {np.shape(window_of)}, the image {np.shape(pixels)}")
-        reference = resize_keep_aspect(np.asarray(window_of, dtype=np.float32), config.image_size)
-    else:
-        reference = square
-    low, high = np.percentile(reference, [config.low_percentile, config.high_percentile])
+    low, high = np.percentile(square, [config.low_percentile, config.high_percentile])
     if high - low < 1e-6:  # a flat image: keep it flat rather than dividing by zero
         scaled = np.zeros_like(square)
     else:

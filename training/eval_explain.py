@@ -18,7 +18,8 @@ measures of ``neurovit.explain_metrics``:
   (the class the maps explain; ``--explain true`` explains and follows the true class instead) as the map's
   most relevant patch-grid cells are replaced, one cell per step by default, by black (the scan's background;
   ``--substrate mean|blur`` for the image mean or a blur; ``--substrate healthy`` on the demo set for the
-  slice's lesion-free twin, see below, lesion slices only);
+  healthy tissue of the slice's lesion-free twin, put back in the scan before the intensity scaling, see
+  ``Deletion``; lesion slices only);
   the trapezoid area over the fraction removed, in [0, 1]. Lower is better. Every slice counts, with or
   without a lesion.
 
@@ -80,7 +81,13 @@ from neurovit.explain_metrics import (
     random_map,
 )
 from neurovit.model import LoadedModel, load_model
-from neurovit.preprocessing import canonicalise, resize_keep_aspect, standardise, to_tensor
+from neurovit.preprocessing import (
+    PreprocessConfig,
+    canonicalise,
+    resize_keep_aspect,
+    standardise,
+    to_tensor,
+)
 from neurovit.store import VERSION_PATTERN, resolve
 
 log = logging.getLogger(__name__)
@@ -104,7 +111,7 @@ DEFAULT_TOLERANCE_PX = 8.0
 # has seen everywhere outside the head (EXPLAINABILITY-NOTES). A flat grey (the image mean) is a pattern no
 # slice contains, and a blur keeps a bright lesion bright. "healthy" (the demo set only): each lesion slice's
 # lesion-free twin, the tissue that was there, so a removed cell looks like a healthy brain rather than like
-# a black or grey square (lesion slices only). The README reports black and healthy.
+# a black or grey square (lesion slices only; see ``Deletion``). The README reports black and healthy.
 SUBSTRATE_CHOICES = ("black", "mean", "blur", "healthy")
 
 
@@ -116,9 +123,12 @@ class Slice:
     label: str
     image: np.ndarray  # (H, W) uint8, as the model sees it before standardisation
     mask: np.ndarray | None  # (H, W) bool; None when no mask file sits beside the image
-    # The demo generator's lesion-free twin of a lesion slice, canonicalised in the slice's own intensity
-    # window (so it equals the slice outside the lesion); None for other data.
+    # The demo generator's lesion-free twin of a lesion slice (None for other data): ``healthy`` as the
+    # model sees it; ``scan`` and ``healthy_scan`` are the slice's and the twin's grey levels at the input
+    # size before intensity scaling (float), what the healthy deletion mixes before scaling each result.
     healthy: np.ndarray | None = None
+    scan: np.ndarray | None = None
+    healthy_scan: np.ndarray | None = None
 
     @property
     def has_lesion(self) -> bool:
@@ -201,13 +211,16 @@ def load_slices(
         pixels = read_image(path).pixels
         image = canonicalise(pixels, loaded.preprocessing)
         mask = load_mask(path, size)
-        healthy = None
+        twin = None
         if data_dir is not None and mask is not None and mask.any():
             twin = healthy_twin(data_dir, relpath)
-            if twin is not None:
-                # read_image gives grey levels in [0, 1]: the twin goes through the same scaling
-                healthy = canonicalise(twin / np.float32(255.0), loaded.preprocessing, window_of=pixels)
-        slices.append(Slice(relpath, label, image, mask, healthy))
+        if twin is None:
+            slices.append(Slice(relpath, label, image, mask))
+        else:
+            twin = twin / np.float32(255.0)  # the grey levels read_image gives the slice
+            scans = (resize_keep_aspect(pixels, size), resize_keep_aspect(twin, size))
+            healthy = canonicalise(twin, loaded.preprocessing)
+            slices.append(Slice(relpath, label, image, mask, healthy, *scans))
         taken[label] += 1
     if not slices:
         raise DataError("no images to evaluate")
@@ -244,20 +257,52 @@ def compute_maps(
     return maps, np.concatenate(targets), np.concatenate(logits)
 
 
-def substrate_value(name: str, loaded: LoadedModel, slices: list[Slice]) -> str | float | torch.Tensor:
-    """``black`` -> the model input of intensity 0; ``healthy`` -> every slice's healthy twin as a model
-    input ``(N, 1, H, W)``; ``mean``/``blur`` go to ``make_substrate`` as they are."""
-    if name == "black":
-        return float(standardise(torch.zeros(()), loaded.preprocessing))
-    if name == "healthy":
-        missing = [item.relpath for item in slices if item.healthy is None]
+@dataclass(frozen=True)
+class Deletion:
+    """What deletion removes cells from, what it puts there, and what the model sees, per slice.
+
+    ``black``/``mean``/``blur``: cells of the model inputs are replaced by a substrate. ``healthy``: cells of
+    the scan (grey levels before intensity scaling) are replaced by the twin's, and every perturbed scan is
+    then scaled like any input (``scale_with``). Perturbing before the scaling matters: a bright lesion
+    raises the slice's upper percentile and so darkens the whole slice once scaled, evidence a model can
+    read away from the lesion, which only goes when the lesion leaves the scan itself.
+    """
+
+    sources: torch.Tensor  # (N, 1, H, W): model inputs, or scans when scale_with is set
+    substrate: str | float | torch.Tensor  # a name or number for make_substrate, or one fill per slice
+    scale_with: PreprocessConfig | None = None
+
+    @classmethod
+    def build(cls, name: str, loaded: LoadedModel, slices: list[Slice], inputs: torch.Tensor) -> Deletion:
+        if name == "black":  # the model input of intensity 0
+            return cls(inputs, float(standardise(torch.zeros(()), loaded.preprocessing)))
+        if name != "healthy":
+            return cls(inputs, name)
+        missing = [item.relpath for item in slices if item.healthy_scan is None]
         if missing:
             raise DataError(
-                f"the healthy substrate needs the demo generator's lesion-free twin of every lesion slice; "
+                f"the healthy substrate needs the demo generator's lesion-free twin of every slice; "
                 f"{len(missing)} have none (e.g. {missing[0]}): not an unchanged demo dataset"
             )
-        return to_tensor(np.stack([item.healthy for item in slices]), loaded.preprocessing)
-    return name
+        scans = torch.as_tensor(np.stack([item.scan for item in slices]))[:, None]
+        twins = torch.as_tensor(np.stack([item.healthy_scan for item in slices]))[:, None]
+        return cls(scans, twins, loaded.preprocessing)
+
+    def fill(self, index: int) -> str | float | torch.Tensor:
+        return self.substrate[index] if isinstance(self.substrate, torch.Tensor) else self.substrate
+
+    def model_fn(self, loaded: LoadedModel, target: int):
+        """``batch of sources -> calibrated probability of target``, scaling scans first when they are."""
+        probability = class_probability(loaded.model, target, loaded.info.temperature)
+        if self.scale_with is None:
+            return probability
+        config = self.scale_with
+
+        def from_scans(batch: torch.Tensor) -> torch.Tensor:
+            scaled = np.stack([canonicalise(scan[0].cpu().numpy(), config) for scan in batch])
+            return probability(to_tensor(scaled, config))
+
+        return from_scans
 
 
 def class_probability(model: torch.nn.Module, target: int, temperature: float):
@@ -272,14 +317,13 @@ def class_probability(model: torch.nn.Module, target: int, temperature: float):
 
 def score(
     slices: list[Slice],
-    inputs: torch.Tensor,
+    deletion: Deletion,
     maps: dict[str, np.ndarray],
     targets: np.ndarray,
     loaded: LoadedModel,
     *,
     tolerance: float,
     steps: int | None,
-    substrate: str | float | torch.Tensor,
     batch_size: int,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method, per image: ``hit`` and ``hit_strict`` (NaN without a lesion), ``curve`` and ``auc``."""
@@ -294,7 +338,6 @@ def score(
         }
         for method in methods
     }
-    temperature = loaded.info.temperature
     stacked = np.stack([maps[method] for method in methods], axis=1)  # (N, M, g, g)
     with torch.inference_mode():
         for i, item in enumerate(slices):
@@ -302,9 +345,10 @@ def score(
                 for method in methods:
                     scores[method]["hit"][i] = pointing_game_hit(maps[method][i], item.mask, tolerance)
                     scores[method]["hit_strict"][i] = pointing_game_hit(maps[method][i], item.mask, 0.0)
-            model_fn = class_probability(loaded.model, int(targets[i]), temperature)
-            fill = substrate[i] if isinstance(substrate, torch.Tensor) else substrate
-            curves = deletion_curves(model_fn, inputs[i], stacked[i], steps, fill, batch_size)
+            model_fn = deletion.model_fn(loaded, int(targets[i]))
+            curves = deletion_curves(
+                model_fn, deletion.sources[i], stacked[i], steps, deletion.fill(i), batch_size
+            )
             for method, curve in zip(methods, curves, strict=True):
                 scores[method]["curve"].append(curve)
             if (i + 1) % 10 == 0 or i + 1 == count:
@@ -317,13 +361,12 @@ def score(
 
 def lesion_reference(
     slices: list[Slice],
-    inputs: torch.Tensor,
+    deletion: Deletion,
     targets: np.ndarray,
     loaded: LoadedModel,
     grid: int,
     *,
     steps: int | None,
-    substrate: str | float | torch.Tensor,
     batch_size: int,
 ) -> dict:
     """Mean deletion AUC over the lesion slices with the lesion mask itself as the map, and their count.
@@ -335,10 +378,10 @@ def lesion_reference(
     with torch.inference_mode():
         for i, item in enumerate(slices):
             if item.has_lesion:
-                model_fn = class_probability(loaded.model, int(targets[i]), loaded.info.temperature)
+                model_fn = deletion.model_fn(loaded, int(targets[i]))
                 reference = lesion_map(item.mask, grid)[None]
-                fill = substrate[i] if isinstance(substrate, torch.Tensor) else substrate
-                curve = deletion_curves(model_fn, inputs[i], reference, steps, fill, batch_size)[0]
+                source, fill = deletion.sources[i], deletion.fill(i)
+                curve = deletion_curves(model_fn, source, reference, steps, fill, batch_size)[0]
                 aucs.append(deletion_auc(curve))
     return {"deletion_auc_lesion_slices": float(np.mean(aucs)) if aucs else float("nan"), "n": len(aucs)}
 
@@ -347,9 +390,10 @@ def lesion_reliance(
     slices: list[Slice], targets: np.ndarray, probabilities: np.ndarray, loaded: LoadedModel
 ) -> dict:
     """Does the prediction need the lesion? Per class, over the lesion slices with a healthy twin: the mean
-    calibrated probability of the explained class on the slice and on its twin (the lesion replaced by the
-    tissue that was there). A probability that stays up without the lesion means the model reads that class
-    from something else, and then no map can be both on the lesion and faithful (deletion)."""
+    calibrated probability of the explained class on the slice and on its twin (the same scan without the
+    lesion, scaled in its own intensity window as any input is). A probability that stays up without the
+    lesion means the model reads that class from something else, and then no map can be both on the lesion
+    and faithful (deletion)."""
     chosen = [i for i, item in enumerate(slices) if item.has_lesion and item.healthy is not None]
     if not chosen:
         return {"n": 0, "per_class": {}}
@@ -680,26 +724,24 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     phase = time.perf_counter()
-    substrate = substrate_value(args.substrate, loaded, slices)
+    deletion = Deletion.build(args.substrate, loaded, slices, inputs)
     scores = score(
         slices,
-        inputs,
+        deletion,
         maps,
         targets,
         loaded,
         tolerance=args.tolerance,
         steps=args.steps,
-        substrate=substrate,
         batch_size=args.deletion_batch_size,
     )
     lesion_mask_reference = lesion_reference(
         slices,
-        inputs,
+        deletion,
         targets,
         loaded,
         grid,
         steps=args.steps,
-        substrate=substrate,
         batch_size=args.deletion_batch_size,
     )
     reliance = lesion_reliance(slices, targets, probabilities, loaded)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from neurovit.data.demo import DEMO_CLASSES, generate_demo_dataset
 from neurovit.data.split import SplitEntry, SplitPlan
@@ -349,6 +350,10 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     assert len(lesion) == 6 and all(item.healthy is not None for item in lesion)
     assert all(item.healthy is None for item in slices if item.label == "notumor")
     assert all(not np.array_equal(item.healthy, item.image) for item in lesion)
+    for item in lesion:  # the twin's scan equals the slice's away from the lesion and its oedema
+        far = ndimage.distance_transform_edt(~item.mask) > 6
+        np.testing.assert_array_equal(item.healthy_scan[far], item.scan[far])
+        assert not np.array_equal(item.healthy_scan, item.scan)
     assert load_slices(chosen, loaded, None)[0].healthy is None  # no data folder given: no twins
 
     targets = np.array([3, 0, 1, 2, 0, 0, 1, 2])  # any explained class per slice
@@ -380,6 +385,9 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     assert result["n_slices"] == 6 and result["settings"]["deletion"]["substrate"] == "healthy"
     assert result["lesion_reliance"]["n"] == 6
     assert "slice -> its healthy twin (6 lesion slices)" in printed
-    # all cells restored = the healthy twin itself: every map's curve ends at the twin's probability
-    ends = {name: values["mean_deletion_curve"][-1] for name, values in result["methods"].items()}
-    assert max(ends.values()) - min(ends.values()) < 1e-6
+    # every cell restored = the healthy twin, scaled as any input: each map's curve ends at the probability
+    # the lesion-reliance line gives the twin
+    per_class = result["lesion_reliance"]["per_class"].values()
+    on_twins = sum(v["probability_on_healthy_twin"] * v["n"] for v in per_class) / 6
+    for values in result["methods"].values():
+        assert values["mean_deletion_curve"][-1] == pytest.approx(on_twins, abs=1e-4)

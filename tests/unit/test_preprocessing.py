@@ -26,22 +26,6 @@ def test_canonicalise_is_invariant_to_scanner_gain_and_bit_depth():
     assert np.abs(as_8_bit.astype(int) - as_16_bit_with_offset.astype(int)).max() <= 1
 
 
-def test_a_borrowed_window_keeps_two_versions_of_a_scan_equal_outside_their_difference():
-    rng = np.random.default_rng(0)
-    scan = rng.random((40, 40)).astype(np.float32) * 0.5
-    with_lesion = scan.copy()
-    with_lesion[10:20, 10:20] = 1.0  # a bright lesion moves the image's own upper percentile
-    config = PreprocessConfig(image_size=40)
-    outside = np.ones((40, 40), dtype=bool)
-    outside[10:20, 10:20] = False
-    own_windows = canonicalise(scan, config), canonicalise(with_lesion, config)
-    assert not np.array_equal(own_windows[0][outside], own_windows[1][outside])
-    borrowed = canonicalise(scan, config, window_of=with_lesion)
-    np.testing.assert_array_equal(borrowed[outside], own_windows[1][outside])
-    with pytest.raises(ValueError, match="window_of"):
-        canonicalise(scan, config, window_of=with_lesion[:20])
-
-
 def test_flat_image_stays_flat_instead_of_dividing_by_zero():
     out = canonicalise(np.full((20, 20), 0.7, dtype=np.float32), PreprocessConfig(image_size=20))
     assert out.max() == 0
