@@ -64,6 +64,7 @@ from neurovit.data.layout import MASK_SUFFIX, discover
 from neurovit.data.split import load_split
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import (
+    GRADIENT_ROLLOUT_START_LAYER,
     METHODS,
     ROLLOUT_DISCARD_RATIO,
     ROLLOUT_HEAD_FUSION,
@@ -783,6 +784,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {
             "explained_class": args.explain,
             "rollout": {"head_fusion": ROLLOUT_HEAD_FUSION, "discard_ratio": ROLLOUT_DISCARD_RATIO},
+            "gradient_rollout": {"start_layer": GRADIENT_ROLLOUT_START_LAYER},
             "temperature": loaded.info.temperature,
             "grid": grid,
             "pointing_game": {
@@ -802,7 +804,8 @@ def run(args: argparse.Namespace) -> dict:
                 "lesion_mask_reference": "the lesion's share of each grid cell as the map; lesion slices",
             },
             "lesion_reliance": "explained class' calibrated probability on each lesion slice and on the demo "
-            "generator's lesion-free twin of it (same slice, pose and scanner draws); mean per class",
+            "generator's lesion-free twin of it (same slice, pose and scanner draws), scaled as any input; "
+            "mean per class",
             "baselines": {
                 "random": f"uniform random per slice, seed {args.seed}",
                 "gaussian": f"centred isotropic Gaussian, sigma {grid / 4:g} cells",
