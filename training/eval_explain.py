@@ -124,10 +124,9 @@ class Slice:
     label: str
     image: np.ndarray  # (H, W) uint8, as the model sees it before standardisation
     mask: np.ndarray | None  # (H, W) bool; None when no mask file sits beside the image
-    # The demo generator's lesion-free twin of a lesion slice (None for other data): ``healthy`` as the
-    # model sees it; ``scan`` and ``healthy_scan`` are the slice's and the twin's grey levels at the input
-    # size before intensity scaling (float), what the healthy deletion mixes before scaling each result.
-    healthy: np.ndarray | None = None
+    # Lesion slices of the demo set (None for other data): the slice's and its lesion-free twin's grey
+    # levels at the input size before intensity scaling (float); the healthy deletion mixes them and scales
+    # each result, the reliance line scales the twin alone, as any input.
     scan: np.ndarray | None = None
     healthy_scan: np.ndarray | None = None
 
@@ -220,8 +219,7 @@ def load_slices(
         else:
             twin = twin / np.float32(255.0)  # the grey levels read_image gives the slice
             scans = (resize_keep_aspect(pixels, size), resize_keep_aspect(twin, size))
-            healthy = canonicalise(twin, loaded.preprocessing)
-            slices.append(Slice(relpath, label, image, mask, healthy, *scans))
+            slices.append(Slice(relpath, label, image, mask, *scans))
         taken[label] += 1
     if not slices:
         raise DataError("no images to evaluate")
@@ -395,10 +393,11 @@ def lesion_reliance(
     lesion, scaled in its own intensity window as any input is). A probability that stays up without the
     lesion means the model reads that class from something else, and then no map can be both on the lesion
     and faithful (deletion)."""
-    chosen = [i for i, item in enumerate(slices) if item.has_lesion and item.healthy is not None]
+    chosen = [i for i, item in enumerate(slices) if item.has_lesion and item.healthy_scan is not None]
     if not chosen:
         return {"n": 0, "per_class": {}}
-    twins = to_tensor(np.stack([slices[i].healthy for i in chosen]), loaded.preprocessing)
+    config = loaded.preprocessing
+    twins = to_tensor(np.stack([canonicalise(slices[i].healthy_scan, config) for i in chosen]), config)
     with torch.inference_mode():
         logits = loaded.model(twins).logits.float()
     twin_probabilities = torch.softmax(logits / loaded.info.temperature, dim=-1).numpy()
@@ -691,7 +690,7 @@ def run(args: argparse.Namespace) -> dict:
         # A slice without a lesion has nothing to restore (its curve would be flat for every map); planted
         # copies and other data have no twin.
         lesion_slices = [item for item in slices if item.has_lesion]
-        slices = [item for item in lesion_slices if item.healthy is not None]
+        slices = [item for item in lesion_slices if item.healthy_scan is not None]
         if not slices:
             raise DataError(
                 "the healthy substrate needs the demo generator's lesion-free twin of each lesion slice; "

@@ -349,14 +349,16 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     loaded = LoadedModel(model, preprocessing, ModelInfo(class_names=list(DEMO_CLASSES), temperature=2.0))
     slices = load_slices(chosen, loaded, None, data)
     lesion = [item for item in slices if item.has_lesion]
-    assert len(lesion) == 6 and all(item.healthy is not None for item in lesion)
-    assert all(item.healthy is None for item in slices if item.label == "notumor")
-    assert all(not np.array_equal(item.healthy, item.image) for item in lesion)
+    assert len(lesion) == 6 and all(item.healthy_scan is not None for item in lesion)
+    assert all(item.healthy_scan is None for item in slices if item.label == "notumor")
+    assert all(
+        not np.array_equal(canonicalise(item.healthy_scan, preprocessing), item.image) for item in lesion
+    )
     for item in lesion:  # the twin's scan equals the slice's away from the lesion and its oedema
         far = ndimage.distance_transform_edt(~item.mask) > 6
         np.testing.assert_array_equal(item.healthy_scan[far], item.scan[far])
         assert not np.array_equal(item.healthy_scan, item.scan)
-    assert load_slices(chosen, loaded, None)[0].healthy is None  # no data folder given: no twins
+    assert load_slices(chosen, loaded, None)[0].healthy_scan is None  # no data folder given: no twins
 
     targets = np.array([3, 0, 1, 2, 0, 0, 1, 2])  # any explained class per slice
     with torch.no_grad():
@@ -365,7 +367,9 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     reliance = lesion_reliance(slices, targets, probabilities, loaded)
     assert reliance["n"] == 6 and set(reliance["per_class"]) == {"glioma", "meningioma", "pituitary"}
     glioma = [i for i, item in enumerate(slices) if item.label == "glioma"]
-    twins = to_tensor(np.stack([slices[i].healthy for i in glioma]), preprocessing)
+    twins = to_tensor(
+        np.stack([canonicalise(slices[i].healthy_scan, preprocessing) for i in glioma]), preprocessing
+    )
     with torch.no_grad():
         on_twins = torch.softmax(model(twins).logits / 2.0, dim=-1).numpy()
     expected_twin = np.mean([on_twins[k, targets[i]] for k, i in enumerate(glioma)])
