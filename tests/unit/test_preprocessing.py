@@ -67,9 +67,8 @@ def test_foreground_median_lands_where_configured():
 
 
 def test_a_config_saved_before_the_window_choice_keeps_the_percentile_window(tmp_path):
-    (tmp_path / "preprocessing.json").write_text(
-        json.dumps({"image_size": 32, "low_percentile": 0.5, "high_percentile": 99.5, "mean": 0.5, "std": 0.5})
-    )
+    saved = {"image_size": 32, "low_percentile": 0.5, "high_percentile": 99.5, "mean": 0.5, "std": 0.5}
+    (tmp_path / "preprocessing.json").write_text(json.dumps(saved))
     assert PreprocessConfig.load(tmp_path).intensity_window == "percentile"
     assert PreprocessConfig().intensity_window == "foreground_median"  # what new models get
 
