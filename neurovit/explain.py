@@ -9,13 +9,14 @@ class per image that defaults to the predicted one.
   on the attentions of a forward pass the caller already ran, so serving gets it for the price of a few tiny
   matrix products.
 - ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the ViT's tokens, as in jacobgil/pytorch-grad-cam
-  ``usage_examples/vit_example.py`` (``target_layers = [model.blocks[-1].norm1]``).
+  ``usage_examples/vit_example.py`` (``target_layers = [model.blocks[-1].norm1]``). This is the service's
+  class heat map.
 - ``hirescam``: HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful explanations
   of convolutional neural networks"), pytorch-grad-cam's ``HiResCAM``: the same tokens and gradients, but
   multiplied element-wise before summing over channels instead of weighting each channel by its gradient
-  averaged over all tokens. On token activations that average mixes every patch's gradient into one weight
-  per channel, and the map loses the lesion; the element-wise product keeps each patch's own evidence
-  (pointing game on the demo set: README, "Explanations"). This is the service's class heat map.
+  averaged over all tokens. Scored beside Grad-CAM, not served: on the demo models it points at the lesion
+  about as often (more often on some), but ranks the rest of the slice worse, so it loses deletion to the
+  centred Gaussian where Grad-CAM beats it (README, "Explanations").
 - ``gradient_rollout``: class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic
   Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", rules 5 and 6),
   checked against hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``.

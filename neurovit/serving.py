@@ -20,7 +20,7 @@ envelope):
   "parameters": {"explain": ...}}``; its answer is meant to travel as a JSON string (``ImageRequest.v2``).
 
 The explanation wanted is one of ``none``, ``rollout`` (attention rollout, class-agnostic, computed from the
-forward's own attentions), ``heatmap`` (HiResCAM for the predicted class) or ``all``; a comma-separated list
+forward's own attentions), ``heatmap`` (Grad-CAM for the predicted class) or ``all``; a comma-separated list
 or a JSON list of names also works. Preprocessing, class names, temperature and the limits come from the
 model folder and ``ServingOptions``, never from constants here.
 """
@@ -49,9 +49,9 @@ from neurovit.model import LoadedModel, load_model
 from neurovit.ood import OODScorer, capture_features, stack_features
 from neurovit.preprocessing import canonicalise, to_tensor
 
-# Names in answers -> methods of neurovit.explain. "heatmap" is HiResCAM on the ViT's tokens (the Grad-CAM
-# variant that keeps each patch's own gradient; neurovit.explain says why).
-EXPLANATIONS = {"rollout": "rollout", "heatmap": "hirescam"}
+# Names in answers -> methods of neurovit.explain. "heatmap" is Grad-CAM on the ViT's tokens (neurovit.explain
+# says why it, and not HiResCAM, is the service's heat map).
+EXPLANATIONS = {"rollout": "rollout", "heatmap": "gradcam"}
 EXPLAIN_CHOICES = ("none", "rollout", "heatmap", "all")
 # Where raw bodies name their explanation on TorchServe's /predictions route, which drops query strings.
 EXPLAIN_HEADER = "x-neurovit-explain"

@@ -3,8 +3,8 @@
 ``python -m training.eval_explain [--model latest|<version>|<version URI>] [--data-dir outputs/demo-data]``
 (``make eval-explain``) fetches a published version, takes the images of its test split (from the
 version's ``split.json``; every image of ``--data-dir`` when the version has none or the data no longer
-matches it), computes the explainers' maps (``rollout``, ``hirescam`` (the served "heatmap"),
-``gradient_rollout``, and ``gradcam``, the classic CAM the heatmap replaced) and two baselines (a seeded
+matches it), computes the explainers' maps (``rollout``, ``gradcam`` (the served "heatmap"),
+``gradient_rollout``, and ``hirescam``, the CAM variant scored for comparison) and two baselines (a seeded
 uniform random map, a centred Gaussian) on the ViT's patch grid, and scores every map with the two
 measures of ``neurovit.explain_metrics``:
 
@@ -97,8 +97,8 @@ BASELINES = ("random", "gaussian")
 ALL_METHODS = (*METHODS, *BASELINES)
 LABELS = {
     "rollout": "rollout",
-    "gradcam": "gradcam",
-    "hirescam": "hirescam (heatmap)",
+    "gradcam": "gradcam (heatmap)",
+    "hirescam": "hirescam",
     "gradient_rollout": "gradient_rollout",
     "random": "random map (baseline)",
     "gaussian": "centred Gaussian (baseline)",

@@ -35,6 +35,8 @@ from ts.utils.util import list_classes_from_module
 
 from neurovit import telemetry
 from neurovit.drift import FEATURES
+from neurovit.explain import explain
+from neurovit.preprocessing import to_tensor
 from neurovit.serving import (
     EXPLAIN_HEADER,
     InvalidInput,
@@ -203,6 +205,17 @@ def test_confidence_is_the_temperature_scaled_softmax(handler_and_context, image
     assert [answer["probabilities"][name] for name in CLASS_NAMES] == pytest.approx(expected, abs=1e-6)
     assert answer["confidence"] == pytest.approx(expected.max(), abs=1e-6)
     assert answer["index"] == int(np.argmax(expected))
+
+
+def test_the_served_maps_are_the_cores_grad_cam_and_rollout(handler_and_context, images):
+    handler = handler_and_context[0]
+    (answer,), _ = run(handler_and_context, [json_request({"data": b64(images["png"]), "explain": "all"})])
+    prepared = handler.predictor.prepare(parse_item({"body": images["png"]}))
+    pixels = to_tensor(prepared.image, handler.predictor.loaded.preprocessing)
+    expected = explain(handler.predictor.model, pixels, ("gradcam", "rollout"))
+    for name, method in (("heatmap", "gradcam"), ("rollout", "rollout")):
+        served = np.asarray(answer["explanations"][name]["grid"], dtype=np.float64)
+        np.testing.assert_allclose(served, expected[method][0], atol=1e-3, err_msg=name)
 
 
 def test_a_mixed_batch_costs_one_forward_pass(handler_and_context, images, monkeypatch):
