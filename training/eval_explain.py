@@ -262,9 +262,10 @@ class Deletion:
 
     ``black``/``mean``/``blur``: cells of the model inputs are replaced by a substrate. ``healthy``: cells of
     the scan (grey levels before intensity scaling) are replaced by the twin's, and every perturbed scan is
-    then scaled like any input (``scale_with``). Perturbing before the scaling matters: a bright lesion
-    raises the slice's upper percentile and so darkens the whole slice once scaled, evidence a model can
-    read away from the lesion, which only goes when the lesion leaves the scan itself.
+    then scaled like any input (``scale_with``). Perturbing before the scaling matters wherever the lesion
+    moves the intensity window: under the percentile window of older models a bright lesion sets the top
+    and darkens the whole slice, evidence a model can read away from the lesion, which only goes when the
+    lesion leaves the scan itself (the median window of current models barely moves).
     """
 
     sources: torch.Tensor  # (N, 1, H, W): model inputs, or scans when scale_with is set
