@@ -58,6 +58,9 @@ class TrainConfig:
     # `make demo` keeps training, bit for bit, the model its explanation figures were measured on;
     # `bench-train` turns it on for the epochs.
     channels_last: bool = False
+    # The intensity window of the model's PreprocessConfig (neurovit.preprocessing.INTENSITY_WINDOWS). The
+    # demo picks "foreground_median": its skull-stripped slices have the lesion as their brightest structure.
+    intensity_window: str = "percentile"
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -44,3 +44,26 @@ def test_unwritable_store_is_found_before_training(one_class_folder, tmp_path, c
     assert code == 2
     assert "store path" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_the_demo_recipe_trains_with_the_head_median_intensity_window(monkeypatch, tmp_path):
+    """The recipe's window reaches the model's PreprocessConfig; the demo picks the median window."""
+    import argparse
+
+    from training import flow
+    from training.cli import DEMO_TRAINING, _train_config
+
+    seen = []
+    monkeypatch.setattr(flow.split, "load_split", lambda path: argparse.Namespace(classes=["a", "b"]))
+    monkeypatch.setattr(
+        flow, "split_arrays", lambda data, plan, part, preprocessing, cache: seen.append(preprocessing)
+    )
+    monkeypatch.setattr(flow, "train", lambda *args, **kwargs: args[3])
+    args = argparse.Namespace(image_size=128)
+    demo = _train_config(args, DEMO_TRAINING)
+    assert flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", demo).intensity_window == (
+        "foreground_median"
+    )
+    plain = flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", _train_config(args))
+    assert plain.intensity_window == "percentile"  # everything else keeps the default window
+    assert [config.intensity_window for config in seen] == ["foreground_median"] * 2 + ["percentile"] * 2

@@ -49,7 +49,7 @@ def test_canonicalise_is_invariant_to_scanner_gain_and_bit_depth():
 def test_a_bright_lesion_does_not_rescale_the_tissue_around_it():
     healthy, lesioned = _head_with_lesion(None), _head_with_lesion(3.0)
     away = ~(np.hypot(*(np.mgrid[:64, :64] - np.array([24, 40])[:, None, None])) < 8)
-    window = PreprocessConfig(image_size=64)
+    window = PreprocessConfig(image_size=64, intensity_window="foreground_median")
     moved = np.abs(canonicalise(lesioned, window).astype(int) - canonicalise(healthy, window).astype(int))
     assert moved[away].max() <= 4  # the lesion only displaces a few of the pixels the median sees
     # the whole-image percentile window lets the lesion set the top and darkens everything else
@@ -60,7 +60,9 @@ def test_a_bright_lesion_does_not_rescale_the_tissue_around_it():
 
 def test_foreground_median_lands_where_configured():
     image = _head_with_lesion(None)
-    config = PreprocessConfig(image_size=64, foreground_median_level=0.25)
+    config = PreprocessConfig(
+        image_size=64, intensity_window="foreground_median", foreground_median_level=0.25
+    )
     low, high = intensity_window(image, config)
     head = image > 0.3
     assert (np.median(image[head]) - low) / (high - low) == pytest.approx(0.25, abs=0.01)
@@ -70,7 +72,9 @@ def test_a_config_saved_before_the_window_choice_keeps_the_percentile_window(tmp
     saved = {"image_size": 32, "low_percentile": 0.5, "high_percentile": 99.5, "mean": 0.5, "std": 0.5}
     (tmp_path / "preprocessing.json").write_text(json.dumps(saved))
     assert PreprocessConfig.load(tmp_path).intensity_window == "percentile"
-    assert PreprocessConfig().intensity_window == "foreground_median"  # what new models get
+    median = PreprocessConfig(intensity_window="foreground_median")
+    median.save(tmp_path)
+    assert PreprocessConfig.load(tmp_path) == median
 
 
 @pytest.mark.parametrize("window", ["foreground_median", "percentile"])
