@@ -27,7 +27,6 @@ import torch
 
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.model import ModelConfig
-from neurovit.preprocessing import PreprocessConfig
 from training import flow
 from training.cli import run_main_job
 from training.train import TrainConfig, measure_step_ratio
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         channels_last=True,
         model=ModelConfig(image_size=args.image_size, stem_channels=args.stem_channels),
     )
-    preprocessing = PreprocessConfig(image_size=config.model.image_size)
+    preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
 
     job = run_main_job(args.data_dir, args.store, config, run_dir, val_fraction=0.1, given_val_as_test=True)
     plan, result, metrics = job["plan"], job["train"], job["metrics"]

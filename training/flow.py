@@ -134,9 +134,7 @@ def train_stage(
     progress: bool = True,
 ) -> TrainResult:
     """Train on the split's train part, select on its val part; the best model lands in run_dir/best."""
-    preprocessing = preprocessing or PreprocessConfig(
-        image_size=config.model.image_size, intensity_window=config.intensity_window
-    )
+    preprocessing = preprocessing or config.preprocessing()
     plan = split.load_split(split_path)
     cache = Path(run_dir).parent / "cache"
     train_data = split_arrays(data_dir, plan, "train", preprocessing, cache)

@@ -69,6 +69,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def preprocessing(self) -> PreprocessConfig:
+        """The transform a model trained with this recipe is saved with and its arrays are cached by."""
+        return PreprocessConfig(image_size=self.model.image_size, intensity_window=self.intensity_window)
+
     @classmethod
     def from_dict(cls, payload: dict) -> TrainConfig:
         payload = dict(payload)

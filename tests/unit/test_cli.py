@@ -1,8 +1,11 @@
 """The CLI's contract for bad input: one clear line on stderr, exit status 2, nothing half-written."""
 
+import argparse
+
 import pytest
 
-from training.cli import main
+from training import flow
+from training.cli import DEMO_TRAINING, _train_config, main
 
 
 @pytest.fixture
@@ -48,11 +51,6 @@ def test_unwritable_store_is_found_before_training(one_class_folder, tmp_path, c
 
 def test_the_demo_recipe_trains_with_the_head_median_intensity_window(monkeypatch, tmp_path):
     """The recipe's window reaches the model's PreprocessConfig; the demo picks the median window."""
-    import argparse
-
-    from training import flow
-    from training.cli import DEMO_TRAINING, _train_config
-
     seen = []
     monkeypatch.setattr(flow.split, "load_split", lambda path: argparse.Namespace(classes=["a", "b"]))
     monkeypatch.setattr(
