@@ -170,6 +170,8 @@ def train(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    patience: int,
+    intensity_window: str,
     time_budget_s: float,
     seed: int,
 ):
@@ -190,6 +192,8 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        patience=patience,
+        intensity_window=intensity_window,
         time_budget_s=time_budget_s if time_budget_s > 0 else None,
         seed=seed,
     )
@@ -326,6 +330,8 @@ def training_pipeline(
     epochs: int = 30,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
+    patience: int = 8,
+    intensity_window: str = "percentile",
     time_budget_s: float = 0.0,
     seed: int = 0,
     demo_images_per_class: int = 150,
@@ -351,6 +357,8 @@ def training_pipeline(
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            patience=patience,
+            intensity_window=intensity_window,
             time_budget_s=time_budget_s,
             seed=seed,
         ),
@@ -384,6 +392,19 @@ def compile_pipeline(output: str | Path = PIPELINE_FILE) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_func=training_pipeline, package_path=str(output))
     return output
+
+
+def data_parameters(data_uri: str) -> dict[str, object]:
+    """Pipeline parameters the data itself calls for: on the demo slices, the demo recipe's intensity window.
+
+    So a pipeline run on the demo data, here or on a cluster, preprocesses like ``make demo``; any other
+    data keeps the pipeline's default (TrainConfig's percentile window).
+    """
+    if data_uri != "demo":
+        return {}
+    from training.cli import DEMO_TRAINING
+
+    return {"intensity_window": DEMO_TRAINING["intensity_window"]}
 
 
 def run_local(
@@ -436,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
     p.add_argument("--batch-size", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--patience", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
+    p.add_argument(
+        "--intensity-window",
+        help="percentile or foreground_median; default: the demo recipe's on the demo data, else percentile",
+    )
     p.add_argument("--time-budget", type=float, help="training budget in seconds")
     p.add_argument("--seed", type=int)
     p.add_argument("--demo-images-per-class", type=int)
@@ -444,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "compile":
         print(f"pipeline {PIPELINE_NAME} written to {compile_pipeline(args.output)} (image {TRAINING_IMAGE})")
         return 0
@@ -452,16 +479,24 @@ def main(argv: list[str] | None = None) -> int:
     from neurovit import RESEARCH_DISCLAIMER
     from neurovit.config import MODEL_NAME
     from neurovit.errors import NeuroVitError
+    from neurovit.preprocessing import INTENSITY_WINDOWS
     from training.cli import DEMO_TRAINING
+
+    # Checked here, not minutes later when the train task builds its PreprocessConfig.
+    if args.intensity_window is not None and args.intensity_window not in INTENSITY_WINDOWS:
+        parser.error(f"--intensity-window must be one of {', '.join(INTENSITY_WINDOWS)}")
 
     arguments = {
         "model_name": args.model_name or MODEL_NAME,
         # A CPU-sized schedule by default: the local runner has no GPU to give the train task.
         "epochs": args.epochs or DEMO_TRAINING["epochs"],
         "batch_size": args.batch_size or DEMO_TRAINING["batch_size"],
+        "patience": args.patience or DEMO_TRAINING["patience"],
+        **data_parameters(args.data_uri),
     }
     optional = {
         "learning_rate": args.learning_rate,
+        "intensity_window": args.intensity_window,
         "time_budget_s": args.time_budget,
         "seed": args.seed,
         "demo_images_per_class": args.demo_images_per_class,

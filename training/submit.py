@@ -11,7 +11,7 @@ Connection and run settings come from the environment, so nothing secret is type
 | ``KFP_NAMESPACE`` | the Kubeflow profile namespace runs go to (multi-user installs) |
 | ``KFP_EXPERIMENT`` | experiment name (default ``neurovit``) |
 | ``NEUROVIT_STORE_URI`` | required pipeline parameter ``store_uri``, e.g. ``s3://neurovit`` |
-| ``NEUROVIT_DATA_URI`` | pipeline parameter ``data_uri`` (default ``demo``) |
+| ``NEUROVIT_DATA_URI`` | pipeline parameter ``data_uri`` (default ``demo``, with its own intensity window) |
 
 Further pipeline parameters: ``--param name=value`` (repeatable): ``--param epochs=30 --param train_gpus=0``.
 Prints the run's id and its page in the Kubeflow UI. Missing settings or an unreachable endpoint end with one
@@ -26,6 +26,8 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+
+from training.pipeline import data_parameters
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline.yaml")
 DEFAULT_EXPERIMENT = "neurovit"
@@ -54,11 +56,12 @@ def parse_params(pairs: list[str]) -> dict[str, object]:
 
 
 def run_arguments(env: Mapping[str, str], extra: dict[str, object]) -> dict[str, object]:
-    """The pipeline's parameters: store_uri (required), data_uri, then ``--param`` values."""
+    """The pipeline's parameters: store_uri (required), data_uri and what it calls for, then ``--param``s."""
     store_uri = env.get("NEUROVIT_STORE_URI", "").strip()
     if not store_uri:
         raise SubmitError("NEUROVIT_STORE_URI is not set: the store runs publish to, e.g. s3://neurovit")
-    return {"store_uri": store_uri, "data_uri": env.get("NEUROVIT_DATA_URI", "demo"), **extra}
+    data_uri = env.get("NEUROVIT_DATA_URI", "demo")
+    return {"store_uri": store_uri, "data_uri": data_uri, **data_parameters(data_uri), **extra}
 
 
 def client_settings(env: Mapping[str, str]) -> dict[str, object]:

@@ -173,6 +173,7 @@ def test_pipeline_submit_sends_the_compiled_pipeline(monkeypatch) -> None:
     assert kwargs["arguments"] == {
         "store_uri": "s3://neurovit",
         "data_uri": "demo",
+        "intensity_window": "foreground_median",  # the demo data's window, as in `make demo`
         "epochs": 3,
         "train_gpus": 0,
     }

@@ -30,6 +30,7 @@ def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None
         demo_images_per_class=12,
         epochs=1,
         batch_size=8,
+        intensity_window="foreground_median",
     )
 
     store, model, version = resolve(version_uri)
@@ -40,6 +41,9 @@ def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None
     assert "analysis/report.html" in manifest["files"]
     assert set(manifest["metrics"]) >= {"accuracy", "macro_f1", "ece", "temperature"}
     assert manifest["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    # The recipe's parameters reach the train task: the model is saved with the window it was trained on.
+    preprocessing = json.loads((store.root / model / version / "model" / "preprocessing.json").read_text())
+    assert preprocessing["intensity_window"] == "foreground_median"
 
     # Every stage left its typed output under the pipeline root.
     (run_dir,) = (tmp_path / "kfp").iterdir()

@@ -94,6 +94,6 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(spec: dict) -> None:
 def test_training_defaults_match_train_config(spec: dict) -> None:
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {field.name: field.default for field in fields(TrainConfig)}
-    for name in ("epochs", "batch_size", "learning_rate", "seed"):
+    for name in ("epochs", "batch_size", "learning_rate", "patience", "intensity_window", "seed"):
         assert parameters[name]["defaultValue"] == defaults[name], name
     assert "defaultValue" not in parameters["store_uri"], "store_uri must be given for every run"
