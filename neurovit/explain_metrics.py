@@ -14,6 +14,11 @@
   (the trapezoid rule over x in [0, 1]). Lower is better: a faithful map names the evidence whose removal
   kills the prediction first. Here the regions are the cells of the map's own grid (the ViT's patches),
   not single pixels, and every perturbed input of a curve is built at once and run in batches.
+- ``noisy_linear_imputation`` (substrate ``"road"``): ROAD's fill (Rong, Leemann et al., "A Consistent and
+  Efficient Evaluation Strategy for Attribution Methods", ICML 2022), checked against tleemann/road_evaluation
+  ``imputations.py`` as pytorch-grad-cam ``metrics/road.py`` ships it. A constant fill leaves the removed
+  cells' outline in the image, an input unlike any training image that a model may answer to (and that
+  says where the map pointed); the imputed tissue continues its surroundings instead.
 - ``random_map`` (seeded) and ``gaussian_map`` (a centred blob: "the lesion is somewhere in the middle")
   are the baselines an explainer must beat; ``lesion_map`` (the ground-truth mask on the patch grid) is a
   reference, not an explainer: how low deletion goes when the lesion is removed first.
@@ -28,11 +33,24 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import spsolve
 
 from neurovit.explain import normalise_maps, upsample
 
-SUBSTRATES = ("mean", "blur")
+SUBSTRATES = ("mean", "blur", "road")
+# ROAD's neighbour weights (side 1/6, diagonal 1/12: they sum to 1) and its absolute noise.
+ROAD_NEIGHBOURS = (
+    ((-1, 0), 1 / 6),
+    ((1, 0), 1 / 6),
+    ((0, -1), 1 / 6),
+    ((0, 1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((1, 1), 1 / 12),
+)
+ROAD_NOISE = 0.01
 # Values within this of a map's maximum count as tied maxima (bilinear upsampling in float32 is exact only
 # to a few ulps; real differences between patches are orders of magnitude larger).
 TIE_ATOL = 1e-6
@@ -128,16 +146,72 @@ def make_substrate(
 
     ``"mean"``: the image's own mean value per channel (a flat grey); ``"blur"``: a Gaussian blur of the image
     with ``blur_sigma`` pixels (low frequencies survive, edges and texture do not); a number: that constant.
+    (``"road"`` has no single fill: ``deletion_inputs`` imputes each step.)
     """
     if isinstance(substrate, int | float) and not isinstance(substrate, bool):
         return torch.full_like(image, float(substrate))
     if substrate == "mean":
         return image.mean(dim=(-2, -1), keepdim=True).expand_as(image).clone()
+    if substrate == "road":
+        raise ValueError("the road substrate is imputed per deletion step, not one fill: see deletion_inputs")
     if substrate == "blur":
         array = image.detach().to("cpu", torch.float64).numpy()
         blurred = np.stack([ndimage.gaussian_filter(plane, blur_sigma, mode="nearest") for plane in array])
         return torch.as_tensor(blurred, dtype=image.dtype, device=image.device)
     raise ValueError(f"substrate must be one of {SUBSTRATES} or a number, got {substrate!r}")
+
+
+def noisy_linear_imputation(
+    image: torch.Tensor,
+    removed: np.ndarray,
+    noise: float = ROAD_NOISE,
+    rng: np.random.Generator | int | None = 0,
+) -> torch.Tensor:
+    """``image`` ``(C, H, W)`` with its ``removed`` pixels ``(H, W)`` imputed as ROAD does (module docstring).
+
+    Every removed pixel is the weighted mean of its in-image neighbours (``ROAD_NEIGHBOURS``, renormalised at
+    the border), known or removed alike: one sparse linear system per image, solved for all channels, plus
+    Gaussian noise of standard deviation ``noise``. With every pixel removed nothing is known and any
+    constant solves the system: the image's mean is used (the ``"mean"`` substrate).
+    """
+    image = _as_chw(image)
+    removed = np.asarray(removed, dtype=bool)
+    height, width = image.shape[-2:]
+    if removed.shape != (height, width):
+        raise ValueError(f"removed mask {removed.shape} differs from the image's {(height, width)}")
+    rows, cols = np.nonzero(removed)
+    count = len(rows)
+    if count == 0:
+        return image.clone()
+    if count == removed.size:
+        return make_substrate(image, "mean")
+    pixels = image.detach().to("cpu", torch.float64).numpy().reshape(image.shape[0], -1)
+    unknown = np.full(removed.size, -1, dtype=np.int64)
+    unknown[rows * width + cols] = np.arange(count)
+    neighbours = []  # per offset: the removed pixels whose neighbour is in the image, where it is, its weight
+    for (dy, dx), weight in ROAD_NEIGHBOURS:
+        y, x = rows + dy, cols + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        neighbours.append((np.nonzero(inside)[0], (y * width + x)[inside], weight))
+    total = np.zeros(count)
+    for at, _, weight in neighbours:
+        total[at] += weight
+    # Row i: x_i - sum_n (w_n / total_i) x_n = 0, the known neighbours moved to the right-hand side.
+    entries, right = [(np.arange(count), np.arange(count), np.ones(count))], np.zeros((count, image.shape[0]))
+    for at, neighbour, weight in neighbours:
+        share = weight / total[at]
+        variable = unknown[neighbour]
+        free = variable >= 0
+        entries.append((at[free], variable[free], -share[free]))
+        np.add.at(right, at[~free], share[~free, None] * pixels[:, neighbour[~free]].T)
+    entry_rows, entry_cols, values = (np.concatenate(part) for part in zip(*entries, strict=True))
+    system = sparse.csc_matrix((values, (entry_rows, entry_cols)), shape=(count, count))
+    solution = np.asarray(spsolve(system, right)).reshape(count, -1)
+    generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    solution = solution + noise * generator.standard_normal(solution.shape)
+    filled = pixels.copy()
+    filled[:, rows * width + cols] = solution.T
+    return torch.as_tensor(filled.reshape(image.shape), dtype=image.dtype, device=image.device)
 
 
 def deletion_inputs(
@@ -147,20 +221,26 @@ def deletion_inputs(
     substrate: str | float | torch.Tensor = "mean",
 ) -> torch.Tensor:
     """The ``steps + 1`` inputs of a deletion curve ``(steps + 1, C, H, W)``: the image with the ``n_k`` most
-    relevant cells of ``saliency`` replaced by the substrate, from none (k = 0) to all (k = steps)."""
+    relevant cells of ``saliency`` replaced by the substrate, from none (k = 0) to all (k = steps).
+
+    ``"road"`` imputes each step's removed cells anew (``noisy_linear_imputation``, noise seeded per curve).
+    """
     image = _as_chw(image)
     saliency = np.asarray(saliency)
     if saliency.ndim != 2:
         raise ValueError(f"expected one map (h, w), got shape {saliency.shape}")
-    fill = substrate if isinstance(substrate, torch.Tensor) else make_substrate(image, substrate)
-    if fill.shape != image.shape:
-        raise ValueError(f"substrate shape {tuple(fill.shape)} differs from the image's {tuple(image.shape)}")
     cells = saliency.size
     rank = np.empty(cells, dtype=np.int64)
     rank[deletion_order(saliency)] = np.arange(cells)  # rank[cell] = position in the deletion order
     pixel_rank = torch.as_tensor(rank[cell_index(saliency.shape, image.shape[-2], image.shape[-1])])
     counts = torch.as_tensor(removed_counts(cells, steps))
     removed = (pixel_rank[None] < counts[:, None, None]).to(image.device)  # (steps + 1, H, W)
+    if isinstance(substrate, str) and substrate == "road":
+        rng = np.random.default_rng(0)
+        return torch.stack([noisy_linear_imputation(image, mask.cpu().numpy(), rng=rng) for mask in removed])
+    fill = substrate if isinstance(substrate, torch.Tensor) else make_substrate(image, substrate)
+    if fill.shape != image.shape:
+        raise ValueError(f"substrate shape {tuple(fill.shape)} differs from the image's {tuple(image.shape)}")
     return torch.where(removed[:, None], fill[None], image[None])
 
 
@@ -185,7 +265,9 @@ def deletion_curves(
         raise ValueError(f"expected maps (M, h, w), got shape {maps.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fill = substrate if isinstance(substrate, torch.Tensor) else make_substrate(image, substrate)
+    # A fixed fill is made once for all maps; ROAD's depends on each step's removed cells.
+    as_given = isinstance(substrate, torch.Tensor) or substrate == "road"
+    fill = substrate if as_given else make_substrate(image, substrate)
     inputs = torch.cat([deletion_inputs(image, grid_map, steps, fill) for grid_map in maps])
     scores = []
     with torch.no_grad():
@@ -304,6 +386,8 @@ def paired_bootstrap(
 
 
 __all__ = [
+    "ROAD_NEIGHBOURS",
+    "ROAD_NOISE",
     "SUBSTRATES",
     "cell_index",
     "deletion_auc",
@@ -315,6 +399,7 @@ __all__ = [
     "lesion_map",
     "make_substrate",
     "max_point",
+    "noisy_linear_imputation",
     "paired_bootstrap",
     "pointing_game_hit",
     "random_map",

@@ -17,7 +17,8 @@ measures of ``neurovit.explain_metrics``:
 - deletion AUC (Petsiuk et al. 2018, RISE): the temperature-calibrated probability of the PREDICTED class
   (the class the maps explain; ``--explain true`` explains and follows the true class instead) as the map's
   most relevant patch-grid cells are replaced, one cell per step by default, by black (the scan's background;
-  ``--substrate mean|blur`` for the image mean or a blur; ``--substrate healthy`` on the demo set for the
+  ``--substrate mean|blur`` for the image mean or a blur; ``--substrate road`` for ROAD's noisy linear
+  imputation of the removed cells from their surroundings; ``--substrate healthy`` on the demo set for the
   healthy tissue of the slice's lesion-free twin, put back in the scan before the intensity scaling, see
   ``Deletion``; lesion slices only);
   the trapezoid area over the fraction removed, in [0, 1]. Lower is better. Every slice counts, with or
@@ -110,10 +111,15 @@ CURVES_FILE = "deletion_curves.png"
 DEFAULT_TOLERANCE_PX = 8.0
 # Deleted cells become black by default: zero is an MRI slice's background, "no tissue here", which the model
 # has seen everywhere outside the head (EXPLAINABILITY-NOTES). A flat grey (the image mean) is a pattern no
-# slice contains, and a blur keeps a bright lesion bright. "healthy" (the demo set only): each lesion slice's
-# lesion-free twin, the tissue that was there, so a removed cell looks like a healthy brain rather than like
-# a black or grey square (lesion slices only; see ``Deletion``). The README reports black and healthy.
-SUBSTRATE_CHOICES = ("black", "mean", "blur", "healthy")
+# slice contains, and a blur keeps a bright lesion bright. "road" (any data): ROAD's imputation continues the
+# surrounding tissue into the removed cells, so no square outline is left. "healthy" (the demo set only):
+# each lesion slice's lesion-free twin, the tissue that was there, so a removed cell looks like a healthy
+# brain rather than like a black or grey square (lesion slices only; see ``Deletion``). The README reports
+# black, road and healthy.
+SUBSTRATE_CHOICES = ("black", "mean", "blur", "road", "healthy")
+# ROAD solves a sparse system per perturbed input: fewer steps than cells keep it to minutes on a CPU (the
+# ROAD paper scores 9 removal fractions).
+ROAD_STEPS = 16
 
 
 @dataclass
@@ -260,7 +266,7 @@ def compute_maps(
 class Deletion:
     """What deletion removes cells from, what it puts there, and what the model sees, per slice.
 
-    ``black``/``mean``/``blur``: cells of the model inputs are replaced by a substrate. ``healthy``: cells of
+    ``black``/``mean``/``blur``/``road``: cells of the model inputs are replaced. ``healthy``: cells of
     the scan (grey levels before intensity scaling) are replaced by the twin's, and every perturbed scan is
     then scaled like any input (``scale_with``). Perturbing before the scaling matters wherever the lesion
     moves the intensity window: under the percentile window of older models a bright lesion sets the top
@@ -678,6 +684,7 @@ def _json_safe(value):
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    deletion_steps = ROAD_STEPS if args.steps is None and args.substrate == "road" else args.steps
     store, model_name, version = resolve_version(args.model, args.store)
     out = Path(args.out or OUTPUT_DIR / "explain-eval" / version)
     out.mkdir(parents=True, exist_ok=True)
@@ -733,7 +740,7 @@ def run(args: argparse.Namespace) -> dict:
         targets,
         loaded,
         tolerance=args.tolerance,
-        steps=args.steps,
+        steps=deletion_steps,
         batch_size=args.deletion_batch_size,
     )
     lesion_mask_reference = lesion_reference(
@@ -742,7 +749,7 @@ def run(args: argparse.Namespace) -> dict:
         targets,
         loaded,
         grid,
-        steps=args.steps,
+        steps=deletion_steps,
         batch_size=args.deletion_batch_size,
     )
     reliance = lesion_reliance(slices, targets, probabilities, loaded)
@@ -768,7 +775,7 @@ def run(args: argparse.Namespace) -> dict:
     timings["figures_s"] = time.perf_counter() - phase
     timings["total_s"] = time.perf_counter() - started
     cells = grid * grid
-    steps = cells if args.steps is None else args.steps
+    steps = cells if deletion_steps is None else deletion_steps
     document = {
         "model": model_name,
         "version": version,
@@ -841,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SUBSTRATE_CHOICES,
         default="black",
         help="what removed cells become: black (the scan's background, default), the image mean, a blur, "
-        "or (demo set, lesion slices only) the slice's healthy twin",
+        f"ROAD's noisy linear imputation ({ROAD_STEPS} steps unless --steps), or (demo set, lesion slices "
+        "only) the slice's healthy twin",
     )
     parser.add_argument(
         "--explain",

@@ -25,6 +25,7 @@ from neurovit.explain_metrics import (
     lesion_map,
     make_substrate,
     max_point,
+    noisy_linear_imputation,
     paired_bootstrap,
     pointing_game_hit,
     random_map,
@@ -33,7 +34,7 @@ from neurovit.explain_metrics import (
 from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, canonicalise, to_tensor
 from neurovit.store import LocalStore
-from training.eval_explain import lesion_reliance, load_mask, load_slices, main
+from training.eval_explain import ROAD_STEPS, lesion_reliance, load_mask, load_slices, main
 
 # ---- pointing game -----------------------------------------------------------------------------------------
 
@@ -159,6 +160,76 @@ def test_the_blur_substrate_keeps_a_flat_image_and_unknown_ones_are_refused():
     torch.testing.assert_close(make_substrate(flat, "blur", blur_sigma=2.0), flat)
     with pytest.raises(ValueError, match="substrate"):
         make_substrate(flat, "noise")
+
+
+def test_road_imputation_continues_a_linear_ramp_exactly():
+    # Symmetric neighbour weights reproduce any linear function away from the border: a removed block in
+    # the middle of a ramp comes back exactly (no noise), and the known pixels are untouched.
+    rows, cols = np.mgrid[0:12, 0:12]
+    image = torch.as_tensor(0.3 * rows - 0.2 * cols + 1.0)[None]
+    removed = np.zeros((12, 12), dtype=bool)
+    removed[3:8, 4:10] = True
+    filled = noisy_linear_imputation(image, removed, noise=0.0)
+    torch.testing.assert_close(filled, image)
+    spoiled = image.clone()
+    spoiled[0][torch.as_tensor(removed)] = 99.0  # what was there before does not leak into the fill
+    torch.testing.assert_close(noisy_linear_imputation(spoiled, removed, noise=0.0), image)
+
+
+def test_road_imputation_stays_within_the_known_values_and_solves_every_channel():
+    rng = np.random.default_rng(1)
+    image = torch.as_tensor(rng.random((2, 10, 10)))
+    image[1] = 2 * image[0]
+    removed = np.zeros((10, 10), dtype=bool)
+    removed[:4, :] = True  # a band along the border, whose weights are renormalised
+    filled = noisy_linear_imputation(image, removed, noise=0.0)
+    known = image[0][torch.as_tensor(~removed)]
+    values = filled[0][torch.as_tensor(removed)]
+    assert known.min() <= values.min() and values.max() <= known.max()  # a weighted mean of neighbours
+    torch.testing.assert_close(filled[1], 2 * filled[0])
+    torch.testing.assert_close(filled[:, 4:], image[:, 4:])
+    # Each removed pixel is the weighted mean of its neighbours: check one inside the band.
+    y, x = 2, 5
+    weights = np.array([[1, 2, 1], [2, 0, 2], [1, 2, 1]]) / 12
+    neighbourhood = filled[0, y - 1 : y + 2, x - 1 : x + 2].numpy()
+    assert filled[0, y, x].item() == pytest.approx((weights * neighbourhood).sum())
+
+
+def test_road_noise_is_seeded_and_the_edge_cases_are_defined():
+    image = torch.zeros((1, 8, 8))
+    removed = np.zeros((8, 8), dtype=bool)
+    removed[2:6, 2:6] = True
+    noisy = noisy_linear_imputation(image, removed, noise=0.01, rng=3)
+    torch.testing.assert_close(noisy, noisy_linear_imputation(image, removed, noise=0.01, rng=3))
+    assert 0.004 < noisy[0][torch.as_tensor(removed)].std().item() < 0.02
+    assert noisy[0][torch.as_tensor(~removed)].abs().max() == 0
+    ramp = torch.arange(64, dtype=torch.float64).reshape(1, 8, 8)
+    torch.testing.assert_close(noisy_linear_imputation(ramp, np.zeros((8, 8), bool)), ramp)
+    torch.testing.assert_close(
+        noisy_linear_imputation(ramp, np.ones((8, 8), bool)), torch.full_like(ramp, 31.5)
+    )
+    with pytest.raises(ValueError, match="removed mask"):
+        noisy_linear_imputation(ramp, np.zeros((4, 4), bool))
+
+
+def test_the_road_substrate_imputes_each_step_from_what_is_left():
+    rows, cols = np.mgrid[0:8, 0:8]
+    image = torch.as_tensor(0.1 * rows + 0.05 * cols, dtype=torch.float32)[None]
+    saliency = np.zeros((4, 4))
+    saliency[1, 1], saliency[2, 2] = 1.0, 0.5  # two inner cells first
+    inputs = deletion_inputs(image, saliency, steps=16, substrate="road")
+    assert inputs.shape == (17, 1, 8, 8)
+    torch.testing.assert_close(inputs[0], image)
+    # One and two inner cells of a ramp: imputed back to the ramp, up to ROAD's small noise.
+    assert (inputs[1] - image).abs().max() < 0.05 and (inputs[2] - image).abs().max() < 0.05
+    assert not torch.equal(inputs[1], image)  # the noise is there
+    torch.testing.assert_close(inputs[-1], torch.full_like(image, image.mean().item()))
+    # The same map gives the same inputs (seeded), and a curve runs through it like any substrate.
+    torch.testing.assert_close(deletion_inputs(image, saliency, steps=16, substrate="road"), inputs)
+    curve = deletion_curve(lambda batch: batch.mean(dim=(1, 2, 3)), image, saliency, 4, "road")
+    assert curve.shape == (5,)
+    with pytest.raises(ValueError, match="imputed per deletion step"):
+        make_substrate(image, "road")
 
 
 def test_cells_cover_patches_of_a_larger_image():
@@ -325,6 +396,13 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     # not the demo generator's data: no healthy twins, so no lesion-reliance line
     assert result["lesion_reliance"] == {"n": 0, "per_class": {}}
     assert "healthy twin" not in printed
+    road = tmp_path / "road"
+    road_argv = ["--store", str(store), "--data-dir", str(data), "--out", str(road), "--substrate", "road"]
+    assert main(road_argv) == 0
+    road_result = json.loads((road / "explain_eval.json").read_text())
+    assert road_result["settings"]["deletion"]["substrate"] == "road"
+    assert road_result["settings"]["deletion"]["steps"] == ROAD_STEPS  # not one step per cell
+    assert len(road_result["methods"]["rollout"]["mean_deletion_curve"]) == ROAD_STEPS + 1
     assert main([*argv, "--substrate", "healthy", "--out", str(tmp_path / "healthy")]) == 2
     assert "healthy substrate needs the demo generator's lesion-free twin" in capsys.readouterr().err
     for name in ("gallery.png", "deletion_curves.png", "per_image.csv"):
