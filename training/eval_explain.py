@@ -69,6 +69,7 @@ from neurovit.explain import (
     METHODS,
     ROLLOUT_DISCARD_RATIO,
     ROLLOUT_HEAD_FUSION,
+    ROLLOUT_START_LAYER,
     explain,
     overlay_png,
 )
@@ -790,7 +791,11 @@ def run(args: argparse.Namespace) -> dict:
         "lesion_reliance": reliance,
         "settings": {
             "explained_class": args.explain,
-            "rollout": {"head_fusion": ROLLOUT_HEAD_FUSION, "discard_ratio": ROLLOUT_DISCARD_RATIO},
+            "rollout": {
+                "head_fusion": ROLLOUT_HEAD_FUSION,
+                "discard_ratio": ROLLOUT_DISCARD_RATIO,
+                "start_layer": ROLLOUT_START_LAYER,
+            },
             "gradient_rollout": {"start_layer": GRADIENT_ROLLOUT_START_LAYER},
             "temperature": loaded.info.temperature,
             "grid": grid,

@@ -13,6 +13,7 @@ from neurovit.explain import (
     GRADIENT_ROLLOUT_START_LAYER,
     ROLLOUT_DISCARD_RATIO,
     ROLLOUT_HEAD_FUSION,
+    ROLLOUT_START_LAYER,
     ExplainError,
     attention_rollout,
     explain,
@@ -96,6 +97,15 @@ def test_rollout_discard_drops_the_weakest_weights_but_never_cls_to_cls():
     np.testing.assert_allclose(maps, [[[1.0, 0.0], [32 / 35, 24 / 35]]], atol=1e-6)
     for original, after in zip(before, attentions, strict=True):
         assert torch.equal(original, after)  # vit-explain discards through a view, editing the caller's maps
+
+
+def test_rollout_from_a_later_layer_leaves_the_earlier_ones_out():
+    # Only the second layer, 0.25I + 0.75P with P sending CLS to p3: the CLS row is 5/8 CLS, 3/8 p3, so the
+    # map lights p3 alone (all layers light p1 and p3, above).
+    maps = rollout_from_attentions(two_layer_attentions(), head_fusion="mean", start_layer=1)
+    np.testing.assert_allclose(maps, [[[0.0, 0.0], [1.0, 0.0]]], atol=1e-6)
+    with pytest.raises(ExplainError, match="start_layer"):
+        rollout_from_attentions(two_layer_attentions(), start_layer=2)
 
 
 def test_rollout_treats_each_image_of_a_batch_on_its_own():
@@ -297,7 +307,8 @@ def test_explain_returns_what_the_forward_gave_so_serving_can_reuse_it(model, im
     np.testing.assert_allclose(result["logits"], outputs.logits.numpy(), atol=1e-5)
     np.testing.assert_array_equal(result["target"], outputs.logits.argmax(-1).numpy())
     # with the service's rollout settings, not the plain defaults of the pure function
-    expected = rollout_from_attentions(outputs.attentions, ROLLOUT_HEAD_FUSION, ROLLOUT_DISCARD_RATIO)
+    start = min(ROLLOUT_START_LAYER, len(outputs.attentions) - 1)  # the tiny model has 2 layers
+    expected = rollout_from_attentions(outputs.attentions, ROLLOUT_HEAD_FUSION, ROLLOUT_DISCARD_RATIO, start)
     np.testing.assert_allclose(result["rollout"], expected, atol=1e-6)
     assert not np.allclose(result["rollout"], rollout_from_attentions(outputs.attentions), atol=1e-3)
 

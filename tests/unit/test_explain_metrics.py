@@ -388,7 +388,7 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
         assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= values["deletion_auc"] <= 1.0
         assert len(values["mean_deletion_curve"]) == 5
     assert set(result["comparisons"]["rollout"]) == {"random", "gaussian"}
-    assert result["settings"]["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.9}
+    assert result["settings"]["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 2}
     assert result["settings"]["gradient_rollout"] == {"start_layer": 1}
     reference = result["lesion_mask_reference"]
     assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
