@@ -100,7 +100,7 @@ ALL_METHODS = (*METHODS, *BASELINES)
 LABELS = {
     "rollout": "rollout",
     "gradcam": "gradcam (heatmap)",
-    "hirescam": "hirescam",
+    "hirescam": "hirescam (comparison)",  # scored beside Grad-CAM, not served
     "gradient_rollout": "gradient_rollout",
     "random": "random map (baseline)",
     "gaussian": "centred Gaussian (baseline)",
