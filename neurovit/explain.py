@@ -49,10 +49,10 @@ GRADIENT_METHODS = ("gradcam", "hirescam", "gradient_rollout")
 TOKEN_METHODS = ("gradcam", "hirescam")  # the CAMs on the last block's input tokens
 # Rollout as the service and the scores run it: mean head fusion, nothing discarded, accumulated from the
 # third layer on (``start_layer``, as gradient rollout below and the CLIP notebook). Chosen on the validation
-# slices of two demo models of the current recipe (seeds 0 and 1) among start layers 0-3 with discard 0 or
-# 0.9: pointing game 0.711 -> 0.842 and 0.394 -> 0.629, deletion (black) 0.258 -> 0.226 and 0.293 -> 0.282
-# against all layers with discard 0.9 (the earlier choice, vit-explain's example value; max fusion helped
-# one older model and hurt another).
+# slices of two demo models of the current recipe (seeds 0 and 1) among start layers 0-3 (0-based), each
+# with discard 0 or 0.9: pointing game 0.711 -> 0.842 and 0.394 -> 0.629, deletion (black) 0.258 -> 0.226
+# and 0.293 -> 0.282 against all layers with discard 0.9 (the earlier choice, vit-explain's example value;
+# max fusion helped one older model and hurt another).
 ROLLOUT_HEAD_FUSION = "mean"
 ROLLOUT_DISCARD_RATIO = 0.0
 ROLLOUT_START_LAYER = 2
