@@ -96,19 +96,25 @@ class PreprocessConfig:
         return cls(**saved)
 
 
+def content_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Where ``resize_keep_aspect`` puts a ``height`` x ``width`` image on its ``size`` square:
+    ``(top, left, new_height, new_width)``. Evaluation maps a model-input map back to the image with it."""
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
+
+
 def resize_keep_aspect(pixels: np.ndarray, size: int) -> np.ndarray:
     """Resize a 2-D float image so its longer side is ``size``, then centre it on a zero square."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
     height, width = pixels.shape
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left, new_h, new_w = content_box(height, width, size)
     if (new_h, new_w) != (height, width):
         # PIL's float mode keeps full precision; bilinear with antialiasing when shrinking.
         resized = Image.fromarray(pixels.astype(np.float32), mode="F").resize((new_w, new_h), Image.BILINEAR)
         pixels = np.asarray(resized, dtype=np.float32)
     canvas = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = pixels
     return canvas
 
@@ -164,6 +170,7 @@ __all__ = [
     "PREPROCESSING_FILE",
     "PreprocessConfig",
     "canonicalise",
+    "content_box",
     "intensity_window",
     "preprocess",
     "resize_keep_aspect",

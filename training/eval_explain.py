@@ -1,36 +1,42 @@
-"""Score NeuroViT's explanation maps against lesion masks: pointing game and deletion AUC vs two baselines.
+"""Score NeuroViT's explanation maps against lesion masks: pointing game and deletion AUC vs three baselines.
 
 ``python -m training.eval_explain [--model latest|<version>|<version URI>] [--data-dir outputs/demo-data]``
-(``make eval-explain``) fetches a published version, takes the images of its test split (from the
-version's ``split.json``; every image of ``--data-dir`` when the version has none or the data no longer
-matches it), computes the explainers' maps (``rollout``, ``gradcam`` (the served "heatmap"),
-``gradient_rollout``, and ``hirescam``, the CAM variant scored for comparison) and two baselines (a seeded
-uniform random map, a centred Gaussian) on the ViT's patch grid, and scores every map with the two
+(``make eval-explain``) fetches a published version and takes the images of its test split (from the
+version's ``split.json``), or every image of ``--data-dir`` when that folder is not the data the version
+was trained on (a folder of masked slices such as real tumours outlined by radiologists: ``<class>/<id>.png``
+beside ``<class>/<id>.mask.png``; the class comes from the folder). It computes the explainers' maps
+(``rollout``, ``gradcam`` (the served "heatmap"), ``gradient_rollout``, and ``hirescam``, the CAM variant
+scored for comparison) and three baselines (a seeded uniform random map, a centred Gaussian on the patch
+grid, and the centre peak: a map whose maximum is the centre pixel), and scores every map with the
 measures of ``neurovit.explain_metrics``:
 
-- pointing game (Zhang et al. 2018): does the map's maximum fall on the lesion? The grid map is upsampled
-  bilinearly to the model input's resolution (what the overlays show) and its maximum must lie within
-  ``--tolerance`` pixels (default 8 px, i.e. Zhang et al.'s 15 px at 224 px scaled to our 128 px, about half
-  a 16 px patch) of the lesion mask, which went through the same resize-and-pad as the image. Slices
-  without a lesion (``notumor``, or no mask file) are left out. The score is the mean of the per-class hit
-  rates (as TorchRay); the strict variant (tolerance 0) is reported too.
-- deletion AUC (Petsiuk et al. 2018, RISE): the temperature-calibrated probability of the PREDICTED class
-  (the class the maps explain; ``--explain true`` explains and follows the true class instead) as the map's
-  most relevant patch-grid cells are replaced, one cell per step by default, by black (the scan's background;
-  ``--substrate mean|blur`` for the image mean or a blur; ``--substrate road`` for ROAD's noisy linear
-  imputation of the removed cells from their surroundings; ``--substrate healthy`` on the demo set for the
+- pointing game (Zhang et al. 2018): does the map's maximum fall on the lesion? Played at the image's own
+  resolution: the map is upsampled bilinearly onto the image (what the overlays show) and its maximum must
+  lie within ``--tolerance`` pixels at 224 px (default 15, TorchRay's), scaled to the image's longer side,
+  of the mask as drawn. Slices without a lesion (no mask file, or an empty one) are left out. The score is
+  the mean of the per-class hit rates (as TorchRay), each class reported too; the strict variant
+  (tolerance 0) is in the JSON.
+- deletion AUC (Petsiuk et al. 2018, RISE): the temperature-calibrated probability of the explained class
+  as the map's most relevant part of the input is replaced, the same fraction at each step for every map
+  (one patch-grid cell per step by default), by what ``--substrate`` names (comma-separated to score
+  several in one run): black (the scan's background, default), ``mean`` or ``blur``, ``road`` (ROAD's noisy
+  linear imputation of the removed cells from their surroundings), or ``healthy`` on the demo set (the
   healthy tissue of the slice's lesion-free twin, put back in the scan before the intensity scaling, see
-  ``Deletion``; lesion slices only);
-  the trapezoid area over the fraction removed, in [0, 1]. Lower is better. Every slice counts, with or
-  without a lesion.
+  ``Deletion``; lesion slices only); the trapezoid area over the fraction removed, in [0, 1]. Lower is
+  better. Every slice counts, with or without a lesion.
 
-Writes ``outputs/explain-eval/<version>/``: ``explain_eval.json`` (per method: pointing_game, deletion_auc,
-n, and the details), ``per_image.csv``, ``gallery.png`` (a few slices per class: the input with the lesion
-outline, then each method's overlay with its maximum marked) and ``deletion_curves.png``; and prints the
-table. Each explainer is also compared with each baseline on the same images (paired bootstrap 95%
-intervals of the difference), which is what "better than the baseline" means here. A reference line gives
-the deletion AUC with the lesion mask itself as the map (lesion slices only): how far deletion falls on
-this model when the lesion goes first, which the explainers' scores can be read against.
+The maps explain the predicted class and, separately, the true class (``--explained-class``: a wrong
+answer's map, explained as the truth, still shows whether the model saw the lesion). Each explainer is
+compared with each baseline on the same images (paired bootstrap 95% intervals of the difference), which is
+what "better than the baseline" means here. A reference line gives the deletion AUC with the lesion mask
+itself as the map (lesion slices only). A slice whose image or mask cannot be read, or whose mask is not
+the image's size, is left out and counted; a folder without any lesion mask is refused.
+
+Writes ``outputs/explain-eval/<version>/``: ``explain_eval.json`` (accuracy on the slices, per class; per
+explained class and method: pointing game overall and per class, deletion per fill; the comparisons),
+``per_image.csv``, ``gallery.png`` (the first slices of each class: the input with the lesion outline,
+then each map's overlay with its maximum marked; ``gallery-true.png`` for the true class) and
+``deletion_curves[-true][-<fill>].png``; and prints the tables.
 
 On the demo set, whose generator can redraw every lesion slice without its lesion (same slice, pose and
 scanner noise: ``neurovit.data.demo.healthy_twin``), a last line asks whether the model needs the lesion at
@@ -74,14 +80,18 @@ from neurovit.explain import (
     overlay_png,
 )
 from neurovit.explain_metrics import (
+    DEFAULT_TOLERANCE_PX,
+    TOLERANCE_SIDE_PX,
+    centre_map,
     deletion_auc,
     deletion_curves,
     gaussian_map,
+    lesion_hit,
     lesion_map,
     max_point,
     paired_bootstrap,
-    pointing_game_hit,
     random_map,
+    scaled_tolerance,
 )
 from neurovit.model import LoadedModel, load_model
 from neurovit.preprocessing import (
@@ -95,7 +105,7 @@ from neurovit.store import VERSION_PATTERN, resolve
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("random", "gaussian")
+BASELINES = ("random", "gaussian", "centre")
 ALL_METHODS = (*METHODS, *BASELINES)
 LABELS = {
     "rollout": "rollout",
@@ -104,12 +114,15 @@ LABELS = {
     "gradient_rollout": "gradient_rollout",
     "random": "random map (baseline)",
     "gaussian": "centred Gaussian (baseline)",
+    "centre": "centre peak (baseline)",
 }
+# Which class the maps explain and deletion follows: the model's answer, and separately the truth (a wrong
+# answer's map, explained as the true class, still shows whether the model saw the lesion).
+EXPLAINED_CLASSES = ("predicted", "true")
 RESULTS_FILE = "explain_eval.json"
 PER_IMAGE_FILE = "per_image.csv"
 GALLERY_FILE = "gallery.png"
 CURVES_FILE = "deletion_curves.png"
-DEFAULT_TOLERANCE_PX = 8.0
 # Deleted cells become black by default: zero is an MRI slice's background, "no tissue here", which the model
 # has seen everywhere outside the head (EXPLAINABILITY-NOTES). A flat grey (the image mean) is a pattern no
 # slice contains, and a blur keeps a bright lesion bright. "road" (any data): ROAD's imputation continues the
@@ -130,16 +143,25 @@ class Slice:
     relpath: str
     label: str
     image: np.ndarray  # (H, W) uint8, as the model sees it before standardisation
-    mask: np.ndarray | None  # (H, W) bool; None when no mask file sits beside the image
+    mask: np.ndarray | None  # (H, W) bool in the model input's geometry; None without a mask file
     # Lesion slices of the demo set (None for other data): the slice's and its lesion-free twin's grey
     # levels at the input size before intensity scaling (float); the healthy deletion mixes them and scales
     # each result, the reliance line scales the twin alone, as any input.
     scan: np.ndarray | None = None
     healthy_scan: np.ndarray | None = None
+    # The mask at the image's own resolution, where the pointing game is played (a small lesion can thin
+    # out when the mask is shrunk to the model input).
+    native_mask: np.ndarray | None = None
+
+    @property
+    def lesion_mask(self) -> np.ndarray | None:
+        """The mask the pointing game uses: the image's own when known, else the model input's."""
+        return self.native_mask if self.native_mask is not None else self.mask
 
     @property
     def has_lesion(self) -> bool:
-        return self.mask is not None and bool(self.mask.any())
+        mask = self.lesion_mask
+        return mask is not None and bool(mask.any())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -174,6 +196,10 @@ def select_images(data_dir: Path, split_path: Path | None) -> tuple[list[tuple[P
                 for e in test
                 if not (root / e.relpath).is_file() or _sha256(root / e.relpath) != e.sha256
             ]
+            if len(changed) == len(test) and not any((root / e.relpath).is_file() for e in test):
+                index = discover(root)  # another folder altogether (real masked slices): all of it
+                chosen = [(record.path, record.relpath, record.label) for record in index.records]
+                return chosen, f"every image of {root} ({len(chosen)} images; not the version's data)"
             if not changed:
                 chosen = [(root / e.relpath, e.relpath, e.label) for e in test]
                 return chosen, f"test split of the version's split.json ({len(chosen)} images)"
@@ -190,13 +216,19 @@ def select_images(data_dir: Path, split_path: Path | None) -> tuple[list[tuple[P
     return chosen, f"every image of {root} ({len(chosen)} images; no usable test split)"
 
 
-def load_mask(image_path: Path, size: int) -> np.ndarray | None:
-    """The lesion mask beside ``image_path``, resized and padded as ``canonicalise`` does the image."""
+def read_mask(image_path: Path) -> np.ndarray | None:
+    """The lesion mask beside ``image_path`` (``<id>.mask.png``) at its own resolution, as booleans; None
+    when there is no mask file. A mask that cannot be decoded raises the decoder's ``NeuroVitError``."""
     mask_path = image_path.with_name(image_path.stem + MASK_SUFFIX)
     if not mask_path.is_file():
         return None
-    pixels = read_image(mask_path).pixels  # 0 / 1 after decoding a 0 / 255 PNG
-    return resize_keep_aspect(pixels, size) >= 0.5
+    return read_image(mask_path).pixels >= 0.5  # 0 / 1 after decoding a 0 / 255 PNG
+
+
+def load_mask(image_path: Path, size: int) -> np.ndarray | None:
+    """The lesion mask beside ``image_path``, resized and padded as ``canonicalise`` does the image."""
+    native = read_mask(image_path)
+    return None if native is None else resize_keep_aspect(native.astype(np.float32), size) >= 0.5
 
 
 def load_slices(
@@ -204,33 +236,54 @@ def load_slices(
     loaded: LoadedModel,
     per_class: int | None,
     data_dir: Path | None = None,
+    skipped: dict[str, list[str]] | None = None,
 ) -> list[Slice]:
     """The chosen images as ``Slice``s, at most ``per_class`` per class; lesion slices of a demo dataset in
-    ``data_dir`` also get their healthy twin (``neurovit.data.demo.healthy_twin``)."""
+    ``data_dir`` also get their healthy twin (``neurovit.data.demo.healthy_twin``).
+
+    A slice whose image or mask cannot be read, or whose mask is not the image's size, is left out and its
+    path listed under the reason in ``skipped`` (when given): one bad file never ends the evaluation.
+    """
     unknown = sorted({label for _, _, label in chosen} - set(loaded.class_names))
     if unknown:
         raise DataError(f"classes {unknown} are unknown to the model ({loaded.class_names})")
     size = loaded.preprocessing.image_size
+    skipped = {} if skipped is None else skipped
     slices, taken = [], dict.fromkeys(loaded.class_names, 0)
     for path, relpath, label in sorted(chosen, key=lambda item: item[1]):
         if per_class is not None and taken[label] >= per_class:
             continue
-        pixels = read_image(path).pixels
+        try:
+            pixels = read_image(path).pixels
+            native = read_mask(path)
+        except NeuroVitError as error:
+            log.warning("left out %s: %s", relpath, error)
+            skipped.setdefault("unreadable image or mask", []).append(relpath)
+            continue
+        if native is not None and native.shape != pixels.shape:
+            log.warning("left out %s: mask %s, image %s", relpath, native.shape, pixels.shape)
+            skipped.setdefault("mask size differs from the image's", []).append(relpath)
+            continue
         image = canonicalise(pixels, loaded.preprocessing)
-        mask = load_mask(path, size)
+        mask = None if native is None else resize_keep_aspect(native.astype(np.float32), size) >= 0.5
         twin = None
-        if data_dir is not None and mask is not None and mask.any():
+        if data_dir is not None and native is not None and native.any():
             twin = healthy_twin(data_dir, relpath)
-        if twin is None:
-            slices.append(Slice(relpath, label, image, mask))
-        else:
+        scans = (None, None)
+        if twin is not None:
             twin = twin / np.float32(255.0)  # the grey levels read_image gives the slice
             scans = (resize_keep_aspect(pixels, size), resize_keep_aspect(twin, size))
-            slices.append(Slice(relpath, label, image, mask, *scans))
+        slices.append(Slice(relpath, label, image, mask, *scans, native_mask=native))
         taken[label] += 1
     if not slices:
-        raise DataError("no images to evaluate")
+        raise DataError(
+            "no images to evaluate" + (f" (left out: {_skip_counts(skipped)})" if skipped else "")
+        )
     return slices
+
+
+def _skip_counts(skipped: dict[str, list[str]]) -> str:
+    return ", ".join(f"{len(paths)} {reason}" for reason, paths in skipped.items())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -260,6 +313,8 @@ def compute_maps(
     count, grid = maps[METHODS[0]].shape[:2]
     maps["random"] = random_map(grid, seed=seed, count=count)
     maps["gaussian"] = np.repeat(gaussian_map(grid)[None], count, axis=0)
+    # At the input's resolution, so its maximum is the centre pixel itself, whatever the grid.
+    maps["centre"] = np.repeat(centre_map(inputs.shape[-1])[None], count, axis=0)
     return maps, np.concatenate(targets), np.concatenate(logits)
 
 
@@ -322,48 +377,64 @@ def class_probability(model: torch.nn.Module, target: int, temperature: float):
     return probability
 
 
-def score(
+def pointing_scores(
+    slices: list[Slice], maps: dict[str, np.ndarray], tolerance: float
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per method, per slice: ``hit`` and ``hit_strict`` (tolerance 0), NaN for a slice without a lesion.
+
+    Played at the image's own resolution: each map goes back onto the image (``on_image``) and its
+    maximum is compared with the mask as drawn, ``tolerance`` (px at 224 px) scaled to the image's size
+    (``neurovit.explain_metrics.lesion_hit``).
+    """
+    count = len(slices)
+    scores = {
+        method: {"hit": np.full(count, np.nan), "hit_strict": np.full(count, np.nan)} for method in maps
+    }
+    for i, item in enumerate(slices):
+        if not item.has_lesion:
+            continue
+        mask = item.lesion_mask
+        for method, method_maps in maps.items():
+            scores[method]["hit"][i] = lesion_hit(method_maps[i], mask, tolerance)
+            scores[method]["hit_strict"][i] = lesion_hit(method_maps[i], mask, 0.0)
+    return scores
+
+
+def deletion_scores(
     slices: list[Slice],
     deletion: Deletion,
     maps: dict[str, np.ndarray],
     targets: np.ndarray,
     loaded: LoadedModel,
     *,
-    tolerance: float,
-    steps: int | None,
+    steps: int,
     batch_size: int,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per method, per image: ``hit`` and ``hit_strict`` (NaN without a lesion), ``curve`` and ``auc``."""
-    methods = list(maps)
+    """Per method: ``curve`` ``(N, steps + 1)`` and ``auc`` ``(N,)``. Every map removes the same fractions
+    of the input at each step (``steps``), whatever its own resolution: a token-grid map whole cells, a
+    pixel map its most relevant pixels."""
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for method, method_maps in maps.items():
+        by_shape.setdefault(method_maps.shape[1:], []).append(method)
+    curves: dict[str, list[np.ndarray]] = {method: [] for method in maps}
     count = len(slices)
-    scores = {
-        method: {
-            "hit": np.full(count, np.nan),
-            "hit_strict": np.full(count, np.nan),
-            "curve": [],
-            "auc": None,
-        }
-        for method in methods
-    }
-    stacked = np.stack([maps[method] for method in methods], axis=1)  # (N, M, g, g)
     with torch.inference_mode():
-        for i, item in enumerate(slices):
-            if item.has_lesion:
-                for method in methods:
-                    scores[method]["hit"][i] = pointing_game_hit(maps[method][i], item.mask, tolerance)
-                    scores[method]["hit_strict"][i] = pointing_game_hit(maps[method][i], item.mask, 0.0)
+        for i in range(count):
             model_fn = deletion.model_fn(loaded, int(targets[i]))
-            curves = deletion_curves(
-                model_fn, deletion.sources[i], stacked[i], steps, deletion.fill(i), batch_size
-            )
-            for method, curve in zip(methods, curves, strict=True):
-                scores[method]["curve"].append(curve)
-            if (i + 1) % 10 == 0 or i + 1 == count:
-                print(f"      scored {i + 1}/{count} slices", flush=True)
-    for method in methods:
-        scores[method]["curve"] = np.stack(scores[method]["curve"])
-        scores[method]["auc"] = np.asarray(deletion_auc(scores[method]["curve"]))
-    return scores
+            for methods in by_shape.values():
+                stacked = np.stack([maps[method][i] for method in methods])
+                found = deletion_curves(
+                    model_fn, deletion.sources[i], stacked, steps, deletion.fill(i), batch_size
+                )
+                for method, curve in zip(methods, found, strict=True):
+                    curves[method].append(curve)
+            if (i + 1) % 25 == 0 or i + 1 == count:
+                print(f"      deletion: {i + 1}/{count} slices", flush=True)
+    result = {}
+    for method, rows in curves.items():
+        stacked_curves = np.stack(rows)
+        result[method] = {"curve": stacked_curves, "auc": np.asarray(deletion_auc(stacked_curves))}
+    return result
 
 
 def lesion_reference(
@@ -384,7 +455,7 @@ def lesion_reference(
     aucs = []
     with torch.inference_mode():
         for i, item in enumerate(slices):
-            if item.has_lesion:
+            if item.mask is not None and item.mask.any():  # the lesion as the model input holds it
                 model_fn = deletion.model_fn(loaded, int(targets[i]))
                 reference = lesion_map(item.mask, grid)[None]
                 source, fill = deletion.sources[i], deletion.fill(i)
@@ -437,39 +508,44 @@ def _macro(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[
 
 def summarise(
     slices: list[Slice],
-    scores: dict[str, dict[str, np.ndarray]],
+    pointing: dict[str, dict[str, np.ndarray]],
+    deletions: dict[str, dict[str, dict[str, np.ndarray]]],
     predicted_classes: np.ndarray,
     class_names: list[str],
     seed: int,
 ) -> tuple[dict, dict]:
-    """Per-method summary and the explainer-vs-baseline comparisons."""
+    """Per-method summary and the explainer-vs-baseline comparisons; ``deletions`` per substrate."""
     labels = np.array([item.label for item in slices])
     predicted = np.array([class_names[c] for c in predicted_classes])
     correct = labels == predicted
     lesion = np.array([item.has_lesion for item in slices])
     lesion_classes = [name for name in class_names if (lesion & (labels == name)).any()]
     summary = {}
-    for method, values in scores.items():
-        pointing, pointing_per_class = _macro(values["hit"], labels, lesion_classes)
-        strict, _ = _macro(values["hit_strict"], labels, lesion_classes)
-        on_correct, _ = _macro(np.where(correct, values["hit"], np.nan), labels, lesion_classes)
-        auc = values["auc"]
+    for method, hits in pointing.items():
+        macro, per_class = _macro(hits["hit"], labels, lesion_classes)
+        strict, _ = _macro(hits["hit_strict"], labels, lesion_classes)
+        on_correct, _ = _macro(np.where(correct, hits["hit"], np.nan), labels, lesion_classes)
         summary[method] = {
-            "pointing_game": pointing,
-            "deletion_auc": float(auc.mean()),
+            "pointing_game": macro,
             "n": len(slices),
             "n_pointing_game": int(lesion.sum()),
-            "pointing_game_micro": float(np.nanmean(values["hit"])) if lesion.any() else float("nan"),
+            "pointing_game_micro": float(np.nanmean(hits["hit"])) if lesion.any() else float("nan"),
             "pointing_game_strict": strict,
             "pointing_game_correct_predictions": on_correct,
             "n_pointing_game_correct_predictions": int((lesion & correct).sum()),
-            "pointing_game_per_class": pointing_per_class,
-            "deletion_auc_per_class": {
-                name: float(auc[labels == name].mean()) for name in class_names if (labels == name).any()
-            },
-            "deletion_auc_lesion_slices": float(auc[lesion].mean()) if lesion.any() else float("nan"),
-            "mean_deletion_curve": [round(float(v), 5) for v in values["curve"].mean(axis=0)],
+            "pointing_game_per_class": per_class,
+            "deletion": {},
         }
+        for substrate, scores in deletions.items():
+            auc = scores[method]["auc"]
+            summary[method]["deletion"][substrate] = {
+                "auc": float(auc.mean()),
+                "auc_per_class": {
+                    name: float(auc[labels == name].mean()) for name in class_names if (labels == name).any()
+                },
+                "auc_lesion_slices": float(auc[lesion].mean()) if lesion.any() else float("nan"),
+                "mean_curve": [round(float(v), 5) for v in scores[method]["curve"].mean(axis=0)],
+            }
     comparisons: dict[str, dict] = {}
     for method in METHODS:
         comparisons[method] = {}
@@ -477,17 +553,21 @@ def summarise(
             # Pointing: hit(method) - hit(baseline) per lesion slice (micro); deletion:
             # auc(baseline) - auc(method) per slice. Positive = the explainer is better; "beats" needs
             # the whole interval above zero.
-            pointing = (
-                paired_bootstrap(scores[method]["hit"][lesion], scores[baseline]["hit"][lesion], seed=seed)
+            gain = (
+                paired_bootstrap(
+                    pointing[method]["hit"][lesion], pointing[baseline]["hit"][lesion], seed=seed
+                )
                 if lesion.any()
                 else None
             )
-            deletion = paired_bootstrap(scores[baseline]["auc"], scores[method]["auc"], seed=seed)
+            deletion = {}
+            for substrate, scores in deletions.items():
+                auc_gain = paired_bootstrap(scores[baseline]["auc"], scores[method]["auc"], seed=seed)
+                deletion[substrate] = {"gain": auc_gain, "beats_baseline": auc_gain["ci_low"] > 0}
             comparisons[method][baseline] = {
-                "pointing_game_gain": pointing,
-                "pointing_game_beats_baseline": pointing is not None and pointing["ci_low"] > 0,
-                "deletion_auc_gain": deletion,
-                "deletion_auc_beats_baseline": deletion["ci_low"] > 0,
+                "pointing_game_gain": gain,
+                "pointing_game_beats_baseline": gain is not None and gain["ci_low"] > 0,
+                "deletion": deletion,
             }
     return summary, comparisons
 
@@ -515,13 +595,16 @@ def write_gallery(
     path: Path,
     slices: list[Slice],
     maps: dict[str, np.ndarray],
-    scores: dict[str, dict[str, np.ndarray]],
+    hits: dict[str, np.ndarray],
+    aucs: dict[str, np.ndarray],
     predicted_classes: np.ndarray,
     probabilities: np.ndarray,
     class_names: list[str],
     per_class: int,
     explained: str,
 ) -> None:
+    """Rows of slices (input with the mask outline, then each map's overlay with its maximum marked and
+    its hit or miss), ``hits`` and ``aucs`` per method as scored."""
     rows = gallery_indices(slices, class_names, per_class)
     methods = list(maps)
     figure = Figure(figsize=(2.1 * (1 + len(methods)), 2.3 * len(rows)))
@@ -540,13 +623,13 @@ def write_gallery(
             axes[row, column].imshow(overlay)
             point_row, point_col = max_point(maps[method][i], shape)
             axes[row, column].plot(point_col, point_row, marker="x", color="white", markersize=7, mew=2)
-            hit = scores[method]["hit"][i]
+            hit = hits[method][i]
             verdict = "no lesion" if np.isnan(hit) else ("hit" if hit >= 0.5 else "miss")
-            auc = scores[method]["auc"][i]
+            auc = aucs[method][i]
             title = f"{LABELS[method]}\n{verdict}, del AUC {auc:.2f}" if row == 0 else f"{verdict}, {auc:.2f}"
             axes[row, column].set_title(title, fontsize=7)
         for column in range(1 + len(methods)):
-            if item.has_lesion:
+            if item.mask is not None and item.mask.any():
                 axes[row, column].contour(item.mask, levels=[0.5], colors="lime", linewidths=0.8)
             axes[row, column].set_axis_off()
     figure.suptitle(
@@ -559,21 +642,19 @@ def write_gallery(
     _save(figure, path)
 
 
-def write_curves(path: Path, summary: dict, explained: str = "predicted") -> None:
+def write_curves(path: Path, summary: dict, substrate: str, explained: str = "predicted") -> None:
     figure = Figure(figsize=(6, 4.2))
     axes = figure.subplots()
     for method, values in summary.items():
-        curve = values["mean_deletion_curve"]
+        deletion = values["deletion"][substrate]
+        curve = deletion["mean_curve"]
         style = "--" if method in BASELINES else "-"
         axes.plot(
-            np.linspace(0, 1, len(curve)),
-            curve,
-            style,
-            label=f"{LABELS[method]} (AUC {values['deletion_auc']:.3f})",
+            np.linspace(0, 1, len(curve)), curve, style, label=f"{LABELS[method]} (AUC {deletion['auc']:.3f})"
         )
-    axes.set_xlabel("fraction of patch-grid cells removed (most relevant first)")
+    axes.set_xlabel("fraction of the input removed (most relevant first)")
     axes.set_ylabel(f"calibrated probability of the {explained} class")
-    axes.set_title("Deletion curves (mean over slices; lower is better)")
+    axes.set_title(f"Deletion curves, {substrate} fill (mean over slices; lower is better)")
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -588,29 +669,41 @@ def _interval(result: dict | None) -> str:
 
 
 def format_table(
-    summary: dict, comparisons: dict, lesion_reference: dict | None = None, reliance: dict | None = None
+    summary: dict,
+    comparisons: dict,
+    explained: str,
+    tolerance: str,
+    lesion_reference: dict | None = None,
+    reliance: dict | None = None,
 ) -> str:
-    lines = [
-        f"{'method':<28} | {'pointing game ↑':>15} | {'deletion AUC ↓':>14}",
-        f"{'-' * 28}-+-{'-' * 15}-+-{'-' * 14}",
-    ]
-    for method, values in summary.items():
-        lines.append(
-            f"{LABELS[method]:<28} | {values['pointing_game']:>15.3f} | {values['deletion_auc']:>14.3f}"
-        )
+    """The table of one explained class: pointing game overall and per lesion class, deletion per fill."""
     first = next(iter(summary.values()))
+    classes = list(first["pointing_game_per_class"])
+    substrates = list(first["deletion"])
+    head = f"{'map':<28} | {'pointing ↑':>10} | " + " | ".join(f"{name[:10]:>10}" for name in classes)
+    head += "".join(f" | {'del ' + substrate + ' ↓':>12}" for substrate in substrates)
+    lines = [f"explained class: {explained}", head, "-" * len(head)]
+    for method, values in summary.items():
+        per_class = values["pointing_game_per_class"]
+        row = f"{LABELS[method]:<28} | {values['pointing_game']:>10.3f} | "
+        row += " | ".join(f"{per_class.get(name, float('nan')):>10.3f}" for name in classes)
+        row += "".join(f" | {values['deletion'][substrate]['auc']:>12.3f}" for substrate in substrates)
+        lines.append(row)
     lines.append(
-        f"(pointing game: {first['n_pointing_game']} lesion slices, mean of per-class hit rates; "
-        f"deletion AUC: {first['n']} slices)"
+        f"(pointing game: {first['n_pointing_game']} lesion slices, mean of per-class hit rates, tolerance "
+        f"{tolerance}; deletion AUC: {first['n']} slices)"
     )
-    if lesion_reference and lesion_reference["n"]:
-        same_slices = ", ".join(
-            f"{method} {values['deletion_auc_lesion_slices']:.3f}" for method, values in summary.items()
-        )
-        lines.append(
-            f"reference, the lesion mask as the map ({lesion_reference['n']} lesion slices): deletion AUC "
-            f"{lesion_reference['deletion_auc_lesion_slices']:.3f}; on the same slices: {same_slices}"
-        )
+    for substrate, reference in (lesion_reference or {}).items():
+        if reference["n"]:
+            same_slices = ", ".join(
+                f"{method} {values['deletion'][substrate]['auc_lesion_slices']:.3f}"
+                for method, values in summary.items()
+            )
+            lines.append(
+                f"reference, the lesion mask as the map ({reference['n']} lesion slices, {substrate} fill): "
+                f"deletion AUC {reference['deletion_auc_lesion_slices']:.3f}; "
+                f"on the same slices: {same_slices}"
+            )
     if reliance and reliance["n"]:
         per_class = ", ".join(
             f"{name} {values['probability_on_slice']:.2f} -> {values['probability_on_healthy_twin']:.2f}"
@@ -624,16 +717,21 @@ def format_table(
     for method, against in comparisons.items():
         for baseline, result in against.items():
             pointing_ok = "yes" if result["pointing_game_beats_baseline"] else "NO "
-            deletion_ok = "yes" if result["deletion_auc_beats_baseline"] else "NO "
-            pointing, deletion = result["pointing_game_gain"], result["deletion_auc_gain"]
+            deletion = "".join(
+                f"   deletion {substrate} {'yes' if values['beats_baseline'] else 'NO '} "
+                f"{_interval(values['gain'])}"
+                for substrate, values in result["deletion"].items()
+            )
             lines.append(
-                f"  {method:<16} vs {baseline:<8}  pointing {pointing_ok} {_interval(pointing)}"
-                f"   deletion {deletion_ok} {_interval(deletion)}"
+                f"  {method:<16} vs {baseline:<8}  pointing {pointing_ok} "
+                f"{_interval(result['pointing_game_gain'])}{deletion}"
             )
     return "\n".join(lines)
 
 
-def _write_per_image(path: Path, slices, scores, targets, predicted, probabilities, class_names) -> None:
+def _write_per_image(path: Path, slices, results, predicted, probabilities, class_names) -> None:
+    """One row per slice, explained class and method: hit, strict hit and each fill's deletion AUC."""
+    substrates = list(next(iter(results.values()))["deletions"])
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
@@ -642,29 +740,35 @@ def _write_per_image(path: Path, slices, scores, targets, predicted, probabiliti
                 "label",
                 "predicted",
                 "probability",
+                "explained_as",
                 "explained",
                 "method",
                 "hit",
                 "hit_strict",
-                "deletion_auc",
+                *(f"deletion_auc_{substrate}" for substrate in substrates),
             ]
         )
-        for i, item in enumerate(slices):
-            for method, values in scores.items():
-                hit, strict = values["hit"][i], values["hit_strict"][i]
-                writer.writerow(
-                    [
-                        item.relpath,
-                        item.label,
-                        class_names[int(predicted[i])],
-                        f"{probabilities[i]:.4f}",
-                        class_names[int(targets[i])],
-                        method,
-                        "" if np.isnan(hit) else f"{hit:.3f}",
-                        "" if np.isnan(strict) else f"{strict:.3f}",
-                        f"{values['auc'][i]:.4f}",
-                    ]
-                )
+        for explained_as, result in results.items():
+            for i, item in enumerate(slices):
+                for method, hits in result["pointing"].items():
+                    hit, strict = hits["hit"][i], hits["hit_strict"][i]
+                    writer.writerow(
+                        [
+                            item.relpath,
+                            item.label,
+                            class_names[int(predicted[i])],
+                            f"{probabilities[i]:.4f}",
+                            explained_as,
+                            class_names[int(result["targets"][i])],
+                            method,
+                            "" if np.isnan(hit) else f"{hit:.3f}",
+                            "" if np.isnan(strict) else f"{strict:.3f}",
+                            *(
+                                f"{result['deletions'][substrate][method]['auc'][i]:.4f}"
+                                for substrate in substrates
+                            ),
+                        ]
+                    )
 
 
 def _json_safe(value):
@@ -678,14 +782,75 @@ def _json_safe(value):
     return value
 
 
+def output_name(stem: str, explained: str, substrate: str | None = None, suffix: str = ".png") -> str:
+    """``gallery.png`` / ``deletion_curves.png`` for the predicted class and black cells, the others named
+    after what differs: ``gallery-true.png``, ``deletion_curves-road.png``, ``deletion_curves-true-road.png``.
+    """
+    parts = [stem]
+    if explained != "predicted":
+        parts.append(explained)
+    if substrate is not None and substrate != "black":
+        parts.append(substrate)
+    return "-".join(parts) + suffix
+
+
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    """A comma-separated list of ``allowed`` names, in the given order, each once."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in allowed]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list of {allowed}, got {text!r}")
+    return list(dict.fromkeys(chosen))
+
+
+def substrates_arg(text: str) -> list[str]:
+    return _choices(text, SUBSTRATE_CHOICES, "--substrate")
+
+
+def explained_arg(text: str) -> list[str]:
+    return _choices(text, EXPLAINED_CLASSES, "--explained-class")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The command.
+
+
+def _steps_for(substrate: str, steps: int | None, cells: int) -> int:
+    """Deletion steps: as asked; else one token-grid cell per step, or ``ROAD_STEPS`` for ROAD (a solve
+    per step)."""
+    if steps is not None:
+        return steps
+    return ROAD_STEPS if substrate == "road" else cells
+
+
+def _lesion_slices_with_twins(slices: list[Slice]) -> list[Slice]:
+    """The healthy fill's slices: a slice without a lesion has nothing to restore (its curve would be flat
+    for every map); planted copies and other data have no twin."""
+    lesion_slices = [item for item in slices if item.has_lesion]
+    chosen = [item for item in lesion_slices if item.healthy_scan is not None]
+    if not chosen:
+        raise DataError(
+            "the healthy substrate needs the demo generator's lesion-free twin of each lesion slice; "
+            f"none of the {len(lesion_slices)} lesion slices has one: not an unchanged demo dataset"
+        )
+    return chosen
+
+
+def _accuracy_per_class(labels: list[str], predicted: np.ndarray, class_names: list[str]) -> dict:
+    labels_array = np.array(labels)
+    return {
+        name: {
+            "n": int((labels_array == name).sum()),
+            "accuracy": float((predicted == i)[labels_array == name].mean()),
+        }
+        for i, name in enumerate(class_names)
+        if (labels_array == name).any()
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    deletion_steps = ROAD_STEPS if args.steps is None and args.substrate == "road" else args.steps
     store, model_name, version = resolve_version(args.model, args.store)
     out = Path(args.out or OUTPUT_DIR / "explain-eval" / version)
     out.mkdir(parents=True, exist_ok=True)
@@ -694,21 +859,26 @@ def run(args: argparse.Namespace) -> dict:
         loaded = load_model(local / "model")
         split_path = local / "split.json"
         chosen, source = select_images(Path(args.data_dir), split_path if split_path.is_file() else None)
-    slices = load_slices(chosen, loaded, args.max_per_class, Path(args.data_dir))
-    if args.substrate == "healthy":
-        # A slice without a lesion has nothing to restore (its curve would be flat for every map); planted
-        # copies and other data have no twin.
-        lesion_slices = [item for item in slices if item.has_lesion]
-        slices = [item for item in lesion_slices if item.healthy_scan is not None]
-        if not slices:
-            raise DataError(
-                "the healthy substrate needs the demo generator's lesion-free twin of each lesion slice; "
-                f"none of the {len(lesion_slices)} lesion slices has one: not an unchanged demo dataset"
-            )
+    skipped: dict[str, list[str]] = {}
+    slices = load_slices(chosen, loaded, args.max_per_class, Path(args.data_dir), skipped)
+    if "healthy" in args.substrate:
+        slices = _lesion_slices_with_twins(slices)
         source += f"; healthy substrate: the {len(slices)} lesion slices with a twin"
+    if not any(item.has_lesion for item in slices):
+        raise DataError(
+            f"none of the {len(slices)} slices of {args.data_dir} has a lesion mask (<id>.mask.png beside "
+            "<id>.png, not empty): the pointing game has nothing to score"
+        )
     class_names = loaded.class_names
     grid = loaded.preprocessing.image_size // loaded.model.config.patch_size
+    sides = sorted({max(item.lesion_mask.shape) for item in slices if item.has_lesion})
+    scaled = ", ".join(
+        f"{scaled_tolerance((side, side), args.tolerance):.1f} px at {side} px" for side in sides
+    )
+    tolerance = f"{args.tolerance:g} px at {TOLERANCE_SIDE_PX} px, scaled to each slice's own size ({scaled})"
     print(f"model {model_name}/{version} (T={loaded.info.temperature:.2f}); {source}")
+    if skipped:
+        print(f"      left out: {_skip_counts(skipped)} (e.g. {next(iter(skipped.values()))[0]})")
     print(
         f"      {len(slices)} slices, {sum(s.has_lesion for s in slices)} with a lesion; "
         f"{grid}x{grid} patch grid; {torch.get_num_threads()} CPU threads",
@@ -717,66 +887,74 @@ def run(args: argparse.Namespace) -> dict:
     timings["load_s"] = time.perf_counter() - started
 
     inputs = to_tensor(np.stack([item.image for item in slices]), loaded.preprocessing)
-    phase = time.perf_counter()
     true_classes = np.array([class_names.index(item.label) for item in slices])
-    maps, targets, logits = compute_maps(
-        loaded, inputs, args.batch_size, args.seed, true_classes if args.explain == "true" else None
-    )
-    timings["explain_s"] = time.perf_counter() - phase
-    probabilities = torch.softmax(torch.as_tensor(logits) / loaded.info.temperature, dim=-1).numpy()
-    predicted = probabilities.argmax(axis=1)
-    predicted_probability = probabilities[np.arange(len(slices)), predicted]
-    accuracy = float(np.mean(predicted == true_classes))
-    print(
-        f"      maps computed in {timings['explain_s']:.1f}s; accuracy on these slices {accuracy:.3f}",
-        flush=True,
-    )
+    results: dict[str, dict] = {}
+    probabilities = None
+    for explained in args.explained_class:
+        phase = time.perf_counter()
+        maps, targets, logits = compute_maps(
+            loaded, inputs, args.batch_size, args.seed, true_classes if explained == "true" else None
+        )
+        timings[f"maps_{explained}_s"] = time.perf_counter() - phase
+        if probabilities is None:
+            probabilities = torch.softmax(torch.as_tensor(logits) / loaded.info.temperature, dim=-1).numpy()
+            predicted = probabilities.argmax(axis=1)
+            predicted_probability = probabilities[np.arange(len(slices)), predicted]
+            accuracy = float(np.mean(predicted == true_classes))
+            print(f"      accuracy on these slices {accuracy:.3f}", flush=True)
+        phase = time.perf_counter()
+        pointing = pointing_scores(slices, maps, args.tolerance)
+        deletions, references = {}, {}
+        for substrate in args.substrate:
+            steps = _steps_for(substrate, args.steps, grid * grid)
+            print(
+                f"      explained as {explained}: deletion with {substrate} fill, {steps} steps", flush=True
+            )
+            deletion = Deletion.build(substrate, loaded, slices, inputs)
+            settings = {"steps": steps, "batch_size": args.deletion_batch_size}
+            deletions[substrate] = deletion_scores(slices, deletion, maps, targets, loaded, **settings)
+            references[substrate] = lesion_reference(slices, deletion, targets, loaded, grid, **settings)
+        reliance = lesion_reliance(slices, targets, probabilities, loaded)
+        timings[f"scores_{explained}_s"] = time.perf_counter() - phase
+        summary, comparisons = summarise(slices, pointing, deletions, predicted, class_names, args.seed)
+        results[explained] = {
+            "maps": maps,
+            "targets": targets,
+            "pointing": pointing,
+            "deletions": deletions,
+            "summary": summary,
+            "comparisons": comparisons,
+            "references": references,
+            "reliance": reliance,
+        }
 
     phase = time.perf_counter()
-    deletion = Deletion.build(args.substrate, loaded, slices, inputs)
-    scores = score(
-        slices,
-        deletion,
-        maps,
-        targets,
-        loaded,
-        tolerance=args.tolerance,
-        steps=deletion_steps,
-        batch_size=args.deletion_batch_size,
-    )
-    lesion_mask_reference = lesion_reference(
-        slices,
-        deletion,
-        targets,
-        loaded,
-        grid,
-        steps=deletion_steps,
-        batch_size=args.deletion_batch_size,
-    )
-    reliance = lesion_reliance(slices, targets, probabilities, loaded)
-    timings["score_s"] = time.perf_counter() - phase
-    summary, comparisons = summarise(slices, scores, predicted, class_names, args.seed)
-
-    phase = time.perf_counter()
-    write_gallery(
-        out / GALLERY_FILE,
-        slices,
-        maps,
-        scores,
-        predicted,
-        predicted_probability,
-        class_names,
-        args.gallery_per_class,
-        args.explain,
-    )
-    write_curves(out / CURVES_FILE, summary, args.explain)
-    _write_per_image(
-        out / PER_IMAGE_FILE, slices, scores, targets, predicted, predicted_probability, class_names
-    )
+    for explained, result in results.items():
+        hits = {method: values["hit"] for method, values in result["pointing"].items()}
+        first = next(iter(result["deletions"].values()))
+        aucs = {method: values["auc"] for method, values in first.items()}
+        write_gallery(
+            out / output_name("gallery", explained),
+            slices,
+            result["maps"],
+            hits,
+            aucs,
+            predicted,
+            predicted_probability,
+            class_names,
+            args.gallery_per_class,
+            explained,
+        )
+        for substrate in result["deletions"]:
+            write_curves(
+                out / output_name("deletion_curves", explained, substrate),
+                result["summary"],
+                substrate,
+                explained,
+            )
+    _write_per_image(out / PER_IMAGE_FILE, slices, results, predicted, predicted_probability, class_names)
     timings["figures_s"] = time.perf_counter() - phase
     timings["total_s"] = time.perf_counter() - started
-    cells = grid * grid
-    steps = cells if deletion_steps is None else deletion_steps
     document = {
         "model": model_name,
         "version": version,
@@ -784,13 +962,20 @@ def run(args: argparse.Namespace) -> dict:
         "data_dir": str(Path(args.data_dir).resolve()),
         "images": source,
         "n_slices": len(slices),
+        "left_out": {reason: {"n": len(paths), "relpaths": paths} for reason, paths in skipped.items()},
         "accuracy_on_slices": accuracy,
-        "methods": summary,
-        "comparisons": comparisons,
-        "lesion_mask_reference": lesion_mask_reference,
-        "lesion_reliance": reliance,
+        "accuracy_per_class": _accuracy_per_class([item.label for item in slices], predicted, class_names),
+        "explained": {
+            explained: {
+                "methods": result["summary"],
+                "comparisons": result["comparisons"],
+                "lesion_mask_reference": result["references"],
+                "lesion_reliance": result["reliance"],
+            }
+            for explained, result in results.items()
+        },
         "settings": {
-            "explained_class": args.explain,
+            "explained_classes": list(results),
             "rollout": {
                 "head_fusion": ROLLOUT_HEAD_FUSION,
                 "discard_ratio": ROLLOUT_DISCARD_RATIO,
@@ -800,18 +985,21 @@ def run(args: argparse.Namespace) -> dict:
             "temperature": loaded.info.temperature,
             "grid": grid,
             "pointing_game": {
-                "resolution": "map upsampled bilinearly to the model input "
-                f"({loaded.preprocessing.image_size} px); mask resized and padded like the image",
-                "tolerance_px": args.tolerance,
+                "resolution": "the image's own: each map upsampled bilinearly onto the image (the model "
+                "input's padding cropped off), the mask as drawn",
+                "tolerance_px_at_224": args.tolerance,
+                "tolerance": tolerance,
                 "aggregate": "mean of per-class hit rates over lesion slices (true class)",
                 "ties": "scored in expectation (share of tied maxima that hit)",
             },
             "deletion": {
-                "cells": cells,
-                "steps": steps,
-                "cells_per_step": cells / steps,
-                "substrate": args.substrate,
-                "order": "most relevant cell first, ties in raster order",
+                substrate: {"steps": _steps_for(substrate, args.steps, grid * grid)}
+                for substrate in args.substrate
+            }
+            | {
+                "cells": grid * grid,
+                "order": "most relevant first (cells of the map's own grid, pixels of a pixel map), ties in "
+                "raster order; the same fraction of the input removed at each step for every map",
                 "auc": "(sum - first/2 - last/2) / steps, as eclique/RISE",
                 "lesion_mask_reference": "the lesion's share of each grid cell as the map; lesion slices",
             },
@@ -821,20 +1009,30 @@ def run(args: argparse.Namespace) -> dict:
             "baselines": {
                 "random": f"uniform random per slice, seed {args.seed}",
                 "gaussian": f"centred isotropic Gaussian, sigma {grid / 4:g} cells",
+                "centre": "peaks at the centre pixel of the input, falling with the distance to it",
             },
             "bootstrap": "paired, 2000 resamples of slices, 95% percentile interval",
         },
         "timings_s": {name: round(value, 2) for name, value in timings.items()},
     }
     (out / RESULTS_FILE).write_text(json.dumps(_json_safe(document), indent=2) + "\n")
-    print(format_table(summary, comparisons, lesion_mask_reference, reliance))
-    forwards = (len(slices) * len(maps) + lesion_mask_reference["n"]) * (steps + 1)
-    print(
-        f"timings: load {timings['load_s']:.1f}s, maps {timings['explain_s']:.1f}s, "
-        f"scores {timings['score_s']:.1f}s ({forwards} deletion forwards), "
-        f"figures {timings['figures_s']:.1f}s, total {timings['total_s']:.1f}s"
+    per_class = ", ".join(
+        f"{name} {v['accuracy']:.3f} ({v['n']})" for name, v in document["accuracy_per_class"].items()
     )
-    print(f"results: {out / RESULTS_FILE}\ngallery: {out / GALLERY_FILE}\ncurves:  {out / CURVES_FILE}")
+    print(f"accuracy on these slices: {accuracy:.3f} ({per_class})")
+    for explained, result in results.items():
+        print(
+            format_table(
+                result["summary"],
+                result["comparisons"],
+                explained,
+                tolerance,
+                result["references"],
+                result["reliance"],
+            )
+        )
+    print("timings: " + ", ".join(f"{name} {value:.1f}" for name, value in timings.items()))
+    print(f"results: {out / RESULTS_FILE}\ngalleries and curves: {out}")
     return document
 
 
@@ -846,21 +1044,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data")
     parser.add_argument("--store", default=DEFAULT_STORE)
     parser.add_argument("--out", type=Path, help="default outputs/explain-eval/<version>")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_PX, help="pointing game, pixels")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE_PX,
+        help=f"pointing game, pixels at {TOLERANCE_SIDE_PX} px, scaled to each slice's size (default 15)",
+    )
     parser.add_argument("--steps", type=int, help="deletion steps (default: one patch-grid cell per step)")
     parser.add_argument(
         "--substrate",
-        choices=SUBSTRATE_CHOICES,
-        default="black",
-        help="what removed cells become: black (the scan's background, default), the image mean, a blur, "
-        f"ROAD's noisy linear imputation ({ROAD_STEPS} steps unless --steps), or (demo set, lesion slices "
-        "only) the slice's healthy twin",
+        type=substrates_arg,
+        default=["black"],
+        help="what removed cells become, comma-separated to score several: black (the scan's background, "
+        f"default), mean, blur, road (ROAD's noisy linear imputation, {ROAD_STEPS} steps unless --steps), "
+        "healthy (demo set, lesion slices only: the slice's healthy twin)",
     )
     parser.add_argument(
-        "--explain",
-        choices=("predicted", "true"),
-        default="predicted",
-        help="the class the maps explain and deletion follows (default: the predicted one)",
+        "--explained-class",
+        type=explained_arg,
+        default=list(EXPLAINED_CLASSES),
+        help="the class the maps explain and deletion follows: predicted, true, or both (default)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random baseline and bootstrap")
     parser.add_argument("--batch-size", type=int, default=32, help="images per explain() call")

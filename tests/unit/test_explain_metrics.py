@@ -16,14 +16,17 @@ from neurovit.data.demo import DEMO_CLASSES, generate_demo_dataset
 from neurovit.data.split import SplitEntry, SplitPlan
 from neurovit.explain_metrics import (
     cell_index,
+    centre_map,
     deletion_auc,
     deletion_curve,
     deletion_curves,
     deletion_inputs,
     deletion_order,
     gaussian_map,
+    lesion_hit,
     lesion_map,
     make_substrate,
+    map_on_image,
     max_point,
     noisy_linear_imputation,
     paired_bootstrap,
@@ -338,6 +341,93 @@ def test_masks_go_through_the_image_geometry(tmp_path):
     assert load_mask(tmp_path / "other.png", 32) is None
 
 
+def test_the_centre_map_peaks_at_the_centre_pixels_and_falls_with_distance():
+    odd = centre_map(5)
+    assert odd[2, 2] == 1.0 and (odd < 1.0).sum() == 24 and odd.min() == 0.0
+    assert odd[2, 0] > odd[0, 0] and odd[2, 0] == pytest.approx(odd[0, 2])
+    even = centre_map(4)
+    assert (even == 1.0).sum() == 4 and even[1:3, 1:3].min() == 1.0
+    with pytest.raises(ValueError):
+        centre_map(0)
+
+
+def test_a_model_input_map_goes_back_onto_the_image_without_its_padding():
+    # A 20 x 40 image fills a 4 x 4 model-input grid's middle two rows (rows 1 and 2): a map peaking in row
+    # 1 peaks in the image's upper half, one peaking in the padding row 0 only reaches its top edge.
+    grid = np.zeros((4, 4), dtype=np.float32)
+    grid[1, 3] = 1.0
+    seen = map_on_image(grid, (20, 40))
+    assert seen.shape == (20, 40)
+    row, col = np.unravel_index(seen.argmax(), seen.shape)
+    assert row < 10 and col >= 30
+    square = map_on_image(grid, (40, 40))
+    assert square.shape == (40, 40) and np.unravel_index(square.argmax(), square.shape)[0] < 20
+    # the hit: a mask in the image's upper right is found, one in its lower left is not; the tolerance,
+    # 15 px at 224, is 2.7 px on this 40 px image
+    upper_right, lower_left = np.zeros((20, 40), bool), np.zeros((20, 40), bool)
+    upper_right[2:6, 32:38], lower_left[14:18, 2:8] = True, True
+    assert lesion_hit(grid, upper_right) == 1.0 and lesion_hit(grid, lower_left) == 0.0
+
+
+def _masked_folder(root, sizes):
+    """Slices ``<class>/g<i>.png`` (32 x 32), glioma then notumor alternating, with a mask of ``sizes[i]``
+    each (None: no mask file, 0: an unreadable one, "empty": an all-zero one)."""
+    for i, size in enumerate(sizes):
+        folder = root / ("glioma", "notumor")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        image = np.full((32, 32), 40, dtype=np.uint8)
+        image[8:16, 8:16] = 250
+        Image.fromarray(image).save(folder / f"g{i}.png")
+        mask_path = folder / f"g{i}.mask.png"
+        if size == 0:
+            mask_path.write_bytes(b"not a png")
+        elif size == "empty":
+            Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(mask_path)
+        elif size is not None:
+            mask = np.zeros((size, size), dtype=np.uint8)
+            mask[: size // 2, : size // 2] = 255
+            Image.fromarray(mask).save(mask_path)
+
+
+def test_bad_masks_are_left_out_and_counted_and_a_folder_without_masks_is_refused(tmp_path, capsys):
+    classes = ["glioma", "notumor"]
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    save_model(
+        build_model(config, classes),
+        tmp_path / "version" / "model",
+        PreprocessConfig(image_size=32),
+        ModelInfo(class_names=classes),
+    )
+    store = tmp_path / "store"
+    LocalStore(store).publish("neurovit", tmp_path / "version", metadata={})
+    data = tmp_path / "masked"
+    _masked_folder(data, [32, 32, 64, 0, "empty", None])
+    out = tmp_path / "out"
+    argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "2"]
+    assert main([*argv, "--explained-class", "predicted"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["n_slices"] == 4  # g0, g1, the empty mask's g4 and the unmasked g5
+    assert result["left_out"] == {
+        "mask size differs from the image's": {"n": 1, "relpaths": ["glioma/g2.png"]},
+        "unreadable image or mask": {"n": 1, "relpaths": ["notumor/g3.png"]},
+    }
+    assert "left out: 1 mask size differs" in printed
+    rollout = result["explained"]["predicted"]["methods"]["rollout"]
+    assert rollout["n_pointing_game"] == 2 and set(rollout["pointing_game_per_class"]) == {
+        "glioma",
+        "notumor",
+    }
+    # every image of a folder the version was not trained on, quietly: no split to match
+    assert "every image of" in result["images"]
+
+    bare = tmp_path / "bare"
+    _masked_folder(bare, [None, "empty"])
+    assert main([*argv, "--data-dir", str(bare), "--out", str(tmp_path / "out2")]) == 2
+    assert "has a lesion mask" in capsys.readouterr().err
+
+
 def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys):
     classes = ["glioma", "notumor"]
     data, entries = tmp_path / "data", []
@@ -373,40 +463,57 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     assert main([*argv, "--model", "latest"]) == 0
     printed = capsys.readouterr().out
     assert "test split" in printed and "pointing game" in printed
+    assert "explained class: predicted" in printed and "explained class: true" in printed
     result = json.loads((out / "explain_eval.json").read_text())
     assert result["version"] == version and result["n_slices"] == 4
-    assert set(result["methods"]) == {
-        "rollout",
-        "gradcam",
-        "hirescam",
-        "gradient_rollout",
-        "random",
-        "gaussian",
-    }
-    for values in result["methods"].values():
-        assert values["n"] == 4 and values["n_pointing_game"] == 2
-        assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= values["deletion_auc"] <= 1.0
-        assert len(values["mean_deletion_curve"]) == 5
-    assert set(result["comparisons"]["rollout"]) == {"random", "gaussian"}
+    assert set(result["explained"]) == {"predicted", "true"}
+    assert set(result["accuracy_per_class"]) == {"glioma", "notumor"}
+    for explained in result["explained"].values():
+        assert set(explained["methods"]) == {
+            "rollout",
+            "gradcam",
+            "hirescam",
+            "gradient_rollout",
+            "random",
+            "gaussian",
+            "centre",
+        }
+        for values in explained["methods"].values():
+            assert values["n"] == 4 and values["n_pointing_game"] == 2
+            assert set(values["pointing_game_per_class"]) == {"glioma"}
+            deletion = values["deletion"]["black"]
+            assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= deletion["auc"] <= 1.0
+            assert len(deletion["mean_curve"]) == 5  # --steps 4, for token maps and pixel maps alike
+        assert set(explained["comparisons"]["rollout"]) == {"random", "gaussian", "centre"}
+        reference = explained["lesion_mask_reference"]["black"]
+        assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
+        # not the demo generator's data: no healthy twins, so no lesion-reliance line
+        assert explained["lesion_reliance"] == {"n": 0, "per_class": {}}
+    # the centre peak hits exactly when the lesion lies within the tolerance of the centre: 15 px at 224 px
+    # is 2.1 px on these 32 px slices, and the lesion block [8, 16) x [16, 24) touches the centre 15.5
+    assert result["explained"]["predicted"]["methods"]["centre"]["pointing_game"] == 1.0
+    assert "2.1 px at 32 px" in result["settings"]["pointing_game"]["tolerance"]
     assert result["settings"]["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 2}
     assert result["settings"]["gradient_rollout"] == {"start_layer": 1}
-    reference = result["lesion_mask_reference"]
-    assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
-    assert "the lesion mask as the map (2 lesion slices)" in printed
-    # not the demo generator's data: no healthy twins, so no lesion-reliance line
-    assert result["lesion_reliance"] == {"n": 0, "per_class": {}}
+    assert "the lesion mask as the map (2 lesion slices, black fill)" in printed
     assert "healthy twin" not in printed
     road = tmp_path / "road"
-    road_argv = ["--store", str(store), "--data-dir", str(data), "--out", str(road), "--substrate", "road"]
-    assert main(road_argv) == 0
+    road_argv = ["--store", str(store), "--data-dir", str(data), "--out", str(road)]
+    assert main([*road_argv, "--substrate", "black,road", "--explained-class", "true"]) == 0
     road_result = json.loads((road / "explain_eval.json").read_text())
-    assert road_result["settings"]["deletion"]["substrate"] == "road"
-    assert road_result["settings"]["deletion"]["steps"] == ROAD_STEPS  # not one step per cell
-    assert len(road_result["methods"]["rollout"]["mean_deletion_curve"]) == ROAD_STEPS + 1
+    assert set(road_result["explained"]) == {"true"}
+    assert road_result["settings"]["deletion"]["road"]["steps"] == ROAD_STEPS  # not one step per cell
+    assert road_result["settings"]["deletion"]["black"]["steps"] == 64  # one step per cell of the 8x8 grid
+    rollout = road_result["explained"]["true"]["methods"]["rollout"]["deletion"]
+    assert len(rollout["road"]["mean_curve"]) == ROAD_STEPS + 1 and len(rollout["black"]["mean_curve"]) == 65
+    for name in ("gallery-true.png", "deletion_curves-true.png", "deletion_curves-true-road.png"):
+        assert (road / name).stat().st_size > 0
     assert main([*argv, "--substrate", "healthy", "--out", str(tmp_path / "healthy")]) == 2
     assert "healthy substrate needs the demo generator's lesion-free twin" in capsys.readouterr().err
-    for name in ("gallery.png", "deletion_curves.png", "per_image.csv"):
+    for name in ("gallery.png", "gallery-true.png", "deletion_curves.png", "per_image.csv"):
         assert (out / name).stat().st_size > 0
+    with pytest.raises(SystemExit):  # an unknown fill is a usage error before anything runs
+        main([*argv, "--substrate", "black,grey"])
 
     # A changed test image: the split no longer describes the data, so every image is evaluated.
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(data / "notumor" / "notumor_0.png")
@@ -464,10 +571,11 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     LocalStore(store).publish("neurovit", tmp_path / "version", metadata={})
     out = tmp_path / "out"
     argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "4"]
-    assert main([*argv, "--substrate", "healthy"]) == 0
+    assert main([*argv, "--substrate", "healthy", "--explained-class", "predicted"]) == 0
     printed = capsys.readouterr().out
-    result = json.loads((out / "explain_eval.json").read_text())
-    assert result["n_slices"] == 6 and result["settings"]["deletion"]["substrate"] == "healthy"
+    document = json.loads((out / "explain_eval.json").read_text())
+    result = document["explained"]["predicted"]
+    assert document["n_slices"] == 6 and set(document["settings"]["deletion"]) >= {"healthy"}
     assert result["lesion_reliance"]["n"] == 6
     assert "slice -> its healthy twin (6 lesion slices)" in printed
     # every cell restored = the healthy twin, scaled as any input: each map's curve ends at the probability
@@ -475,4 +583,4 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     per_class = result["lesion_reliance"]["per_class"].values()
     on_twins = sum(v["probability_on_healthy_twin"] * v["n"] for v in per_class) / 6
     for values in result["methods"].values():
-        assert values["mean_deletion_curve"][-1] == pytest.approx(on_twins, abs=1e-4)
+        assert values["deletion"]["healthy"]["mean_curve"][-1] == pytest.approx(on_twins, abs=1e-4)
