@@ -18,14 +18,21 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
+from neurovit.data.imageio import read_image
+from neurovit.data.layout import MASK_SUFFIX
+from neurovit.data.split import load_split
 from neurovit.errors import NeuroVitError
+from neurovit.explain_metrics import DEFAULT_TOLERANCE_PX, TOLERANCE_SIDE_PX, lesion_hit
 from neurovit.store import resolve
 
 if TYPE_CHECKING:
@@ -244,19 +251,69 @@ def stop(serve_dir: Path = SERVE_DIR, quiet: bool = False) -> None:
     (serve_dir / STATE_FILE).unlink(missing_ok=True)
 
 
+def demo_slices(store: str, data_dir: Path) -> list[tuple[Path, str]]:
+    """``[(image, true class)]``: the first held-out test slice of each class in the latest version's
+    split (sorted by path), chosen before the service answers anything."""
+    resolved, model, version = resolve(store, model=MODEL_NAME)
+    with tempfile.TemporaryDirectory(prefix="neurovit-demo-") as scratch:
+        split_path = resolved.fetch(model, version, Path(scratch) / "version") / "split.json"
+        if not split_path.is_file():
+            raise ServeError(f"version {version} has no split.json: no held-out slices to show")
+        plan = load_split(split_path)
+    chosen = {}
+    for entry in sorted(plan.entries, key=lambda entry: entry.relpath):
+        if entry.split == "test" and entry.label not in chosen and (Path(data_dir) / entry.relpath).is_file():
+            chosen[entry.label] = Path(data_dir) / entry.relpath
+    if not chosen:
+        raise ServeError(f"none of version {version}'s test slices is in {data_dir} (run `make demo-data`)")
+    return [(chosen[label], label) for label in plan.classes if label in chosen]
+
+
+def lesion_verdict(image: Path, explanation: dict) -> str:
+    """Does the served map's peak fall on the lesion outlined beside ``image``? Scored as eval-explain
+    scores it (``neurovit.explain_metrics.lesion_hit``)."""
+    mask_path = image.with_name(image.stem + MASK_SUFFIX)
+    if not mask_path.is_file():
+        return "no mask"
+    mask = read_image(mask_path).pixels >= 0.5
+    if not mask.any():
+        return "no lesion"
+    return "on lesion" if lesion_hit(np.asarray(explanation["grid"]), mask) >= 0.5 else "off lesion"
+
+
 def demo(store: str = DEFAULT_STORE, data_dir: Path = OUTPUT_DIR / "demo-data", port: int = 8080) -> None:
-    """Serve the latest version, predict one demo slice with both maps, stop."""
-    slices = sorted(
-        path for path in Path(data_dir).glob("glioma/*.png") if not path.name.endswith(".mask.png")
-    )
-    if not slices:
-        raise ServeError(f"no demo slice in {data_dir}/glioma (run `make demo-data`)")
+    """Serve the latest version, ask it about one held-out test slice of each class, stop; then a table of
+    truth, answer and, for each served map, whether its peak falls on the lesion. Wrong answers stay."""
+    chosen = demo_slices(store, data_dir)
+    rows = []
     serve(store=store, port=port)
     try:
-        predict(slices[0], explain="all")
+        for image, label in chosen:
+            answer = predict(image, explain="all")
+            verdicts = {name: lesion_verdict(image, value) for name, value in answer["explanations"].items()}
+            rows.append((image, label, answer, verdicts))
         print(f"overlays written to {PREDICTIONS_DIR}")
     finally:
         stop()
+    names = list(rows[0][3])
+    print(
+        "\nheld-out test slices, the first of each class in the version's split (chosen before any answer):"
+    )
+    print(
+        f"  {'slice':<22} {'true':<11} {'answer (confidence)':<24} {'right':<6} "
+        + " ".join(f"{n:<11}" for n in names)
+    )
+    for image, label, answer, verdicts in rows:
+        said = f"{answer['label']} ({answer['confidence']:.2f})"
+        right = "yes" if answer["label"] == label else "WRONG"
+        print(
+            f"  {image.name:<22} {label:<11} {said:<24} {right:<6} "
+            + " ".join(f"{verdicts[n]:<11}" for n in names)
+        )
+    print(
+        f"a peak 'on lesion' lies within {DEFAULT_TOLERANCE_PX:g} px at {TOLERANCE_SIDE_PX} px of the "
+        "lesion mask, as `make eval-explain` scores it"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain", default="all", help="none, rollout, heatmap or all")
     p.add_argument("--out", type=Path, default=PREDICTIONS_DIR)
     sub.add_parser("stop", help="stop the local server")
-    p = sub.add_parser("demo", help="serve the latest version, predict one demo slice, stop")
+    p = sub.add_parser("demo", help="serve the latest version, explain one test slice per class, stop")
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--port", type=int, default=default_port)
     args = parser.parse_args(argv)
