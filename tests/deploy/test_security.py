@@ -119,6 +119,40 @@ def test_predictor_is_reachable_only_from_the_ingress_path_and_prometheus(render
         assert all("podSelector" not in peer for rule in policy["spec"]["ingress"] for peer in rule["from"])
 
 
+# TorchServe's own APIs in the pod (training/package.py): inference, management, gRPC. They listen on
+# loopback; no policy may admit them either (management unregisters the model or scales it to zero).
+TORCHSERVE_API_PORTS = {8085, 8086, 7070, 7071}
+# Knative: queue-proxy's serving ports (HTTP/1, h2c) and its autoscaling metrics; Standard: the model server.
+INGRESS_PORTS = {"Knative": {8012, 8013, 9090}, "Standard": {8080}}
+METRICS_PORTS = {8082, 9091}
+
+
+def predictor_policy_ports(objects: list[dict]) -> dict[str, set[int]]:
+    """Source namespace -> TCP ports the predictor's NetworkPolicy admits from it (None: every port)."""
+    (policy,) = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"].endswith("-predictor")]
+    admitted: dict[str, set[int]] = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("ports"), f"a rule admits {rule['from']} on every port"
+        ports = {port["port"] for port in rule["ports"]}
+        for peer in rule["from"]:
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            admitted.setdefault(namespace, set()).update(ports)
+    return admitted
+
+
+def test_predictor_policy_admits_each_namespace_on_its_ports_only(rendered) -> None:
+    for name, objects in rendered.items():
+        mode = one(objects, "InferenceService")["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+        admitted = predictor_policy_ports(objects)
+        for namespace, ports in admitted.items():
+            allowed = METRICS_PORTS if namespace == "monitoring" else INGRESS_PORTS[mode]
+            assert ports <= allowed, f"{name}: {namespace} admitted on {sorted(ports - allowed)}"
+            assert not ports & TORCHSERVE_API_PORTS, f"{name}: {namespace} reaches TorchServe's own APIs"
+        if mode == "Knative":
+            assert admitted["knative-serving"] == {8012, 8013, 9090}, name
+            assert admitted["istio-system"] == {8012, 8013}, name
+
+
 def test_no_credentials_in_the_repository() -> None:
     from k8s_render import CHART, MANIFESTS
 
