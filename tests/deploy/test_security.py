@@ -169,3 +169,20 @@ def test_no_credentials_in_the_repository() -> None:
     assert not secrets, "credentials come from the gitignored s3-credentials.env, never from a manifest"
     ignored = (CHART.parents[1] / ".gitignore").read_text()
     assert "manifests/base/s3-credentials.env" in ignored
+
+
+def test_the_deployer_may_only_read_and_patch_the_named_inference_service(rendered) -> None:
+    for name, objects in rendered.items():
+        roles = [role for role in by_kind(objects, "Role") if role["metadata"]["name"].endswith("deployer")]
+        if not roles:
+            continue  # pipeline objects switched off
+        (role,) = roles
+        isvc = one(objects, "InferenceService")["metadata"]["name"]
+        assert role["rules"] == [
+            {
+                "apiGroups": ["serving.kserve.io"],
+                "resources": ["inferenceservices"],
+                "resourceNames": [isvc],
+                "verbs": ["get", "patch"],
+            }
+        ], name
