@@ -30,3 +30,7 @@ class StoreError(NeuroVitError, RuntimeError):
 
 class IntegrityError(StoreError):
     """A stored version is incomplete or a file does not match its manifest checksum."""
+
+
+class VersionConflictError(StoreError):
+    """Another publish holds the version id with other files (running, or interrupted and not yet pruned)."""
