@@ -24,6 +24,10 @@ class NotASliceError(UnreadableImageError):
     """A readable image that is not one 2-D slice: a volume, a multi-frame DICOM, a multi-page TIFF."""
 
 
+class MissingFileError(DataError):
+    """A file the index or split lists has vanished (or cannot be opened) by the time it is read."""
+
+
 class StoreError(NeuroVitError, RuntimeError):
     """The artifact store cannot be read or written (unwritable folder, bad credentials, unreachable S3)."""
 
