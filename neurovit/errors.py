@@ -28,6 +28,10 @@ class MissingFileError(DataError):
     """A file the index or split lists has vanished (or cannot be opened) by the time it is read."""
 
 
+class OutputError(NeuroVitError, RuntimeError):
+    """A stage cannot write its outputs (disk full, read-only folder); it leaves nothing half-written."""
+
+
 class StoreError(NeuroVitError, RuntimeError):
     """The artifact store cannot be read or written (unwritable folder, bad credentials, unreachable S3)."""
 
