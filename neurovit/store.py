@@ -360,8 +360,13 @@ class ArtifactStore(ABC):
                 _check_file(target, entry, label)
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
             _replace_dir(staging, dest)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):  # disk full, no permission: say so, not a bare errno
+                raise StoreError(
+                    f"cannot fetch {model}/{version} to {dest}: {_os_reason(error)} (nothing half-written "
+                    "was left)"
+                ) from error
             raise
         log.info("fetched %s/%s from %s to %s", model, version, self.uri, dest)
         return dest
@@ -573,7 +578,10 @@ class LocalStore(ArtifactStore):
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(error, OSError):
-                raise StoreError(f"cannot publish {model}/{version} to {self.root}: {error}") from error
+                raise StoreError(
+                    f"cannot publish {model}/{version} to {self.root}: {_os_reason(error)} (nothing "
+                    "half-written was left)"
+                ) from error
             raise
 
     def _download(self, model: str, version: str, relpath: str, target: Path) -> None:
@@ -625,6 +633,12 @@ def _rename_into_place(staging: Path, target: Path) -> None:
             raise
         log.info("publish: %s was completed by a concurrent publish of the same files", target)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device: free some space and try again"
+    return error.strerror or str(error)
 
 
 def _newest_mtime(folder: Path) -> float:

@@ -361,3 +361,36 @@ def test_redact_uri() -> None:
     assert store_module.redact_uri(f"s3://key:{SECRET}@bucket/p") == "s3://***@bucket/p"
     assert store_module.redact_uri("http://user@host:9000") == "http://***@host:9000"
     assert store_module.redact_uri("s3://bucket/a@b") == "s3://bucket/a@b"  # an @ in a key is no credential
+
+
+@pytest.mark.parametrize("action", ["publish", "fetch"])
+def test_disk_full_is_a_clear_store_error_that_leaves_nothing(
+    store: store_module.ArtifactStore,
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    import errno
+
+    version = store.publish(MODEL, source, metadata={}) if action == "fetch" else new_version_id()
+    real_copy, calls = store_module._copy_file, []
+
+    def copy_until_full(src: Path, dst: Path) -> None:
+        calls.append(src)
+        if len(calls) == 2:
+            dst.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_copy(src, dst)
+
+    monkeypatch.setattr(store_module, "_copy_file", copy_until_full)
+    dest = tmp_path / "fetched" / "version"
+    with pytest.raises(StoreError, match="no space left on the device"):
+        if action == "publish":
+            store.publish(MODEL, source, metadata={}, version=version)
+        else:
+            store.fetch(MODEL, version, dest)
+    if action == "publish":
+        assert list((tmp_path / "store" / MODEL).iterdir()) == []
+    else:
+        assert list((tmp_path / "fetched").iterdir()) == []  # no destination, no hidden staging folder
