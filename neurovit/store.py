@@ -383,9 +383,9 @@ class ArtifactStore(ABC):
     ) -> list[str]:
         """Remove the oldest complete versions beyond ``keep`` (>= 1) and interrupted publishes; return them.
 
-        Versions named in ``protect`` (what a cluster serves or would roll back to: ``deployed_versions``)
-        are never removed, and do not count toward ``keep``. Interrupted publishes younger than
-        ``stale_after_s`` are left alone: they may be in progress.
+        Versions named in ``protect`` (what a cluster serves or would roll back to, as `make deploy` records
+        it: ``training.deploy.recorded_versions``) are never removed, and do not count toward ``keep``.
+        Interrupted publishes younger than ``stale_after_s`` are left alone: they may be in progress.
         """
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the latest version is never pruned), got {keep}")
