@@ -13,8 +13,10 @@
 
 Traffic splitting needs KServe's Knative mode. In Standard mode only ``--percent 100`` (a rolling update) is
 accepted. The Kubernetes connection is the usual one: ``KUBECONFIG`` / ``~/.kube/config``, or the pod's
-ServiceAccount in a cluster (``neurovit-deployer`` may patch InferenceServices). Runs in .venv-tools, where
-the kserve SDK lives (its pins clash with the project's); only the SDK and the standard library are imported.
+ServiceAccount in a cluster (``neurovit-deployer`` may get and patch the InferenceService it is named for,
+nothing else). Runs in .venv-tools, where the kserve SDK lives (its pins clash with the project's); only the
+SDK and the standard library are imported. After each action the served and rollback URIs are recorded for
+``neurovit versions prune`` (``record_deployment``).
 """
 
 from __future__ import annotations
