@@ -24,9 +24,21 @@ class NotASliceError(UnreadableImageError):
     """A readable image that is not one 2-D slice: a volume, a multi-frame DICOM, a multi-page TIFF."""
 
 
+class MissingFileError(DataError):
+    """A file the index or split lists has vanished (or cannot be opened) by the time it is read."""
+
+
+class OutputError(NeuroVitError, RuntimeError):
+    """A stage cannot write its outputs (disk full, read-only folder); it leaves nothing half-written."""
+
+
 class StoreError(NeuroVitError, RuntimeError):
     """The artifact store cannot be read or written (unwritable folder, bad credentials, unreachable S3)."""
 
 
 class IntegrityError(StoreError):
     """A stored version is incomplete or a file does not match its manifest checksum."""
+
+
+class VersionConflictError(StoreError):
+    """Another publish holds the version id with other files (running, or interrupted and not yet pruned)."""

@@ -11,6 +11,17 @@ The local back end builds each version in a hidden folder inside the model folde
 so a version appears complete or not at all. The S3 back end uploads the objects, then the manifest; a retry
 skips objects already uploaded with the same checksum.
 
+Two publishes of one version id: before writing anything, a publish claims the id with an exclusive create
+of ``<root>/.claims/<model>/<version>.json`` holding its file table (local: a hard link, which fails when the
+name exists; S3: a PUT with ``If-None-Match: *``, a conditional write MinIO and AWS S3 honour and answer 412
+to when the object exists). Only publishes of the same files go on (a retry, or a twin racing it); one with
+other files is refused with ``VersionConflictError`` and writes nothing. A store that ignores
+``If-None-Match`` (old MinIO or S3-compatibles) loses that guarantee. ``prune`` removes a version's claim
+with it, and claims of publishes that never wrote their version once they are stale.
+
+Store URIs never carry credentials (``s3://KEY:SECRET@bucket`` is refused, and shown redacted): they would
+end up in logs, tracebacks and process lists. ``redact_uri`` masks them wherever a URI is printed.
+
 Environment variables (S3 back end only; secrets are never logged):
 
 ``NEUROVIT_S3_ENDPOINT``
@@ -28,6 +39,7 @@ Environment variables (S3 back end only; secrets are never logged):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -39,7 +51,7 @@ import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -51,17 +63,22 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
-from neurovit.errors import IntegrityError, StoreError
+from neurovit.errors import IntegrityError, StoreError, VersionConflictError
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 LATEST = "latest"
-VERSION_PATTERN = re.compile(r"^v\d{8}-\d{6}-[0-9a-f]{6}$")
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Checked with fullmatch: `$` also matches before a final newline, so `^...$` let "v1\n" through. \Z keeps a
+# caller's .match() exact too.
+VERSION_PATTERN = re.compile(r"v\d{8}-\d{6}-[0-9a-f]{6}\Z")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RESERVED_KEYS = ("model", "version", "created_at", "files")
 _SUMMARY_METRICS = 6
 _PUBLISHING_PREFIX = ".publishing-"
+_CLAIMS = ".claims"  # beside the model folders, so a version's prefix (KServe's storageUri) holds no claim
+# user:password@ after the scheme: credentials that must never reach a log line or an error message.
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 _CREDENTIAL_ERRORS = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 # Short timeouts and few retries: an unreachable endpoint must fail in seconds, not minutes.
 _S3_TIMEOUT = urllib3.Timeout(connect=3.0, read=30.0)
@@ -75,6 +92,19 @@ _S3_RETRIES = urllib3.Retry(
 )
 
 
+def redact_uri(uri: str | Path) -> str:
+    """``uri`` with any ``user:password@`` part masked as ``***@``: safe for logs and error messages."""
+    return _USERINFO.sub("***@", str(uri))
+
+
+def _refuse_credentials(uri: str, what: str = "store URI") -> None:
+    if _USERINFO.search(uri):
+        raise StoreError(
+            f"{what} {redact_uri(uri)} carries credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "instead (a URI ends up in logs, manifests and process lists)"
+        )
+
+
 def new_version_id(now: datetime | None = None) -> str:
     """A fresh version id that sorts by creation time: ``vYYYYMMDD-HHMMSS-<6 hex>`` (UTC)."""
     now = now or datetime.now(UTC)
@@ -82,7 +112,7 @@ def new_version_id(now: datetime | None = None) -> str:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME_PATTERN.match(value) or value == LATEST:
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value) or value == LATEST:
         raise ValueError(
             f"invalid {what} name {value!r}: use letters, digits, '.', '_' or '-', not starting with '.' "
             f"or '-', and not {LATEST!r}"
@@ -197,12 +227,19 @@ class ArtifactStore(ABC):
         """Copy one stored file to ``target``; IntegrityError when it is missing."""
 
     @abstractmethod
+    def _create_claim(self, model: str, version: str, claim: dict) -> dict | None:
+        """Create the version's claim unless one exists: None if this call created it, else the existing one.
+
+        Exclusive: of two concurrent calls for one version, exactly one creates the claim.
+        """
+
+    @abstractmethod
     def _delete_version(self, model: str, version: str) -> None:
-        """Remove a version folder, complete or not."""
+        """Remove a version folder, complete or not, and its claim."""
 
     @abstractmethod
     def _incomplete_leftovers(self, model: str, older_than_s: float) -> list[str]:
-        """Names of interrupted publishes of ``model`` untouched for ``older_than_s`` seconds."""
+        """Interrupted publishes of ``model`` (claims included) untouched for ``older_than_s`` seconds."""
 
     # --- public API ---------------------------------------------------------------------------------------
 
@@ -213,6 +250,8 @@ class ArtifactStore(ABC):
 
         ``metadata`` (JSON-serialisable) is merged into the manifest. Passing the ``version`` of an
         interrupted publish completes it; republishing a complete version with the same files is a no-op.
+        A publish of the same ``version`` with other files, concurrent or later, is refused before it writes
+        anything (``VersionConflictError``; see the module docstring on claims).
         """
         _check_name(model, "model")
         version = _check_name(version, "version") if version is not None else new_version_id()
@@ -244,6 +283,7 @@ class ArtifactStore(ABC):
             "files": entries,
             **metadata,
         }
+        self._claim(model, version, entries)
         self._write_version(model, version, files, manifest)
         log.info("published %s/%s (%d files) to %s", model, version, len(files), self.uri)
         return version
@@ -320,8 +360,13 @@ class ArtifactStore(ABC):
                 _check_file(target, entry, label)
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
             _replace_dir(staging, dest)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):  # disk full, no permission: say so, not a bare errno
+                raise StoreError(
+                    f"cannot fetch {model}/{version} to {dest}: {_os_reason(error)} (nothing half-written "
+                    "was left)"
+                ) from error
             raise
         log.info("fetched %s/%s from %s to %s", model, version, self.uri, dest)
         return dest
@@ -333,19 +378,27 @@ class ArtifactStore(ABC):
             self.fetch(model, manifest["version"], Path(scratch) / "version")
         return manifest
 
-    def prune(self, model: str, keep: int, *, stale_after_s: float = 3600.0) -> list[str]:
+    def prune(
+        self, model: str, keep: int, *, stale_after_s: float = 3600.0, protect: Iterable[str] = ()
+    ) -> list[str]:
         """Remove the oldest complete versions beyond ``keep`` (>= 1) and interrupted publishes; return them.
 
+        Versions named in ``protect`` (what a cluster serves or would roll back to, as `make deploy` records
+        it: ``training.deploy.recorded_versions``) are never removed, and do not count toward ``keep``.
         Interrupted publishes younger than ``stale_after_s`` are left alone: they may be in progress.
         """
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the latest version is never pruned), got {keep}")
+        protected = set(protect)
         complete = [manifest["version"] for manifest in self._complete_manifests(model)]
+        unprotected = [version for version in complete if version not in protected]
         removed = []
-        for version in complete[: max(0, len(complete) - keep)]:
+        for version in unprotected[: max(0, len(unprotected) - keep)]:
             self._delete_version(model, version)
             removed.append(version)
         for leftover in self._incomplete_leftovers(model, stale_after_s):
+            if leftover in protected:
+                continue
             self._delete_version(model, leftover)
             removed.append(leftover)
         if removed:
@@ -353,6 +406,16 @@ class ArtifactStore(ABC):
         return removed
 
     # --- helpers ------------------------------------------------------------------------------------------
+
+    def _claim(self, model: str, version: str, entries: dict) -> None:
+        """Reserve ``version`` for these files before anything is written (see the module docstring)."""
+        existing = self._create_claim(model, version, {"model": model, "version": version, "files": entries})
+        if existing is not None and existing.get("files") != entries:
+            raise VersionConflictError(
+                f"version {version} of {model} in {self.uri} is claimed by another publish with other files "
+                "(in progress, or interrupted: `neurovit versions prune` removes stale claims); versions are "
+                "immutable, publish a new version"
+            )
 
     def _resolve_version(self, model: str, version: str) -> str:
         return self.latest(model) if version == LATEST else version
@@ -443,7 +506,9 @@ class LocalStore(ArtifactStore):
         if not self.root.is_dir():
             return []
         return sorted(
-            entry.name for entry in self.root.iterdir() if entry.is_dir() and _NAME_PATTERN.match(entry.name)
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and _NAME_PATTERN.fullmatch(entry.name)
         )
 
     def _version_names(self, model: str) -> list[str]:
@@ -451,7 +516,9 @@ class LocalStore(ArtifactStore):
         if not model_dir.is_dir():
             return []
         return sorted(
-            entry.name for entry in model_dir.iterdir() if entry.is_dir() and _NAME_PATTERN.match(entry.name)
+            entry.name
+            for entry in model_dir.iterdir()
+            if entry.is_dir() and _NAME_PATTERN.fullmatch(entry.name)
         )
 
     def _read_manifest_text(self, model: str, version: str) -> str | None:
@@ -463,14 +530,39 @@ class LocalStore(ArtifactStore):
         except OSError as error:
             raise StoreError(f"cannot read {path}: {error}") from error
 
+    def _claim_path(self, model: str, version: str) -> Path:
+        return self.root / _CLAIMS / model / f"{version}.json"
+
+    def _create_claim(self, model: str, version: str, claim: dict) -> dict | None:
+        path = self._claim_path(model, version)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                "w", dir=path.parent, prefix=".claiming-", delete=False
+            ) as handle:
+                handle.write(json.dumps(claim) + "\n")
+            try:
+                os.link(handle.name, path)  # exclusive: fails when the name exists, and the content is whole
+                return None
+            except FileExistsError:
+                return json.loads(path.read_text())
+            finally:
+                os.unlink(handle.name)
+        except (OSError, ValueError) as error:
+            raise StoreError(f"cannot claim {model}/{version} in {self.root}: {error}") from error
+
     def _write_version(self, model: str, version: str, files: dict[str, Path], manifest: dict) -> None:
         model_dir = self.root / model
         target = model_dir / version
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
-            if target.exists():  # an incomplete version folder (a complete one was handled by publish)
+            if (target / MANIFEST_FILE).is_file():  # a twin publish of the same files finished first
+                return
+            if target.exists():  # an incomplete folder: moved aside first, so a racing twin's is never hit
                 log.warning("publish: replacing incomplete version folder %s", target)
-                shutil.rmtree(target)
+                aside = Path(tempfile.mkdtemp(prefix=f"{_PUBLISHING_PREFIX}{version}-stale-", dir=model_dir))
+                os.rename(target, aside / "content")
+                shutil.rmtree(aside)
             staging = Path(tempfile.mkdtemp(prefix=f"{_PUBLISHING_PREFIX}{version}-", dir=model_dir))
         except OSError as error:
             raise StoreError(f"store path {self.root} is not writable: {error}") from error
@@ -481,12 +573,15 @@ class LocalStore(ArtifactStore):
                 _copy_file(source, destination)
             _write_json_durably(staging / MANIFEST_FILE, manifest)
             os.chmod(staging, 0o755)  # mkdtemp makes it owner-only
-            os.rename(staging, target)  # atomic: the version appears complete or not at all
+            _rename_into_place(staging, target)
             _fsync_dir(model_dir)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(error, OSError):
-                raise StoreError(f"cannot publish {model}/{version} to {self.root}: {error}") from error
+                raise StoreError(
+                    f"cannot publish {model}/{version} to {self.root}: {_os_reason(error)} (nothing "
+                    "half-written was left)"
+                ) from error
             raise
 
     def _download(self, model: str, version: str, relpath: str, target: Path) -> None:
@@ -496,20 +591,26 @@ class LocalStore(ArtifactStore):
         _copy_file(source, target)
 
     def _delete_version(self, model: str, version: str) -> None:
-        shutil.rmtree(self.root / model / version)
+        folder = self.root / model / version
+        if folder.exists():
+            shutil.rmtree(folder)
+        self._claim_path(model, version).unlink(missing_ok=True)
 
     def _incomplete_leftovers(self, model: str, older_than_s: float) -> list[str]:
         model_dir = self.root / model
-        if not model_dir.is_dir():
-            return []
         cutoff = time.time() - older_than_s
         leftovers = []
-        for entry in sorted(model_dir.iterdir()):
+        for entry in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
             interrupted = entry.name.startswith(_PUBLISHING_PREFIX) or (
-                _NAME_PATTERN.match(entry.name) and not (entry / MANIFEST_FILE).is_file()
+                _NAME_PATTERN.fullmatch(entry.name) and not (entry / MANIFEST_FILE).is_file()
             )
             if entry.is_dir() and interrupted and _newest_mtime(entry) <= cutoff:
                 leftovers.append(entry.name)
+        claims = self.root / _CLAIMS / model
+        for claim in sorted(claims.glob("*.json")) if claims.is_dir() else []:
+            orphan = not (model_dir / claim.stem).exists()  # the publish stopped before writing its version
+            if orphan and claim.stat().st_mtime <= cutoff and claim.stem not in leftovers:
+                leftovers.append(claim.stem)
         return leftovers
 
     def verify(self, model: str, version: str) -> dict:
@@ -520,6 +621,24 @@ class LocalStore(ArtifactStore):
             label = f"{model}/{manifest['version']}/{relpath}"
             _check_file(folder / _safe_relpath(relpath, label), entry, label)
         return manifest
+
+
+def _rename_into_place(staging: Path, target: Path) -> None:
+    """Atomic: the version appears complete or not at all. A twin publish (same claim, same files) may have
+    put its copy there first; that one stays."""
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not (target / MANIFEST_FILE).is_file():
+            raise
+        log.info("publish: %s was completed by a concurrent publish of the same files", target)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device: free some space and try again"
+    return error.strerror or str(error)
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -594,11 +713,11 @@ class S3Store(ArtifactStore):
         return sorted(entry.object_name[len(prefix) :].rstrip("/") for entry in entries if entry.is_dir)
 
     def _model_names(self) -> list[str]:
-        return [name for name in self._folders(self.prefix) if _NAME_PATTERN.match(name)]
+        return [name for name in self._folders(self.prefix) if _NAME_PATTERN.fullmatch(name)]
 
     def _version_names(self, model: str) -> list[str]:
         names = self._folders(self._key(_check_name(model, "model"), ""))
-        return [name for name in names if _NAME_PATTERN.match(name)]
+        return [name for name in names if _NAME_PATTERN.fullmatch(name)]
 
     def _read_manifest_text(self, model: str, version: str) -> str | None:
         key = self._key(model, version, MANIFEST_FILE)
@@ -645,6 +764,37 @@ class S3Store(ArtifactStore):
                 self.bucket, key, io.BytesIO(body), length=len(body), content_type="application/json"
             )
 
+    def _claim_key(self, model: str, version: str) -> str:
+        return self._key(_CLAIMS, model, f"{version}.json")
+
+    def _create_claim(self, model: str, version: str, claim: dict) -> dict | None:
+        key = self._claim_key(model, version)
+        body = (json.dumps(claim) + "\n").encode()
+        try:
+            with self._errors(f"claiming {key}"):
+                # The public put_object has no way to send If-None-Match (it would become user metadata).
+                self._client._put_object(
+                    self.bucket,
+                    key,
+                    body,
+                    headers={"If-None-Match": "*", "Content-Type": "application/json"},
+                )
+            return None
+        except StoreError as error:
+            if not (isinstance(error.__cause__, S3Error) and error.__cause__.code == "PreconditionFailed"):
+                raise
+        with self._errors(f"reading {key}"):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                text = response.read().decode()
+            finally:
+                response.close()
+                response.release_conn()
+        try:
+            return json.loads(text)
+        except ValueError:
+            return {}
+
     def _download(self, model: str, version: str, relpath: str, target: Path) -> None:
         key = self._key(model, version, relpath)
         try:
@@ -669,6 +819,7 @@ class S3Store(ArtifactStore):
                 entry.object_name
                 for entry in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
             ]
+            keys.append(self._claim_key(model, version))  # deleting a missing key is no error in S3
             failures = list(self._client.remove_objects(self.bucket, [DeleteObject(key) for key in keys]))
         if failures:
             raise StoreError(f"could not delete {len(failures)} objects under {prefix}: {failures[0]}")
@@ -686,6 +837,15 @@ class S3Store(ArtifactStore):
             )
             if MANIFEST_FILE not in names and newest <= cutoff:
                 leftovers.append(version)
+        prefix = self._key(_CLAIMS, model, "")
+        with self._errors(f"listing {prefix}"):
+            claims = list(self._client.list_objects(self.bucket, prefix=prefix, recursive=True))
+        versions = set(self._version_names(model))
+        for claim in claims:
+            version = claim.object_name[len(prefix) :].removesuffix(".json")
+            modified = claim.last_modified.timestamp() if claim.last_modified else 0.0
+            if version not in versions and modified <= cutoff and version not in leftovers:
+                leftovers.append(version)  # the publish stopped before writing its version
         return leftovers
 
 
@@ -694,6 +854,11 @@ def s3_client_from_env() -> tuple[Minio, str]:
     endpoint = os.environ.get("NEUROVIT_S3_ENDPOINT", "").strip()
     if not endpoint:
         raise StoreError("s3:// stores need NEUROVIT_S3_ENDPOINT (host:port of the S3 API)")
+    if "@" in endpoint:
+        raise StoreError(
+            "NEUROVIT_S3_ENDPOINT carries credentials (user:password@host): set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY instead"
+        )
     secure_setting = os.environ.get("NEUROVIT_S3_SECURE", "1").strip().lower()
     if secure_setting not in {"1", "0", "true", "false"}:
         raise StoreError(f"NEUROVIT_S3_SECURE must be 1 or 0, got {secure_setting!r}")
@@ -731,6 +896,7 @@ def open_store(uri: str | Path, *, create_bucket: bool = False) -> ArtifactStore
         create_bucket: for S3, create the bucket when it does not exist instead of failing.
     """
     uri = str(uri)
+    _refuse_credentials(uri)
     if uri.startswith("s3://"):
         parsed = urlsplit(uri)
         if not parsed.netloc:
@@ -752,6 +918,7 @@ def resolve(uri: str | Path, *, model: str | None = None) -> tuple[ArtifactStore
     root a folder or ``s3://bucket[/prefix]``; or a store root with ``model=`` given (latest).
     """
     uri = str(uri)
+    _refuse_credentials(uri)
     if model is not None:
         store = open_store(uri)
         return store, model, store.latest(model)
@@ -770,10 +937,10 @@ def resolve(uri: str | Path, *, model: str | None = None) -> tuple[ArtifactStore
     *rest, last = parts
 
     def is_version_folder() -> bool:
-        if VERSION_PATTERN.match(last):
+        if VERSION_PATTERN.fullmatch(last):
             return True
         # A custom version name: only a manifest tells it apart from a model folder.
-        names_valid = _NAME_PATTERN.match(rest[-1]) and _NAME_PATTERN.match(last) and last != LATEST
+        names_valid = _NAME_PATTERN.fullmatch(rest[-1]) and _NAME_PATTERN.fullmatch(last) and last != LATEST
         return bool(names_valid and store_at(rest[:-1])._read_manifest_text(rest[-1], last) is not None)
 
     if last == LATEST and rest:
@@ -795,5 +962,6 @@ __all__ = [
     "S3Store",
     "new_version_id",
     "open_store",
+    "redact_uri",
     "resolve",
 ]

@@ -19,7 +19,7 @@ from neurovit import RESEARCH_DISCLAIMER
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import generate_demo_dataset
 from neurovit.data.split import load_split
-from neurovit.errors import NeuroVitError
+from neurovit.errors import NeuroVitError, StoreError
 from neurovit.model import ModelConfig
 from neurovit.store import open_store, resolve
 from training import flow
@@ -207,8 +207,22 @@ def cmd_versions(args: argparse.Namespace) -> None:
         store.verify(args.model_name, version)
         print(f"{args.model_name}/{version}: every file matches its sha256")
     elif args.action == "prune":
-        removed = store.prune(args.model_name, keep=args.keep)
+        protect = _protected_versions(args.model_name, args.protect)
+        removed = store.prune(args.model_name, keep=args.keep, protect=protect)
         print(f"removed {len(removed)} versions: {removed}" if removed else "nothing to prune")
+        if protect:
+            print(f"kept as protected (--protect, and what `make deploy` recorded): {sorted(protect)}")
+
+
+def _protected_versions(model: str, named: list[str]) -> set[str]:
+    """--protect versions plus those `make deploy` recorded as serving or rollback (training/deploy.py)."""
+    from training.deploy import recorded_versions, records_dir
+
+    try:
+        recorded = recorded_versions(model)
+    except (OSError, ValueError) as error:  # pruning blind to a serving version is worse than not pruning
+        raise StoreError(f"cannot read the deployment records in {records_dir()}: {error}") from error
+    return set(named) | recorded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=MODEL_NAME)
     p.add_argument("--version")
     p.add_argument("--keep", type=int, default=5, help="with prune: complete versions to keep")
+    p.add_argument(
+        "--protect",
+        action="append",
+        default=[],
+        metavar="VERSION",
+        help="with prune: never remove this version (repeatable); what `make deploy` recorded is kept too",
+    )
     p.set_defaults(func=cmd_versions)
     return parser
 

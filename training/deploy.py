@@ -13,16 +13,23 @@
 
 Traffic splitting needs KServe's Knative mode. In Standard mode only ``--percent 100`` (a rolling update) is
 accepted. The Kubernetes connection is the usual one: ``KUBECONFIG`` / ``~/.kube/config``, or the pod's
-ServiceAccount in a cluster (``neurovit-deployer`` may patch InferenceServices). Runs in .venv-tools, where
-the kserve SDK lives (its pins clash with the project's); only the SDK and the standard library are imported.
+ServiceAccount in a cluster (``neurovit-deployer`` may get and patch the InferenceService it is named for,
+nothing else). Runs in .venv-tools, where the kserve SDK lives (its pins clash with the project's); only the
+SDK and the standard library are imported. After each action the served and rollback URIs are recorded for
+``neurovit versions prune`` (``record_deployment``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 PREVIOUS_URI_ANNOTATION = "neurovit.io/previous-storage-uri"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
@@ -117,6 +124,51 @@ def apply(client, target: Target, action: str, *, new_uri: str = "", percent: in
     return patch
 
 
+# --- the record `neurovit versions prune` keeps ------------------------------------------------------------
+# After each action the live object's storageUri (serving) and previous-URI annotation (rollback target) go to
+# <records>/<namespace>.<name>.json; `neurovit versions prune` never removes the versions named there.
+
+RECORDS_ENV = "NEUROVIT_DEPLOY_RECORDS"
+
+
+def records_dir() -> Path:
+    """$NEUROVIT_DEPLOY_RECORDS, else <$NEUROVIT_OUTPUT_DIR or outputs>/deployments (neurovit.config's)."""
+    if os.environ.get(RECORDS_ENV):
+        return Path(os.environ[RECORDS_ENV])
+    return Path(os.environ.get("NEUROVIT_OUTPUT_DIR", "outputs")) / "deployments"
+
+
+def record_deployment(isvc: dict, target: Target, folder: Path | None = None) -> Path:
+    """Write what ``isvc`` (read back after the patch) serves and would roll back to; returns the file."""
+    folder = Path(folder or records_dir())
+    record = {
+        "inference_service": target.name,
+        "namespace": target.namespace,
+        "serving": storage_uri(isvc),
+        "rollback": (isvc["metadata"].get("annotations") or {}).get(PREVIOUS_URI_ANNOTATION),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{target.namespace}.{target.name}.json"
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".record-", delete=False) as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+    os.replace(handle.name, path)  # a reader sees the old record or the new one, never half
+    return path
+
+
+def recorded_versions(model: str, folder: Path | None = None) -> set[str]:
+    """Version ids of ``model`` that any record names as serving or rollback target."""
+    folder = Path(folder or records_dir())
+    versions = set()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        for uri in (record.get("serving"), record.get("rollback")):
+            parts = (uri or "").rstrip("/").split("/")
+            if len(parts) >= 2 and parts[-2] == model:
+                versions.add(parts[-1])
+    return versions
+
+
 def connect():
     """A KServeClient on the usual Kubernetes configuration; DeployError when there is none."""
     try:
@@ -166,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     print(describe(patch, target))
+    try:
+        live = client.get(target.name, namespace=target.namespace)  # as patched, not as we meant it
+        print(f"recorded for `neurovit versions prune`: {record_deployment(live, target)}")
+    except (OSError, RuntimeError) as error:
+        print(f"warning: rolled out, but the record for prune was not written: {error}", file=sys.stderr)
     if args.action != "canary":
         print(
             "record the served version in your values or overlay before the next helm upgrade / kubectl apply"

@@ -6,11 +6,15 @@ execute the same code. Each stage reads its inputs from paths and writes its out
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import neurovit
 from neurovit.data import analysis, split
 from neurovit.data.arrays import load_arrays
 from neurovit.data.layout import discover
-from neurovit.errors import DataError
+from neurovit.errors import DataError, OutputError
 from neurovit.model import ModelInfo, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig
 from neurovit.store import new_version_id, open_store
@@ -35,6 +39,39 @@ SPLIT_FILE = "split.json"
 
 
 FINGERPRINTS_FILE = "fingerprints.json"
+
+
+@contextmanager
+def built_in_place(dest: str | Path, what: str) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``dest``; renamed to ``dest`` once the block succeeds.
+
+    On any failure the folder is removed, so ``dest`` never holds half a copy; an OSError (disk full, no
+    permission) becomes an ``OutputError`` that says what could not be written and why.
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
+    except OSError as error:
+        raise OutputError(_output_failure(what, dest, error)) from error
+    try:
+        yield building
+        shutil.rmtree(dest, ignore_errors=True)
+        os.rename(building, dest)
+    except OSError as error:
+        shutil.rmtree(building, ignore_errors=True)
+        raise OutputError(_output_failure(what, dest, error)) from error
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _output_failure(what: str, dest: Path, error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        reason = f"no space left on the device of {dest.parent}: free some space and run it again"
+    else:
+        reason = f"{error.strerror or error}"
+    return f"cannot write the {what} at {dest}: {reason} (nothing half-written was left)"
 
 
 def analyze_stage(data_dir: str | Path, out_dir: str | Path, workers: int = 2) -> dict:
@@ -253,6 +290,41 @@ def code_version() -> str:
     return f"{neurovit.__version__}+{commit}"
 
 
+def _stage_version_files(
+    staging: Path,
+    model_dir: str | Path,
+    eval_dir: str | Path,
+    split_path: str | Path,
+    analysis_dir: str | Path,
+    extra_files: dict[str, Path],
+) -> None:
+    """Copy what one version holds into ``staging``: model, evaluation, split, analysis, extra files."""
+    _copy_tree(Path(model_dir), staging / "model")
+    _copy_tree(Path(eval_dir), staging / "evaluation", skip="cache")
+    shutil.copy2(split_path, staging / SPLIT_FILE)
+    (staging / "analysis").mkdir(parents=True)
+    for name in ("report.json", "report.html"):
+        if (Path(analysis_dir) / name).is_file():
+            shutil.copy2(Path(analysis_dir) / name, staging / "analysis" / name)
+    for relpath, source in extra_files.items():
+        (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, staging / relpath)
+
+
+def _copy_tree(source: Path, target: Path, skip: str | None = None) -> None:
+    """copytree that stops at the first failure with its own OSError (copytree gathers them into one
+    shutil.Error and goes on copying onto a full disk)."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if skip is not None and skip in relative.parts:
+            continue
+        if path.is_dir():
+            (target / relative).mkdir(parents=True, exist_ok=True)
+        else:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / relative)
+
+
 def publish_stage(
     store_uri: str,
     model_name: str,
@@ -279,16 +351,8 @@ def publish_stage(
     if package:
         packaged = package_stage(model_dir, staging.with_name(staging.name + "-package"), model_name, version)
         extra_files = {**packaged, **(extra_files or {})}
-    shutil.copytree(model_dir, staging / "model")
-    shutil.copytree(eval_dir, staging / "evaluation", ignore=shutil.ignore_patterns("cache"))
-    shutil.copy2(split_path, staging / SPLIT_FILE)
-    (staging / "analysis").mkdir(parents=True)
-    for name in ("report.json", "report.html"):
-        if (Path(analysis_dir) / name).is_file():
-            shutil.copy2(Path(analysis_dir) / name, staging / "analysis" / name)
-    for relpath, source in (extra_files or {}).items():
-        (staging / relpath).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, staging / relpath)
+    with built_in_place(staging, "publish staging folder") as building:
+        _stage_version_files(building, model_dir, eval_dir, split_path, analysis_dir, extra_files or {})
 
     metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
     info = ModelInfo.load(model_dir)

@@ -64,27 +64,34 @@ class ServerSettings:
     """What config.properties tells TorchServe. Defaults are KServe's layout (``/mnt/models``).
 
     Args:
-        inference_address, management_address, metrics_address: where TorchServe listens; KServe proxies
-            8085 (its own server takes 8080) and scrapes nothing itself (a PodMonitor reads 8082).
+        inference_address, management_address, metrics_address: where TorchServe listens. KServe's wrapper,
+            in the same container, proxies to inference on 8085 (its own server takes 8080, its gRPC 8081) and
+            polls management for readiness, so both bind to loopback: nothing outside the pod reaches them,
+            whatever a NetworkPolicy admits (management can unregister the model or scale it to zero
+            workers, with token auth off here). Metrics listen on every interface: a PodMonitor reads 8082.
         grpc_inference_port, grpc_management_port: TorchServe's gRPC ports (KServe's grpc-v2 protocol).
+        grpc_inference_address, grpc_management_address: their bind addresses, loopback for the same reason
+            (TorchServe 0.12's default too; written out so a different default cannot open them).
         model_store: the folder holding ``<model>.mar``.
         metrics_config: TorchServe's metrics YAML (custom model metrics must be declared there).
         batch_size, max_batch_delay_ms: TorchServe batching; 1 under KServe's envelopes (see the module).
         min_workers, max_workers: Python workers of the model.
         response_timeout_s: seconds a batch may take before TorchServe restarts the worker.
         token_authorization: TorchServe's token authorisation; off behind KServe (its readiness polling
-            cannot send a token; the mesh and a NetworkPolicy protect the pod), on for local serving.
+            cannot send a token; both APIs listen on loopback only), on for local serving.
         max_request_size, max_response_size: bytes; TorchServe's 6.5 MB default is too small for a large
             base64 image, and a batch of answers with two overlays each must fit.
         envvars_config: let ``TS_*`` variables override settings (KServe sets ``TS_SERVICE_ENVELOPE``).
         job_queue_size: requests TorchServe holds waiting for the worker; past it, it answers 503 at once.
     """
 
-    inference_address: str = "http://0.0.0.0:8085"
-    management_address: str = "http://0.0.0.0:8085"
+    inference_address: str = "http://127.0.0.1:8085"
+    management_address: str = "http://127.0.0.1:8086"
     metrics_address: str = "http://0.0.0.0:8082"
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
+    grpc_inference_address: str = "127.0.0.1"
+    grpc_management_address: str = "127.0.0.1"
     model_store: str = "/mnt/models/model-store"
     metrics_config: str = "/mnt/models/config/metrics.yaml"
     batch_size: int = 1
@@ -130,6 +137,8 @@ def config_properties(model_name: str, version: str, settings: ServerSettings) -
         f"metrics_address={settings.metrics_address}",
         f"grpc_inference_port={settings.grpc_inference_port}",
         f"grpc_management_port={settings.grpc_management_port}",
+        f"grpc_inference_address={settings.grpc_inference_address}",
+        f"grpc_management_address={settings.grpc_management_address}",
         "enable_metrics_api=true",
         "metrics_mode=prometheus",
         f"metrics_config={settings.metrics_config}",

@@ -77,8 +77,14 @@ def prepare_data(data_uri: str, demo_images_per_class: int, dataset: Output[Data
 
     from neurovit.data.demo import generate_demo_dataset
     from neurovit.data.layout import discover
+    from neurovit.store import redact_uri
 
     target = Path(dataset.path)
+    if redact_uri(data_uri) != data_uri:  # it would be printed and kept in the run's metadata
+        raise ValueError(
+            f"data_uri {redact_uri(data_uri)} carries credentials: the store's AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY are used instead"
+        )
 
     def download_prefix(uri: str) -> int:
         # The store's own client factory: same environment variables, timeouts and TLS settings.

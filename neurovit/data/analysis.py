@@ -170,12 +170,18 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (out / REPORT_HTML).write_text(render_html(report, index, fingerprints))
+    (out / REPORT_HTML).write_text(displayable(render_html(report, index, fingerprints)), encoding="utf-8")
     logger.info("wrote %s and %s to %s", REPORT_JSON, REPORT_HTML, out)
     return report
 
 
 # --- the report dict ----------------------------------------------------------------------------------
+
+
+def displayable(text: str) -> str:
+    """``text`` with the undecodable bytes of non-UTF-8 file names (Python keeps them as lone surrogates)
+    shown as U+FFFD, so it can be written as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def build_report(

@@ -18,17 +18,25 @@ from pathlib import Path
 import numpy as np
 
 from neurovit.data.imageio import read_image
-from neurovit.errors import DataError, UnreadableImageError
+from neurovit.errors import DataError, MissingFileError, UnreadableImageError
 from neurovit.preprocessing import PreprocessConfig, canonicalise
 
 log = logging.getLogger(__name__)
 
 
 def _canonical_or_none(args: tuple[str, PreprocessConfig]) -> np.ndarray | None:
+    """The canonical image, None when the file does not decode; a file that cannot be read at all (gone
+    since the analysis or split listed it) is an error, never a silent gap in the split."""
     path, config = args
     try:
         return canonicalise(read_image(path).pixels, config)
-    except UnreadableImageError:
+    except UnreadableImageError as error:
+        if isinstance(error.__cause__, OSError):
+            reason = error.__cause__.strerror or error.__cause__
+            raise MissingFileError(
+                f"{path} cannot be read ({reason}): it was listed when the data was analysed and split; "
+                "restore it, or analyse and split the data again"
+            ) from None
         return None
 
 
@@ -49,7 +57,11 @@ def load_arrays(
     cache_dir: str | Path | None = None,
     workers: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) uint8 images and (N,) int64 labels; undecodable files are skipped with a warning."""
+    """(N, H, W) uint8 images and (N,) int64 labels; undecodable files are skipped with a warning.
+
+    Raises:
+        MissingFileError: a listed file is gone or unreadable (a vanished file is not skipped).
+    """
     key = hashlib.sha256(
         json.dumps([content_hashes, labels, asdict(config)], sort_keys=True).encode()
     ).hexdigest()[:24]

@@ -10,7 +10,8 @@ Three layouts are recognised:
   ``split``; paths are relative to the CSV's folder.
 
 Nothing is decoded here: a non-image file is a candidate like any other, and the analysis lists it as
-corrupt when it fails to decode.
+corrupt when it fails to decode. A folder or file that is a symbolic link leading out of the data root (a
+class folder linked to /etc) is refused: what trains and gets published must be what the root holds.
 """
 
 from __future__ import annotations
@@ -201,12 +202,25 @@ def _records_of_class_folders(
 ) -> list[ImageRecord]:
     records = []
     for folder in class_folders:
+        _check_inside(root, folder)
         label = canonical_class(folder.name)
         files = _candidate_files(folder)
         if not files:
             raise DataError(f"class folder {folder.relative_to(root).as_posix()}/ holds no files")
+        for file in files:
+            _check_inside(root, file)
         records.extend(ImageRecord(file, file.relative_to(root).as_posix(), label, split) for file in files)
     return records
+
+
+def _check_inside(root: Path, path: Path) -> None:
+    """Refuse a symbolic link (or a path through one) that leads out of the data root."""
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        raise DataError(
+            f"{path.relative_to(root).as_posix()} under {root} leads to {target}, outside the data folder "
+            "(a symbolic link): copy the images into the data folder, or pass the folder they are in"
+        )
 
 
 def _candidate_files(folder: Path) -> list[Path]:

@@ -113,7 +113,8 @@ def data_fingerprint(entries: Sequence[SplitEntry]) -> str:
     """sha256 over the sorted entry lines: changes when any file, label or split assignment changes."""
     digest = hashlib.sha256()
     for line in sorted(entry.line() for entry in entries):
-        digest.update(line.encode("utf-8"))
+        # surrogateescape: a non-UTF-8 file name hashes as its own bytes (UTF-8 names are unchanged).
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

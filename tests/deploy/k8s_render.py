@@ -36,12 +36,15 @@ def documents(text: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+CREDENTIAL_FILES = ("s3-credentials.env", "s3-reader-credentials.env", "minio-root.env")
+
+
 def manifests_copy(destination: Path) -> Path:
-    """manifests/ copied, with the credentials file a user creates from its example (gitignored here)."""
+    """manifests/ copied, with the credentials files a user creates from their examples (gitignored here)."""
     copy = destination / "manifests"
-    shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns("s3-credentials.env"))
-    base = copy / "base"
-    shutil.copy(base / "s3-credentials.env.example", base / "s3-credentials.env")
+    shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns(*CREDENTIAL_FILES))
+    for example in copy.rglob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
     return copy
 
 

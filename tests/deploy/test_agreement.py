@@ -65,10 +65,34 @@ def test_chart_and_kustomize_agree(overlays, charts, overlay, variant) -> None:
     assert ports(kustomized) == ports(charted)
 
 
-def test_credentials_secret_agrees(overlays, charts) -> None:
-    generated = next(o for o in overlays["knative"] if o["kind"] == "Secret")
-    created = next(o for o in charts["default"] if o["kind"] == "Secret")
-    assert generated["metadata"]["name"] == created["metadata"]["name"] == "neurovit-s3"
-    assert set(generated["data"]) == set(created["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    for key in ("serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"):
-        assert generated["metadata"]["annotations"][key] == created["metadata"]["annotations"][key]
+def test_credentials_secrets_agree(overlays, charts) -> None:
+    """Writer (pipeline), reader (predictor) and MinIO's root: same names and keys either way."""
+    generated = {o["metadata"]["name"]: o for o in overlays["knative"] if o["kind"] == "Secret"}
+    created = {o["metadata"]["name"]: o for o in charts["default"] if o["kind"] == "Secret"}
+    assert set(generated) == set(created) == {"neurovit-s3", "neurovit-s3-reader", "neurovit-minio-root"}
+    aws_keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for name in ("neurovit-s3", "neurovit-s3-reader"):
+        assert set(generated[name]["data"]) == set(created[name]["data"]) == aws_keys
+        for key in ("serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"):
+            assert (
+                generated[name]["metadata"]["annotations"][key]
+                == created[name]["metadata"]["annotations"][key]
+            )
+    root_keys = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    assert (
+        set(generated["neurovit-minio-root"]["data"])
+        == set(created["neurovit-minio-root"]["data"])
+        == root_keys
+    )
+
+
+def test_bucket_setup_script_agrees(overlays, charts) -> None:
+    from k8s_render import CHART, MANIFESTS
+
+    script = (MANIFESTS / "base" / "store" / "setup-users.sh").read_text()
+    assert (CHART / "files" / "store" / "setup-users.sh").read_text() == script
+    for objects in (overlays["knative"], charts["default"]):
+        (config,) = [
+            o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("setup")
+        ]
+        assert config["data"]["setup-users.sh"] == script

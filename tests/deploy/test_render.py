@@ -122,11 +122,17 @@ def test_wrong_values_fail_at_schema_validation_naming_the_value(change, named) 
     [
         (("model", "storageUri"), "model.storageUri is required"),
         (("s3", "accessKeyId"), "s3.existingSecret is required"),
+        (("s3", "reader", "accessKeyId"), "s3.reader.existingSecret is required"),
+        (("minio", "auth", "rootPassword"), "minio.auth.existingSecret is required"),
     ],
 )
 def test_missing_storage_uri_or_credentials_fails_rendering_with_required(remove, message) -> None:
     values = chart_values("default")
-    del values[remove[0]][remove[1]]
+    *path, key = remove
+    parent = values
+    for part in path:
+        parent = parent[part]
+    del parent[key]
     error = render_error(values)
     assert error.startswith("HelmRenderError") and message in error, error
 
@@ -182,7 +188,11 @@ def test_notes_tell_the_first_request_and_the_dashboards() -> None:
 
 def test_first_install_without_a_version_leaves_the_inference_service_out() -> None:
     """Before any pipeline run there is nothing to serve: the store and the rest install without a URI."""
-    values = {"inferenceService": {"enabled": False}, "s3": {"existingSecret": "neurovit-s3"}}
+    values = {
+        "inferenceService": {"enabled": False},
+        "s3": {"existingSecret": "neurovit-s3", "reader": {"existingSecret": "neurovit-s3-reader"}},
+        "minio": {"auth": {"existingSecret": "neurovit-minio-root"}},
+    }
     objects = render_chart(values)
     kinds = {obj["kind"] for obj in objects}
     assert "InferenceService" not in kinds and {"StatefulSet", "ServingRuntime", "ConfigMap"} <= kinds

@@ -195,3 +195,18 @@ def test_store_tasks_get_the_cluster_store_settings() -> None:
         assert {k["secretKey"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         (config,) = executor["configMapAsEnv"]
         assert "NEUROVIT_S3_ENDPOINT" in {k["configMapKey"] for k in config["keyToEnv"]}
+
+
+def test_deploy_records_what_the_live_service_serves_and_rolls_back_to(tmp_path, monkeypatch, capsys) -> None:
+    live = isvc(
+        annotations={deploy.PREVIOUS_URI_ANNOTATION: "s3://neurovit/neurovit/v20261001-000000-bbbbbb"}
+    )
+    monkeypatch.setattr(deploy, "connect", lambda: FakeClient(live))
+    monkeypatch.setattr(deploy, "as_inference_service", lambda patch: patch)  # the SDK is in .venv-tools
+    monkeypatch.setenv(deploy.RECORDS_ENV, str(tmp_path / "records"))
+    assert deploy.main(["promote"]) == 0
+    assert "recorded for `neurovit versions prune`" in capsys.readouterr().out
+    record = json.loads((tmp_path / "records" / "neurovit.neurovit.json").read_text())
+    assert record["serving"] == OLD and record["rollback"].endswith("v20261001-000000-bbbbbb")
+    assert deploy.recorded_versions("neurovit") == {"v20261101-000000-aaaaaa", "v20261001-000000-bbbbbb"}
+    assert deploy.recorded_versions("other-model") == set()

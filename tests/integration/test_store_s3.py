@@ -16,7 +16,7 @@ import pytest
 import urllib3
 from minio import Minio
 
-from neurovit.errors import IntegrityError, StoreError
+from neurovit.errors import IntegrityError, StoreError, VersionConflictError
 from neurovit.store import open_store, resolve
 
 pytestmark = pytest.mark.integration
@@ -263,3 +263,36 @@ def test_check_writable_probes_the_bucket_and_leaves_nothing(store) -> None:
         for obj in store._client.list_objects(store.bucket, recursive=True)
         if ".probe-" in obj.object_name
     ]
+
+
+def _claims(store, model: str = MODEL) -> set[str]:
+    prefix = f"{store.prefix}.claims/{model}/"
+    return {entry.object_name[len(prefix) :] for entry in store._client.list_objects(BUCKET, prefix)}
+
+
+def test_a_racing_publish_with_other_files_is_refused_by_the_conditional_claim(
+    store, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = store.publish(MODEL, source, metadata={})
+    assert _claims(store) == {f"{version}.json"}
+    original = store.manifest(MODEL, version)
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "weights.bin").write_bytes(b"another training run")
+    # The second publish looked for a manifest before the first one wrote it.
+    monkeypatch.setattr(store, "_load_manifest", lambda model, version: None)
+    with pytest.raises(VersionConflictError, match="claimed by another publish"):
+        store.publish(MODEL, other, metadata={}, version=version)
+    # Same files: a retry or a twin, allowed through the claim.
+    assert store.publish(MODEL, source, metadata={}, version=version) == version
+    monkeypatch.undo()
+    assert store.manifest(MODEL, version)["files"] == original["files"]
+    store.verify(MODEL, version)
+
+
+def test_prune_removes_claims_with_their_versions_and_keeps_protected_ones(store, source: Path) -> None:
+    versions = [store.publish(MODEL, source, metadata={}) for _ in range(3)]
+    store._claim(MODEL, "v20200101-000000-dddddd", {})  # a publish that died before its first upload
+    removed = store.prune(MODEL, keep=1, stale_after_s=0, protect={versions[0]})
+    assert removed == [versions[1], "v20200101-000000-dddddd"]
+    assert _claims(store) == {f"{versions[0]}.json", f"{versions[2]}.json"}

@@ -108,3 +108,24 @@ def test_class_folders_have_no_leaks(class_folders, tmp_path):
 def test_process_pool_gives_the_same_fingerprints(class_folders):
     index = discover(class_folders(per_class=6))
     assert scan(index, workers=2) == scan(index, workers=1)
+
+
+def test_a_file_name_that_is_not_utf8_is_analysed_reported_and_split(class_folders, tmp_path):
+    import os
+
+    from neurovit.data.split import load_split, split_dataset
+
+    root = class_folders(per_class=8)
+    odd = root / "glioma" / os.fsdecode(b"\xff-scan.png")  # Latin-1 era name: not UTF-8
+    shutil.copyfile(root / "glioma" / "img_000.png", odd)
+    (root / "notumor" / os.fsdecode(b"broken-\xe9.png")).write_bytes(b"not an image")
+    report = analyze(root, tmp_path / "report", workers=1)
+    assert [entry["relpath"] for entry in report["corrupt"]] == [os.fsdecode(b"notumor/broken-\xe9.png")]
+    page = (tmp_path / "report" / REPORT_HTML).read_text(encoding="utf-8")
+    assert "broken-\ufffd.png" in page  # shown with a replacement character, not dropped
+    json.loads((tmp_path / "report" / REPORT_JSON).read_text())
+
+    plan = split_dataset(root, workers=1)
+    assert odd.relative_to(root).as_posix() in {entry.relpath for entry in plan.entries} or plan.dropped
+    loaded = load_split(plan.write(tmp_path / "split.json"))
+    assert loaded.fingerprint == plan.fingerprint

@@ -65,3 +65,32 @@ def test_the_demo_recipe_trains_with_the_head_median_intensity_window(monkeypatc
     plain = flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", _train_config(args))
     assert plain.intensity_window == "percentile"  # everything else keeps the default window
     assert [config.intensity_window for config in seen] == ["foreground_median"] * 2 + ["percentile"] * 2
+
+
+def test_prune_keeps_what_make_deploy_recorded_and_what_is_protected(tmp_path, monkeypatch, capsys):
+    from neurovit.store import open_store
+    from training.deploy import Target, record_deployment
+
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "weights.bin").write_bytes(b"w")
+    store = open_store(tmp_path / "store")
+    versions = [store.publish("neurovit", source, metadata={"run": run}) for run in range(5)]
+    records = tmp_path / "records"
+    monkeypatch.setenv("NEUROVIT_DEPLOY_RECORDS", str(records))
+    live = {  # a canary: versions[1] takes a share of the traffic, versions[0] the rest and the rollback
+        "metadata": {
+            "name": "neurovit",
+            "annotations": {"neurovit.io/previous-storage-uri": f"s3://neurovit/neurovit/{versions[0]}"},
+        },
+        "spec": {"predictor": {"model": {"storageUri": f"s3://neurovit/neurovit/{versions[1]}/"}}},
+    }
+    record_deployment(live, Target("neurovit", "neurovit"))
+    args = ["versions", "prune", "--store", str(tmp_path / "store"), "--keep", "1", "--protect", versions[2]]
+    assert main(args) == 0
+    assert "removed 1 versions" in capsys.readouterr().out
+    assert [entry["version"] for entry in store.list_versions("neurovit")] == [*versions[:3], versions[4]]
+
+    (records / "neurovit.neurovit.json").write_text("{half a record")
+    assert main(args) == 2  # never prune blind to what a cluster serves
+    assert "deployment records" in capsys.readouterr().err

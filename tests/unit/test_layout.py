@@ -258,3 +258,35 @@ def test_unknown_layout_says_what_was_found_and_expected(tmp_path):
         DataError, match="holds 2 files but no class folders; expected <root>/<class>/<image>"
     ):
         discover(tmp_path)
+
+
+# --- symbolic links -----------------------------------------------------------------------------------
+
+
+def test_a_class_folder_linked_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "data"
+    touch_image(root / "glioma" / "a.png")
+    touch_image(tmp_path / "elsewhere" / "b.png")
+    (root / "notumor").symlink_to(tmp_path / "elsewhere")  # as a class folder linked to /etc would be
+    with pytest.raises(DataError, match="notumor under .* leads to .*elsewhere, outside the data folder"):
+        discover(root)
+
+
+def test_an_image_linked_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "data"
+    touch_image(root / "glioma" / "a.png")
+    touch_image(root / "notumor" / "b.png")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the model")
+    (root / "notumor" / "c.png").symlink_to(secret)
+    with pytest.raises(DataError, match="notumor/c.png under .* outside the data folder"):
+        discover(root)
+
+
+def test_links_that_stay_inside_the_root_are_followed(tmp_path):
+    root = tmp_path / "data"
+    touch_image(root / "glioma" / "a.png")
+    touch_image(root / "shared" / "b.png")
+    (root / "notumor").symlink_to(root / "shared")
+    found = discover(root)
+    assert {record.label for record in found.records} == {"glioma", "notumor", "shared"}

@@ -97,3 +97,18 @@ def test_training_defaults_match_train_config(spec: dict) -> None:
     for name in ("epochs", "batch_size", "learning_rate", "patience", "intensity_window", "seed"):
         assert parameters[name]["defaultValue"] == defaults[name], name
     assert "defaultValue" not in parameters["store_uri"], "store_uri must be given for every run"
+
+
+def test_a_data_uri_with_credentials_is_refused_and_not_printed(tmp_path, capsys) -> None:
+    from types import SimpleNamespace
+
+    from training.pipeline import prepare_data
+
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    dataset = SimpleNamespace(path=str(tmp_path / "dataset"), metadata={})
+    with pytest.raises(ValueError, match="carries credentials") as caught:
+        prepare_data.python_func(
+            data_uri=f"s3://AKIAEXAMPLE:{secret}@datasets/brain-mri", demo_images_per_class=1, dataset=dataset
+        )
+    assert secret not in str(caught.value) and "s3://***@datasets/brain-mri" in str(caught.value)
+    assert secret not in "".join(capsys.readouterr()) and dataset.metadata == {}

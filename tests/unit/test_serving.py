@@ -397,7 +397,10 @@ def test_package_holds_the_archive_and_the_kserve_config(model_dir, tmp_path):
         for line in files["config/config.properties"].read_text().splitlines()
         if "=" in line
     )
-    assert properties["inference_address"] == properties["management_address"] == "http://0.0.0.0:8085"
+    # KServe's wrapper reaches both from inside the container; only metrics are for other pods.
+    assert properties["inference_address"] == "http://127.0.0.1:8085"
+    assert properties["management_address"] == "http://127.0.0.1:8086"
+    assert properties["grpc_inference_address"] == properties["grpc_management_address"] == "127.0.0.1"
     assert properties["metrics_address"] == "http://0.0.0.0:8082"
     assert properties["metrics_mode"] == "prometheus" and properties["enable_envvars_config"] == "true"
     assert properties["model_store"] == "/mnt/models/model-store"

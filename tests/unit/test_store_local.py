@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from neurovit import store as store_module
-from neurovit.errors import IntegrityError, StoreError
+from neurovit.errors import IntegrityError, StoreError, VersionConflictError
 from neurovit.store import MANIFEST_FILE, VERSION_PATTERN, new_version_id, open_store, resolve
 
 MODEL = "neurovit"
@@ -258,3 +259,138 @@ def test_check_writable_fails_fast_on_an_unusable_store(tmp_path):
     store_root = tmp_path / "fresh" / "store"
     open_store(str(store_root)).check_writable()
     assert store_root.is_dir() and not any(store_root.iterdir())  # the probe leaves nothing behind
+
+
+# ---- hardening: names, concurrent publishes, protected versions, credentials ------------------------------
+
+
+@pytest.mark.parametrize("name", ["v1\n", "neurovit\n", "v20261125-160000-ab12cd\n"])
+def test_names_with_a_trailing_newline_are_refused(
+    store: store_module.ArtifactStore, source: Path, name: str
+) -> None:
+    with pytest.raises(ValueError, match="invalid version"):
+        store.publish(MODEL, source, metadata={}, version=name)
+    with pytest.raises(ValueError, match="invalid model"):
+        store.publish(name, source, metadata={})
+    assert not VERSION_PATTERN.match(name)  # \Z: a caller's .match() is exact too
+    assert store.list_models() == []
+
+
+def test_a_racing_publish_with_other_files_is_refused_and_deletes_nothing(
+    store: store_module.ArtifactStore, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = new_version_id()
+    store.publish(MODEL, source, metadata={}, version=version)
+    original = store.manifest(MODEL, version)
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "weights.bin").write_bytes(b"another training run")
+    # The second publish looked for a manifest before the first one had renamed its version into place.
+    monkeypatch.setattr(store, "_load_manifest", lambda model, version: None)
+    with pytest.raises(VersionConflictError, match="claimed by another publish"):
+        store.publish(MODEL, other, metadata={}, version=version)
+    monkeypatch.undo()
+    assert store.manifest(MODEL, version) == original
+    store.verify(MODEL, version)
+
+
+def test_a_twin_publish_of_the_same_files_completes_without_harm(
+    store: store_module.ArtifactStore, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = new_version_id()
+    store.publish(MODEL, source, metadata={}, version=version)
+    original = store.manifest(MODEL, version)
+    monkeypatch.setattr(store, "_load_manifest", lambda model, version: None)
+    assert store.publish(MODEL, source, metadata={}, version=version) == version
+    monkeypatch.undo()
+    assert store.manifest(MODEL, version) == original
+
+
+def test_an_interrupted_claim_blocks_other_files_until_pruned(
+    store: store_module.ArtifactStore, source: Path, tmp_path: Path
+) -> None:
+    version = new_version_id()
+    store._claim(MODEL, version, {"weights.bin": {"sha256": "0" * 64, "size": 1}})  # then the run died
+    with pytest.raises(VersionConflictError):
+        store.publish(MODEL, source, metadata={}, version=version)
+    assert not (tmp_path / "store" / MODEL / version).exists()
+    assert store.prune(MODEL, keep=1, stale_after_s=0) == [version]
+    assert store.publish(MODEL, source, metadata={}, version=version) == version
+
+
+def test_prune_keeps_protected_versions(store: store_module.ArtifactStore, source: Path) -> None:
+    versions = [store.publish(MODEL, source, metadata={"metrics": {"run": run}}) for run in range(4)]
+    # versions[0]: the rollback target; versions[1]: serving. Neither counts toward keep.
+    assert store.prune(MODEL, keep=1, protect={versions[0], versions[1]}) == [versions[2]]
+    assert [entry["version"] for entry in store.list_versions(MODEL)] == [
+        versions[0],
+        versions[1],
+        versions[3],
+    ]
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@neurovit",
+        f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@neurovit/neurovit/v20261125-160000-ab12cd",
+        f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@neurovit/neurovit/latest",
+    ],
+)
+def test_credentials_in_a_store_uri_are_refused_and_never_printed(
+    uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import traceback
+
+    monkeypatch.setenv("NEUROVIT_S3_ENDPOINT", "127.0.0.1:1")  # nothing listens: fails fast if reached
+    monkeypatch.setenv("NEUROVIT_S3_SECURE", "0")
+    caplog.set_level(logging.DEBUG)
+    for call in (lambda: open_store(uri), lambda: resolve(uri)):
+        with pytest.raises(StoreError, match="carries credentials") as caught:
+            call()
+        text = "".join(traceback.format_exception(caught.value))
+        assert SECRET not in text and "AKIAIOSFODNN7EXAMPLE" not in text
+        assert "s3://***@neurovit" in str(caught.value)
+    assert SECRET not in caplog.text
+
+
+def test_redact_uri() -> None:
+    assert store_module.redact_uri(f"s3://key:{SECRET}@bucket/p") == "s3://***@bucket/p"
+    assert store_module.redact_uri("http://user@host:9000") == "http://***@host:9000"
+    assert store_module.redact_uri("s3://bucket/a@b") == "s3://bucket/a@b"  # an @ in a key is no credential
+
+
+@pytest.mark.parametrize("action", ["publish", "fetch"])
+def test_disk_full_is_a_clear_store_error_that_leaves_nothing(
+    store: store_module.ArtifactStore,
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    import errno
+
+    version = store.publish(MODEL, source, metadata={}) if action == "fetch" else new_version_id()
+    real_copy, calls = store_module._copy_file, []
+
+    def copy_until_full(src: Path, dst: Path) -> None:
+        calls.append(src)
+        if len(calls) == 2:
+            dst.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_copy(src, dst)
+
+    monkeypatch.setattr(store_module, "_copy_file", copy_until_full)
+    dest = tmp_path / "fetched" / "version"
+    with pytest.raises(StoreError, match="no space left on the device"):
+        if action == "publish":
+            store.publish(MODEL, source, metadata={}, version=version)
+        else:
+            store.fetch(MODEL, version, dest)
+    if action == "publish":
+        assert list((tmp_path / "store" / MODEL).iterdir()) == []
+    else:
+        assert list((tmp_path / "fetched").iterdir()) == []  # no destination, no hidden staging folder

@@ -72,14 +72,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- required "model.storageUri is required: the s3:// URI of a published version folder, e.g. s3://neurovit/neurovit/v20261125-160000-ab12cd (a pipeline run prints it)" .Values.model.storageUri }}
 {{- end }}
 
-{{/* Required: the Secret with the S3 credentials (an existing one, or the chart's from --set keys). */}}
+{{/* Required: the writer's Secret, for pipeline runs (an existing one, or the chart's from --set keys). */}}
 {{- define "neurovit.s3SecretName" -}}
 {{- if .Values.s3.existingSecret }}
 {{- .Values.s3.existingSecret }}
 {{- else if and .Values.s3.accessKeyId .Values.s3.secretAccessKey }}
 {{- include "neurovit.component" (dict "root" . "suffix" "s3") }}
 {{- else }}
-{{- required "s3.existingSecret is required: the name of a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (README, On Kubernetes), or give s3.accessKeyId and s3.secretAccessKey with --set" "" }}
+{{- required "s3.existingSecret is required: the name of a Secret with the writer's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (README, On Kubernetes), or give s3.accessKeyId and s3.secretAccessKey with --set" "" }}
+{{- end }}
+{{- end }}
+
+{{/* Required: the reader's Secret, for the predictor (read-only keys). */}}
+{{- define "neurovit.s3ReaderSecretName" -}}
+{{- if .Values.s3.reader.existingSecret }}
+{{- .Values.s3.reader.existingSecret }}
+{{- else if and .Values.s3.reader.accessKeyId .Values.s3.reader.secretAccessKey }}
+{{- include "neurovit.component" (dict "root" . "suffix" "s3-reader") }}
+{{- else }}
+{{- required "s3.reader.existingSecret is required: the name of a Secret with the predictor's read-only AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give s3.reader.accessKeyId and s3.reader.secretAccessKey with --set" "" }}
+{{- end }}
+{{- end }}
+
+{{/* Required with the chart's MinIO: the Secret with its root user (MinIO and the bucket Job only). */}}
+{{- define "neurovit.minioRootSecretName" -}}
+{{- if .Values.minio.auth.existingSecret }}
+{{- .Values.minio.auth.existingSecret }}
+{{- else if and .Values.minio.auth.rootUser .Values.minio.auth.rootPassword }}
+{{- include "neurovit.component" (dict "root" . "suffix" "minio-root") }}
+{{- else }}
+{{- required "minio.auth.existingSecret is required with the chart's MinIO: the name of a Secret with MINIO_ROOT_USER and MINIO_ROOT_PASSWORD, or give minio.auth.rootUser and minio.auth.rootPassword with --set" "" }}
 {{- end }}
 {{- end }}
 
