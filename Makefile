@@ -172,7 +172,7 @@ kube-validate: venv tools-venv ## Render every overlay and chart variant; valida
 	$(VENV_BIN)/python -m pytest tests/deploy -q
 
 .PHONY: deploy
-deploy: tools-venv ## Roll STORAGE_URI=s3://... out to ISVC in NAMESPACE as a canary with CANARY % of the traffic (100: rollout)
+deploy: tools-venv ## Verify version STORAGE_URI=s3://.../<version> in the store, roll it out to ISVC in NAMESPACE as a canary with CANARY % of the traffic (100: rollout)
 	$(TOOLS_VENV)/bin/python -m training.deploy canary --storage-uri "$(STORAGE_URI)" --percent $(CANARY) --name $(ISVC) --namespace $(NAMESPACE)
 
 .PHONY: deploy-promote
