@@ -116,6 +116,7 @@ def running_torchserve(
     envelope: str | None = None,
     batch_size: int = 1,
     max_batch_delay_ms: int = 50,
+    ready_timeout_s: float = 180,
     **other_settings: object,
 ) -> Iterator[TorchServe]:
     """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it.
@@ -154,7 +155,9 @@ def running_torchserve(
     try:
         alive = lambda: process.poll() is None  # noqa: E731
         key_file = workdir / "key_file.json"  # TorchServe writes it in its working folder
-        wait_until_ready(settings.management_address, MODEL, alive, timeout_s=180, log=log, key_file=key_file)
+        wait_until_ready(
+            settings.management_address, MODEL, alive, timeout_s=ready_timeout_s, log=log, key_file=key_file
+        )
         key = api_key(key_file)
         management_key = api_key(key_file, "management")
         yield TorchServe(
@@ -180,6 +183,12 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+@pytest.fixture(scope="session")
+def start_torchserve():
+    """``running_torchserve`` itself, for a test that serves a package of its own."""
+    return running_torchserve
 
 
 @pytest.fixture(scope="module")
