@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml to the CPU wheel (2.13.0); a bare `torch` would pull CUDA wheels.
-	$(VENV_BIN)/pip install --quiet -e '.[dev]'
+	# serve + train: every runtime dependency (the images install one list each: pyproject.toml).
+	$(VENV_BIN)/pip install --quiet -e '.[serve,train,dev]'
 	touch $@
 
 .PHONY: venv
