@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml to the CPU wheel (2.13.0); a bare `torch` would pull CUDA wheels.
-	$(VENV_BIN)/pip install --quiet -e '.[dev]'
+	# serve + train: every runtime dependency (the images install one list each: pyproject.toml).
+	$(VENV_BIN)/pip install --quiet -e '.[serve,train,dev]'
 	touch $@
 
 .PHONY: venv
@@ -172,7 +173,7 @@ kube-validate: venv tools-venv ## Render every overlay and chart variant; valida
 	$(VENV_BIN)/python -m pytest tests/deploy -q
 
 .PHONY: deploy
-deploy: tools-venv ## Roll STORAGE_URI=s3://... out to ISVC in NAMESPACE as a canary with CANARY % of the traffic (100: rollout)
+deploy: tools-venv ## Verify version STORAGE_URI=s3://.../<version> in the store, roll it out to ISVC in NAMESPACE as a canary with CANARY % of the traffic (100: rollout)
 	$(TOOLS_VENV)/bin/python -m training.deploy canary --storage-uri "$(STORAGE_URI)" --percent $(CANARY) --name $(ISVC) --namespace $(NAMESPACE)
 
 .PHONY: deploy-promote

@@ -20,6 +20,7 @@ import time
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 
+from neurovit.integrity import verify_served_version
 from neurovit.serving import (
     EXPLAIN_HEADER,
     EXPLANATIONS,
@@ -49,6 +50,8 @@ class NeuroViTHandler:
 
     def initialize(self, context) -> None:
         properties, manifest = context.system_properties, context.manifest.get("model", {})
+        # Nothing loads unless the mounted version matches its manifest.json (neurovit.integrity).
+        verify_served_version(manifest.get("modelName", context.model_name), manifest.get("modelVersion"))
         gpu = properties.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         options = ServingOptions.from_mapping((context.model_yaml_config or {}).get("handler"))

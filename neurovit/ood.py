@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
-from sklearn.covariance import LedoitWolf
 from torch import nn
 
 OOD_FILE = "ood.safetensors"
@@ -79,6 +78,10 @@ class MahalanobisScorer:
             raise ValueError("fitting the OOD score needs at least two embeddings")
         means = np.stack([embeddings[labels == c].mean(axis=0) for c in classes])
         centred = embeddings - means[np.searchsorted(classes, labels)]
+        # Imported here: fitting is training's job; the serving image loads the saved numbers only and has
+        # no scikit-learn (tests/integration/test_image_dependencies.py).
+        from sklearn.covariance import LedoitWolf
+
         precision = LedoitWolf(assume_centered=True).fit(centred).precision_
         return cls(means=means, precision=precision)
 

@@ -40,7 +40,6 @@ Environment variables (S3 back end only; secrets are never logged):
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import logging
@@ -54,7 +53,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import certifi
@@ -64,10 +63,13 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from neurovit.errors import IntegrityError, StoreError, VersionConflictError
+from neurovit.integrity import MANIFEST_FILE
+from neurovit.integrity import check_file as _check_file
+from neurovit.integrity import safe_relpath as _safe_relpath
+from neurovit.integrity import sha256_of as _sha256
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 LATEST = "latest"
 # Checked with fullmatch: `$` also matches before a final newline, so `^...$` let "v1\n" through. \Z keeps a
 # caller's .match() exact too.
@@ -118,31 +120,6 @@ def _check_name(value: str, what: str) -> str:
             f"or '-', and not {LATEST!r}"
         )
     return value
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _safe_relpath(relpath: str, where: str) -> PurePosixPath:
-    """A manifest path that stays inside its version folder (a tampered manifest must not write elsewhere)."""
-    path = PurePosixPath(relpath)
-    if path.is_absolute() or ".." in path.parts or not path.parts or relpath == MANIFEST_FILE:
-        raise IntegrityError(f"{where}: manifest lists an unsafe file path {relpath!r}")
-    return path
-
-
-def _check_file(path: Path, entry: dict, label: str) -> None:
-    """Raise IntegrityError naming ``label`` when ``path`` is missing or differs from its manifest entry."""
-    if not path.is_file():
-        raise IntegrityError(f"{label}: file missing")
-    size = path.stat().st_size
-    if size != entry["size"]:
-        raise IntegrityError(f"{label}: size {size} bytes, manifest says {entry['size']}")
-    digest = _sha256(path)
-    if digest != entry["sha256"]:
-        raise IntegrityError(f"{label}: sha256 {digest} does not match the manifest's {entry['sha256']}")
 
 
 def _copy_file(source: Path, target: Path) -> None:

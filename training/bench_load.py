@@ -33,6 +33,7 @@ from pathlib import Path
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.errors import NeuroVitError
+from neurovit.integrity import VERSION_DIR_ENV
 from neurovit.store import resolve
 from training.package import METRICS_CONFIG, MODEL_STORE, ServerSettings, config_properties, package_stage
 from training.serve import api_key, local_settings, wait_until_ready
@@ -90,15 +91,20 @@ def free_port_block(count: int = 5) -> int:
 
 
 @contextmanager
-def torchserve(package: Path, name: str, version: str, workdir: Path, batch_size: int) -> Iterator[Server]:
-    """TorchServe on ``package`` in its own process group, with local_settings() (as ``make serve``)."""
+def torchserve(
+    package: Path, version_dir: Path, name: str, version: str, workdir: Path, batch_size: int
+) -> Iterator[Server]:
+    """TorchServe on ``package`` in its own process group, with local_settings() (as ``make serve``);
+    ``version_dir``: the fetched version the handler verifies before it loads."""
     settings = local_settings(package / MODEL_STORE, package / METRICS_CONFIG, free_port_block(), batch_size)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
     config = workdir / "config.properties"
     config.write_text(config_properties(name, version, settings))
     env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-    env.update(TMPDIR=str(workdir / "tmp"), TEMP=str(workdir / "tmp"))
+    env.update(
+        {"TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp"), VERSION_DIR_ENV: str(version_dir)}
+    )
     command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs"]
     command += ["--ts-config", str(config), "--model-store", str(package / MODEL_STORE)]
     log = workdir / "torchserve.log"
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     capacities: dict = {scenario: {} for scenario in args.scenarios.split(",")}
     for batching in args.batching.split(","):
         with torchserve(
-            out / "package", name, version, out / f"serve-{batching}", BATCH_SIZES[batching]
+            out / "package", fetched, name, version, out / f"serve-{batching}", BATCH_SIZES[batching]
         ) as server:
             run_locust(server, "MixedUser", 2, 5, args.images, out / "warm-up" / batching, args.objective_ms)
             for scenario in capacities:

@@ -8,14 +8,18 @@
 - canary: points ``predictor.model.storageUri`` at the new version and sends ``--percent`` of the traffic to
   it (``canaryTrafficPercent``); the rest stays on the previous revision. The previous URI is kept in the
   annotation ``neurovit.io/previous-storage-uri`` for a rollback. ``--percent 100`` is a plain rollout.
+  The URI must name one complete version, which is verified first (manifest present, every file's sha256:
+  ``neurovit.store``), and is always sent as the version folder with its trailing slash: KServe copies
+  ``storageUri`` as a key prefix, and ``.../v1`` would also match ``.../v10``.
 - promote: ``canaryTrafficPercent`` 100, so the new revision takes all the traffic.
 - rollback: points the service back at the previous URI with all the traffic.
 
 Traffic splitting needs KServe's Knative mode. In Standard mode only ``--percent 100`` (a rolling update) is
 accepted. The Kubernetes connection is the usual one: ``KUBECONFIG`` / ``~/.kube/config``, or the pod's
 ServiceAccount in a cluster (``neurovit-deployer`` may get and patch the InferenceService it is named for,
-nothing else). Runs in .venv-tools, where the kserve SDK lives (its pins clash with the project's); only the
-SDK and the standard library are imported. After each action the served and rollback URIs are recorded for
+nothing else). Runs in .venv-tools, where the kserve SDK lives (its pins clash with the project's); besides
+the SDK and the standard library it imports only ``neurovit.store`` (minio is in requirements-tools.txt), to
+verify the version. After each action the served and rollback URIs are recorded for
 ``neurovit versions prune`` (``record_deployment``).
 """
 
@@ -57,6 +61,32 @@ def deployment_mode(isvc: dict) -> str:
     return status_mode or (isvc["metadata"].get("annotations") or {}).get(MODE_ANNOTATION, "Standard")
 
 
+def verified_version_uri(uri: str) -> str:
+    """The URI of the one complete version ``uri`` names, after checking every file against its manifest,
+    as the version folder with its trailing slash; DeployError saying why otherwise.
+
+    Refused: a URI naming a model or ``latest`` rather than a version (what it serves would change under
+    it), a version without manifest (an interrupted publish), a file missing or not matching its sha256.
+    """
+    try:
+        from neurovit.errors import NeuroVitError
+        from neurovit.store import LATEST, resolve
+    except ImportError as error:
+        raise DeployError(f"cannot read the store ({error}): run `make tools-venv`") from error
+    named = uri.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        store, model, version = resolve(uri.rstrip("/"))
+        if named in (LATEST, model) or version != named:
+            raise DeployError(
+                f"{uri} does not name one version (it resolves to {model}/{version} today): "
+                f"use {store.version_uri(model, version)}/"
+            )
+        store.verify(model, version)  # downloads every file and checks its sha256
+    except NeuroVitError as error:
+        raise DeployError(f"{uri} is not one complete, verified version: {error}") from error
+    return store.version_uri(model, version) + "/"
+
+
 def canary_patch(isvc: dict, new_uri: str, percent: int) -> dict:
     """Merge patch that serves ``new_uri`` to ``percent`` % of the traffic, remembering the current URI."""
     if not STORAGE_URI.match(new_uri):
@@ -69,7 +99,7 @@ def canary_patch(isvc: dict, new_uri: str, percent: int) -> dict:
             f"{deployment_mode(isvc)} mode: use --percent 100 (CANARY=100) for a rolling update"
         )
     current = storage_uri(isvc)
-    if current == new_uri:
+    if current.rstrip("/") == new_uri.rstrip("/"):
         raise DeployError(f"{isvc['metadata']['name']} already serves {new_uri}")
     return {
         "metadata": {"annotations": {PREVIOUS_URI_ANNOTATION: current}},
@@ -212,7 +242,13 @@ def main(argv: list[str] | None = None) -> int:
                 "--storage-uri (STORAGE_URI=) is required: the s3:// URI a pipeline run printed"
             )
         client = connect()
-        patch = apply(client, target, args.action, new_uri=args.storage_uri, percent=args.percent)
+        new_uri = args.storage_uri
+        if args.action == "canary":
+            if not STORAGE_URI.match(new_uri):
+                raise DeployError(f"storage URI {new_uri!r} is not s3://<bucket>/<model>/<version>")
+            # After connect (it reads local configuration only): verifying downloads the whole version.
+            new_uri = verified_version_uri(new_uri)
+        patch = apply(client, target, args.action, new_uri=new_uri, percent=args.percent)
     except (DeployError, RuntimeError) as error:
         # RuntimeError: the SDK's wrapping of API errors (not found, forbidden, unreachable).
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)

@@ -33,6 +33,7 @@ from neurovit.data.layout import MASK_SUFFIX
 from neurovit.data.split import load_split
 from neurovit.errors import NeuroVitError
 from neurovit.explain_metrics import DEFAULT_TOLERANCE_PX, TOLERANCE_SIDE_PX, lesion_hit
+from neurovit.integrity import VERSION_DIR_ENV
 from neurovit.store import resolve
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def serve(
         stop(serve_dir, quiet=True)
     store_, name, version = resolve(store, model=MODEL_NAME) if model == "latest" else resolve(model)
     local = store_.fetch(name, version, serve_dir / "models" / version)
+    version_dir = local  # what the handler verifies before it loads (neurovit.integrity)
     if not (local / MODEL_STORE / f"{name}.mar").is_file():  # published before packaging existed
         package_stage(local / "model", serve_dir / "package" / version, name, version)
         local = serve_dir / "package" / version
@@ -153,7 +155,7 @@ def serve(
     with log.open("w") as output:
         command = [_torchserve(), "--start", "--ncs", "--ts-config", str(config)]
         command += ["--model-store", str(local / MODEL_STORE)]
-        env = _environment(serve_dir)
+        env = {**_environment(serve_dir), VERSION_DIR_ENV: str(version_dir)}
         subprocess.run(command, cwd=serve_dir, env=env, stdout=output, stderr=subprocess.STDOUT, check=True)
     url = settings.inference_address
     state = {"url": url, "model": name, "version": version, "key_file": str(serve_dir / KEY_FILE)}

@@ -20,8 +20,9 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, save_tiny_model
+from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, published_copy, save_tiny_model
 
+from neurovit.integrity import VERSION_DIR_ENV
 from training.package import MODEL_STORE, ServerSettings, config_properties, package_stage
 from training.serve import api_key, wait_until_ready
 
@@ -95,7 +96,8 @@ class TorchServe:
 
 @pytest.fixture(scope="session")
 def torchserve_package(tmp_path_factory) -> Path:
-    """A freshly packaged tiny model: ``config/`` and ``model-store/`` as KServe would mount them."""
+    """A freshly packaged tiny model, published and fetched: ``config/``, ``model-store/`` and the
+    ``manifest.json`` the handler verifies, as KServe would mount them."""
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         message = "TorchServe needs Java 17: `make java` (apt-get install -y openjdk-17-jre-headless)"
         if os.environ.get("CI"):  # `make test` installs Java first: in CI a missing JRE is a failure
@@ -104,7 +106,7 @@ def torchserve_package(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("torchserve-package")
     model = save_tiny_model(root / "model")
     package_stage(model, root / "package", MODEL, VERSION, options=TEST_OPTIONS)
-    return root / "package"
+    return published_copy(root / "package")
 
 
 @contextmanager
@@ -114,6 +116,7 @@ def running_torchserve(
     envelope: str | None = None,
     batch_size: int = 1,
     max_batch_delay_ms: int = 50,
+    ready_timeout_s: float = 180,
     **other_settings: object,
 ) -> Iterator[TorchServe]:
     """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it.
@@ -138,6 +141,7 @@ def running_torchserve(
     config.write_text(config_properties(MODEL, VERSION, settings))
     env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
     env.update(TMPDIR=str(workdir / "tmp"), TEMP=str(workdir / "tmp"))
+    env[VERSION_DIR_ENV] = str(package)  # the handler verifies it against its manifest before loading
     if envelope:
         env["TS_SERVICE_ENVELOPE"] = envelope  # read because enable_envvars_config=true, as under KServe
     torchserve = Path(sys.executable).parent / "torchserve"
@@ -151,7 +155,9 @@ def running_torchserve(
     try:
         alive = lambda: process.poll() is None  # noqa: E731
         key_file = workdir / "key_file.json"  # TorchServe writes it in its working folder
-        wait_until_ready(settings.management_address, MODEL, alive, timeout_s=180, log=log, key_file=key_file)
+        wait_until_ready(
+            settings.management_address, MODEL, alive, timeout_s=ready_timeout_s, log=log, key_file=key_file
+        )
         key = api_key(key_file)
         management_key = api_key(key_file, "management")
         yield TorchServe(
@@ -177,6 +183,12 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+@pytest.fixture(scope="session")
+def start_torchserve():
+    """``running_torchserve`` itself, for a test that serves a package of its own."""
+    return running_torchserve
 
 
 @pytest.fixture(scope="module")

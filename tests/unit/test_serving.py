@@ -24,7 +24,9 @@ from fixtures.serving_samples import (
     b64,
     bad_requests,
     good_images,
+    published_copy,
     save_tiny_model,
+    served_version,
 )
 from ts.context import Context
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -85,7 +87,8 @@ def handler_for(model_dir):
         model_yaml_config={"handler": asdict(TEST_OPTIONS)},
     )
     handler = load_handler_module().NeuroViTHandler()
-    handler.initialize(context)
+    with served_version(published_copy(model_dir)):
+        handler.initialize(context)
     return handler, context
 
 
