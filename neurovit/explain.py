@@ -170,6 +170,27 @@ def rollout_from_attentions(
         return _patch_grid(result[:, 0])
 
 
+def rollout_relevance(
+    attentions: Sequence[torch.Tensor], start_layer: int = ROLLOUT_START_LAYER
+) -> torch.Tensor:
+    """The served rollout (mean head fusion, nothing discarded) as a differentiable tensor: the CLS row of
+    ``prod_l (A_l + I) / 2`` from ``start_layer`` to the last layer, over the patch tokens, ``(N, T - 1)``,
+    unnormalised. ``rollout_from_attentions`` computes the same map without gradients (and with its other
+    options); training uses this one to guide the map it will serve (``training.guide``).
+    Mean-fused rows sum to 1, so ``(A + I) / 2`` needs no renormalisation.
+    """
+    _check_attentions(attentions)
+    _check_start_layer(start_layer, len(attentions))
+    first = attentions[0]
+    tokens = first.shape[-1]
+    eye = torch.eye(tokens, dtype=_work_dtype(first), device=first.device)
+    result = None
+    for attention in attentions[start_layer:]:
+        augmented = (attention.to(eye.dtype).mean(dim=1) + eye) / 2
+        result = augmented if result is None else augmented @ result
+    return result[:, 0, 1:]
+
+
 def gradient_rollout_from_attentions(
     attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], start_layer: int = 0
 ) -> np.ndarray:
@@ -445,5 +466,6 @@ __all__ = [
     "overlay_png",
     "resolve_target",
     "rollout_from_attentions",
+    "rollout_relevance",
     "upsample",
 ]

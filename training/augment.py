@@ -26,8 +26,17 @@ class AugmentConfig:
     contrast: float = 0.15  # multiplicative around the image mean
 
 
-def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Randomly flip, rotate, scale, shift and jitter a float batch (N, 1, H, W) with values in [0, 1]."""
+def augment_batch(
+    images: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Randomly flip, rotate, scale, shift and jitter a float batch (N, 1, H, W) with values in [0, 1].
+
+    With ``masks`` (N, 1, H, W), each mask gets its image's flip, rotation, scale and shift (not the
+    intensity jitter) and ``(images, masks)`` is returned; the random draws are the same either way.
+    """
     n = images.shape[0]
     device = images.device
 
@@ -51,8 +60,12 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     theta[:, 1, 2] = uniform(-config.max_translate, config.max_translate) * 2
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped_masks = None
+    if masks is not None:
+        warped_masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     mean = warped.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(1 - config.contrast, 1 + config.contrast).view(n, 1, 1, 1)
     brightness = uniform(-config.brightness, config.brightness).view(n, 1, 1, 1)
-    return ((warped - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    jittered = ((warped - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    return jittered if warped_masks is None else (jittered, warped_masks)

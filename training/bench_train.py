@@ -29,6 +29,7 @@ from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.model import ModelConfig
 from training import flow
 from training.cli import run_main_job
+from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
 from training.train import TrainConfig, measure_step_ratio
 
 CPU_BENCH_IMAGE_SIZE = 96
@@ -60,7 +61,21 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (a second run)")
+    parser.add_argument(
+        "--guide-dir",
+        type=Path,
+        help="masked slices (<class>/<id>.png + <id>.mask.png) whose guide half steers the rollout map "
+        "towards the tumour during training (training.guide); the other half is left for eval-explain",
+    )
+    parser.add_argument(
+        "--guide-weight", type=float, default=DEFAULT_GUIDE_WEIGHT, help="weight of the guidance loss"
+    )
     args = parser.parse_args(argv)
+    guide_dir = args.guide_dir
+    if guide_dir is not None and not guide_dir.is_dir():
+        print(f"no masked slices at {guide_dir}: training without guidance", flush=True)
+        guide_dir = None
 
     run_dir = args.run_dir or OUTPUT_DIR / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     config = TrainConfig(
@@ -69,12 +84,22 @@ def main(argv: list[str] | None = None) -> dict:
         patience=args.patience,
         time_budget_s=args.time_budget,
         device=args.device,
+        seed=args.seed,
+        guide_weight=args.guide_weight if guide_dir is not None else 0.0,
         channels_last=True,
         model=ModelConfig(image_size=args.image_size, stem_channels=args.stem_channels),
     )
     preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
 
-    job = run_main_job(args.data_dir, args.store, config, run_dir, val_fraction=0.1, given_val_as_test=True)
+    job = run_main_job(
+        args.data_dir,
+        args.store,
+        config,
+        run_dir,
+        guide_dir=guide_dir,
+        val_fraction=0.1,
+        given_val_as_test=True,
+    )
     plan, result, metrics = job["plan"], job["train"], job["metrics"]
     print(f"leaking held-out images dropped: {plan.dropped}", flush=True)
     # Measured after training, on the arrays the run cached: same loader, same data, same machine.
@@ -102,6 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "stem_channels": list(args.stem_channels),
         "data_fingerprint": plan.fingerprint[:12],
+        "seed": args.seed,
+        "guide_slices": 0
+        if guide_dir is None
+        else len(json.loads((run_dir / GUIDE_FILE).read_text())["slices"]),
+        "guide_weight": config.guide_weight,
     }
     print(json.dumps(summary), flush=True)
     return summary

@@ -23,6 +23,7 @@ from neurovit.errors import NeuroVitError, StoreError
 from neurovit.model import ModelConfig
 from neurovit.store import open_store, resolve
 from training import flow
+from training.guide import GUIDE_FILE, load_guide_set
 from training.train import TrainConfig
 
 log = logging.getLogger("neurovit")
@@ -71,11 +72,19 @@ def _split_line(plan) -> str:
 
 
 def run_main_job(
-    data_dir: Path, store_uri: str, config: TrainConfig, run_dir: Path, seed: int = 0, **split_options
+    data_dir: Path,
+    store_uri: str,
+    config: TrainConfig,
+    run_dir: Path,
+    seed: int = 0,
+    guide_dir: Path | None = None,
+    **split_options,
 ) -> dict:
     """Analyse -> split -> train -> calibrate and evaluate -> publish. Returns a summary dict.
 
     ``split_options`` go to ``flow.split_stage`` (e.g. ``given_val_as_test`` for the benchmark).
+    ``guide_dir``: a folder of masked slices whose guide half joins training (``training.guide``); the
+    version then lists them in ``guide.json``.
     """
     open_store(store_uri).check_writable()  # fail now, not after training
     print(f"[1/5] analysing {data_dir}", flush=True)
@@ -92,7 +101,13 @@ def run_main_job(
         else "[3/5] training on CUDA",
         flush=True,
     )
-    result = flow.train_stage(data_dir, run_dir / flow.SPLIT_FILE, run_dir / "train", config)
+    guide, extra_files = None, {}
+    if guide_dir is not None:
+        guide = load_guide_set(guide_dir, plan.classes, config.preprocessing())
+        guide.write(run_dir / GUIDE_FILE, {"guide_weight": config.guide_weight})
+        extra_files[GUIDE_FILE] = run_dir / GUIDE_FILE
+        print(f"      guiding the rollout map with {len(guide.entries)} masked slices of {guide_dir}")
+    result = flow.train_stage(data_dir, run_dir / flow.SPLIT_FILE, run_dir / "train", config, guide=guide)
     print(
         f"      best val accuracy {result.best_val_accuracy:.3f} at epoch {result.best_epoch} "
         f"({result.train_seconds:.0f}s, {result.images_per_second:.0f} images/s)"
@@ -116,6 +131,7 @@ def run_main_job(
         run_dir / flow.SPLIT_FILE,
         run_dir / "analysis",
         run_dir / "publish",
+        extra_files=extra_files,
     )
     print(f"      published {version_uri}")
     return {

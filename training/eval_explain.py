@@ -102,6 +102,7 @@ from neurovit.preprocessing import (
     to_tensor,
 )
 from neurovit.store import VERSION_PATTERN, resolve
+from training.guide import GUIDE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,29 @@ def load_slices(
             "no images to evaluate" + (f" (left out: {_skip_counts(skipped)})" if skipped else "")
         )
     return slices
+
+
+def guide_hashes(path: Path) -> set[str]:
+    """Content hashes of the masked slices a version was guided with (``training.guide``); none without."""
+    if not path.is_file():
+        return set()
+    return {entry["sha256"] for entry in json.loads(path.read_text())["slices"]}
+
+
+def leave_out_guides(
+    chosen: list[tuple[Path, str, str]], guided: set[str], skipped: dict[str, list[str]]
+) -> list[tuple[Path, str, str]]:
+    """``chosen`` without the slices the version was trained on with their masks (listed in ``skipped``):
+    a map is only scored on slices whose mask it never saw."""
+    if not guided:
+        return chosen
+    kept = []
+    for item in chosen:
+        if _sha256(item[0]) in guided:
+            skipped.setdefault("used to guide training (guide.json)", []).append(item[1])
+        else:
+            kept.append(item)
+    return kept
 
 
 def _skip_counts(skipped: dict[str, list[str]]) -> str:
@@ -859,7 +883,9 @@ def run(args: argparse.Namespace) -> dict:
         loaded = load_model(local / "model")
         split_path = local / "split.json"
         chosen, source = select_images(Path(args.data_dir), split_path if split_path.is_file() else None)
+        guided = guide_hashes(local / GUIDE_FILE)
     skipped: dict[str, list[str]] = {}
+    chosen = leave_out_guides(chosen, guided, skipped)
     slices = load_slices(chosen, loaded, args.max_per_class, Path(args.data_dir), skipped)
     if "healthy" in args.substrate:
         slices = _lesion_slices_with_twins(slices)

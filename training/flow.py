@@ -30,6 +30,7 @@ from neurovit.model import ModelInfo, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig
 from neurovit.store import new_version_id, open_store
 from training.evaluate import write_evaluation
+from training.guide import GuideSet
 from training.reference import write_monitoring_reference
 from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
 
@@ -169,14 +170,18 @@ def train_stage(
     config: TrainConfig,
     preprocessing: PreprocessConfig | None = None,
     progress: bool = True,
+    guide: GuideSet | None = None,
 ) -> TrainResult:
-    """Train on the split's train part, select on its val part; the best model lands in run_dir/best."""
+    """Train on the split's train part (plus the ``guide`` slices, when given), select on its val part; the
+    best model lands in run_dir/best."""
     preprocessing = preprocessing or config.preprocessing()
     plan = split.load_split(split_path)
     cache = Path(run_dir).parent / "cache"
     train_data = split_arrays(data_dir, plan, "train", preprocessing, cache)
     val_data = split_arrays(data_dir, plan, "val", preprocessing, cache)
-    return train(train_data, val_data, plan.classes, preprocessing, config, run_dir, progress=progress)
+    return train(
+        train_data, val_data, plan.classes, preprocessing, config, run_dir, progress=progress, guide=guide
+    )
 
 
 def _logits(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
+from neurovit.explain import ROLLOUT_START_LAYER
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
 from training.augment import AugmentConfig, augment_batch
+from training.guide import GuideSet, guide_loss
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class TrainConfig:
     # while the learning rate is high, validation accuracy plateaus and climbs again as the cosine decays
     # (real slices, 96 px, 48 planned epochs: best at 28, then 8 flat epochs stopped it at 0.890).
     patience_start: float = 0.75
+    # Weight of the tumour-mask guidance (``training.guide``) on the training slices that carry a mask; 0
+    # (the default) trains exactly as before, masks or not.
+    guide_weight: float = 0.0
     time_budget_s: float | None = None  # wall-clock budget for the epochs; the schedule is fitted to it
     class_balanced: bool = True
     # CPU only: train in channels_last memory layout (see ``place_for_training``). Off by default so that
@@ -115,9 +120,13 @@ class BatchLoader:
         augment: AugmentConfig | None = None,
         shuffle: bool = True,
         drop_last: bool = True,
+        masks: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         self.images = torch.as_tensor(images).to(device)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
+        # (N, H, W) uint8 masks (all zero for a slice without one): batches then carry them, augmented with
+        # their images, as a third item.
+        self.masks = None if masks is None else torch.as_tensor(masks).to(device)
         self.batch_size = batch_size
         self.preprocessing = preprocessing
         self.device = device
@@ -130,9 +139,7 @@ class BatchLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def batches(
-        self, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         n = len(self.labels)
         generator = generator or torch.default_generator
         order = None
@@ -143,9 +150,15 @@ class BatchLoader:
             index = slice(b * self.batch_size, (b + 1) * self.batch_size)
             picked = order[index] if order is not None else torch.arange(n, device=self.device)[index]
             images = self.images[picked].unsqueeze(1).float().div_(255.0)
+            if self.masks is None:
+                if self.augment is not None:
+                    images = augment_batch(images, self.augment, generator)
+                yield standardise(images, self.preprocessing), self.labels[picked]
+                continue
+            masks = self.masks[picked].unsqueeze(1).float().div_(255.0)
             if self.augment is not None:
-                images = augment_batch(images, self.augment, generator)
-            yield standardise(images, self.preprocessing), self.labels[picked]
+                images, masks = augment_batch(images, self.augment, generator, masks)
+            yield standardise(images, self.preprocessing), self.labels[picked], masks
 
 
 def place_for_training(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
@@ -237,8 +250,12 @@ def train(
     run_dir: str | Path,
     resume: bool = True,
     progress: bool = True,
+    guide: GuideSet | None = None,
 ) -> TrainResult:
     """Train and keep the EMA weights with the best validation accuracy in ``run_dir/best``.
+
+    ``guide`` (masked slices, ``training.guide``) joins the training images; with ``config.guide_weight``
+    above 0 their masks guide the rollout map (``guide_loss``).
 
     With ``resume`` and a checkpoint in ``run_dir`` from the same config, training continues where it
     stopped (model, optimiser, EMA, schedule, RNG and early-stopping state are all restored).
@@ -256,7 +273,17 @@ def train(
     model = place_for_training(build_model(config.model, class_names), device, config.channels_last)
     ema = AveragedModel(model, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
-    train_loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
+    masks = None
+    if guide is not None:
+        masks = np.concatenate([np.zeros_like(train_data[0]), guide.masks])
+        train_data = (
+            np.concatenate([train_data[0], guide.images]),
+            np.concatenate([train_data[1], guide.labels]),
+        )
+    guided = masks is not None and config.guide_weight > 0
+    train_loader = BatchLoader(
+        *train_data, config.batch_size, preprocessing, device, config.augment, masks=masks
+    )
     val_loader = BatchLoader(*val_data, 256, preprocessing, device, shuffle=False, drop_last=False)
     # Un-augmented training images for the EMA model's BatchNorm statistics (see below); it reuses the
     # training loader's tensors, so a GPU holds the training set once.
@@ -314,12 +341,21 @@ def train(
             mininterval=2.0,
             leave=False,
         )
-        for images, targets in bar:
+        for images, targets, *batch_masks in bar:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(images).logits
+                outputs = model(images, output_attentions=guided)
+            logits = outputs.logits
             loss = F.cross_entropy(
                 logits.float(), targets, weight=class_weights, label_smoothing=config.label_smoothing
             )
+            if guided:
+                with_mask = batch_masks[0].flatten(1).amax(dim=1) > 0
+                if with_mask.any():
+                    attentions = [attention[with_mask].float() for attention in outputs.attentions]
+                    start = ROLLOUT_START_LAYER
+                    loss = loss + config.guide_weight * guide_loss(
+                        attentions, batch_masks[0][with_mask], start
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

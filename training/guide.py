@@ -1,0 +1,110 @@
+"""Guiding the served map with radiologists' tumour masks while training ("right for the right reasons").
+
+A ViT trained from scratch on a few thousand slices learns whatever separates the classes, and on real scans
+its maps pointed at the neck, the skull base and the background no more often at the tumour than a map
+that always peaks at the centre (docs/explainability.md). Ross et al. (IJCAI 2017) constrain a model's
+explanation with expert annotations during training; guided attention (Li et al., CVPR 2018) does it for an
+attention map. Here the map constrained is the one the service shows: the CLS row of attention rollout
+(``neurovit.explain.rollout_relevance``), whose share on the tumour's patch-grid cells is pushed up on
+the few training slices that carry a mask. The classifier reads the CLS token, so a rollout that flows from
+the tumour makes the prediction depend on it; whether the maps are then faithful is for deletion to show,
+on slices never used here.
+
+The masked slices come from a folder in the project's mask convention (``<class>/<id>.png`` beside
+``<class>/<id>.mask.png``). ``guide_part`` keeps a deterministic half of them (by content hash) for training
+and leaves the other half for scoring; the published version lists the slices it used (``guide.json``),
+and ``make eval-explain`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from neurovit.data.imageio import read_image
+from neurovit.data.layout import MASK_SUFFIX, discover
+from neurovit.errors import DataError, NeuroVitError
+from neurovit.explain import rollout_relevance
+from neurovit.preprocessing import PreprocessConfig, canonicalise, resize_keep_aspect
+
+GUIDE_FILE = "guide.json"
+# A tumour occupies a few of the 36-144 grid cells; the loss is -log of rollout's share on them, so a map
+# already on the tumour costs nothing and one elsewhere costs a lot. Weighted against the cross-entropy.
+DEFAULT_GUIDE_WEIGHT = 0.5
+
+
+def in_guide_half(sha256: str) -> bool:
+    """The half of the masked slices used for training: content hashes whose first byte is even. The odd
+    half is never seen, so the scores measured on it are on slices new to the model."""
+    return int(sha256[:2], 16) % 2 == 0
+
+
+@dataclass
+class GuideSet:
+    """Masked slices added to the training split: canonical images, label indices, masks in the model
+    input's geometry (uint8 0/255) and, per slice, its path relative to ``root`` and content hash."""
+
+    root: str
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    entries: list[dict]
+
+    def write(self, path: Path, settings: dict) -> None:
+        document = {"root": self.root, "n": len(self.entries), **settings, "slices": self.entries}
+        Path(path).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def load_guide_set(folder: str | Path, class_names: list[str], preprocessing: PreprocessConfig) -> GuideSet:
+    """The guide half (``in_guide_half``) of ``folder``'s slices that have a non-empty mask of their own
+    size, in ``class_names``' classes. Other slices are not used; a folder without one is an error."""
+    root = Path(folder).resolve()
+    index = discover(root)
+    images, labels, masks, entries = [], [], [], []
+    for record in sorted(index.records, key=lambda record: record.relpath):
+        if record.label not in class_names:
+            continue
+        digest = hashlib.sha256(record.path.read_bytes()).hexdigest()
+        mask_path = record.path.with_name(record.path.stem + MASK_SUFFIX)
+        if not in_guide_half(digest) or not mask_path.is_file():
+            continue
+        try:
+            pixels = read_image(record.path).pixels
+            mask = read_image(mask_path).pixels >= 0.5
+        except NeuroVitError:
+            continue  # an unreadable slice guides nothing; analysis reports such files
+        if mask.shape != pixels.shape or not mask.any():
+            continue
+        images.append(canonicalise(pixels, preprocessing))
+        size = preprocessing.image_size
+        masks.append(((resize_keep_aspect(mask.astype(np.float32), size) >= 0.5) * 255).astype(np.uint8))
+        labels.append(class_names.index(record.label))
+        entries.append({"relpath": record.relpath, "label": record.label, "sha256": digest})
+    if not entries:
+        raise DataError(
+            f"no masked slice of {root} to guide training with (<class>/<id>.mask.png, not empty)"
+        )
+    return GuideSet(str(root), np.stack(images), np.asarray(labels, dtype=np.int64), np.stack(masks), entries)
+
+
+def guide_loss(attentions: list[torch.Tensor], masks: torch.Tensor, start_layer: int) -> torch.Tensor:
+    """Mean over the batch of ``-log`` (the share of rollout's CLS row on the mask's cells).
+
+    ``attentions``: the forward's per-layer attentions ``(N, heads, T, T)``; ``masks``: ``(N, 1, H, W)``
+    in [0, 1] (augmented with their images). A cell counts as tumour when the mask covers any of it, so a
+    small lesion still owns the cell it sits in.
+    """
+    relevance = rollout_relevance(attentions, min(start_layer, len(attentions) - 1))
+    side = int(round(relevance.shape[1] ** 0.5))
+    cells = F.adaptive_max_pool2d(masks.float(), side).flatten(1) > 0.5
+    share = (relevance * cells).sum(dim=1) / relevance.sum(dim=1).clamp_min(1e-12)
+    return -torch.log(share.clamp_min(1e-6)).mean()
+
+
+__all__ = ["DEFAULT_GUIDE_WEIGHT", "GUIDE_FILE", "GuideSet", "guide_loss", "in_guide_half", "load_guide_set"]
