@@ -3,8 +3,9 @@
 A server (TorchServe's handler in ``handlers/``, or anything else) does three things with this module:
 ``parse_item`` turns what the server received for one image into an ``ImageRequest`` (the image's bytes and
 the explanations asked for), ``Predictor.prepare`` decodes and canonicalises it, and ``Predictor.predict``
-answers a whole batch with one forward pass; ``prepare_batch`` does the first two for every item of a batch,
-so that one bad item never changes another item's answer. Every problem with the input is an
+answers a whole batch with one forward pass. For a server's batch, ``split_batch`` gives one item per image
+and ``Predictor.prepare_item`` parses and prepares each, returning (never raising) its error, so that one
+bad item never changes another item's answer. Every problem with the input is an
 ``InvalidInput`` that carries its HTTP status (400, or 413 for images over the limits) and a message a user
 can act on; ``error_body`` shapes it. An unexpected failure while preparing one item is a ``ServerError``
 (500) for that item alone; anything that goes wrong in the forward pass is a server error and propagates.
@@ -38,6 +39,7 @@ import binascii
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -370,9 +372,10 @@ def _from_v2_input(tensor: dict, max_bytes: int | None) -> ImageRequest:
 def _check_v2_shape(name: str, shape: Any, data: Any) -> None:
     """One base64 image per input: shape [1] (or any shape of one element) and at most one data element.
     TorchServe's envelope keeps only the first element, so a disagreeing shape would drop images silently."""
-    if not isinstance(shape, list) or not all(isinstance(size, int) and size >= 0 for size in shape):
-        raise InvalidInput(f"v2 input {name!r}: 'shape' must be a list of sizes, got {shape!r}")
-    elements = int(np.prod(shape)) if shape else 1
+    sizes = isinstance(shape, list) and all(type(size) is int and size >= 0 for size in shape)
+    if not sizes:
+        raise InvalidInput(f"v2 input {name!r}: 'shape' must be a list of sizes, got {str(shape)[:80]}")
+    elements = math.prod(shape)  # exact for any size a client writes
     given = len(data) if isinstance(data, list) else 1
     if elements != 1 or given > 1:
         raise InvalidInput(

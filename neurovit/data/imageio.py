@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 # Largest decoded DICOM dataset (a deflated file inflated, or the pixel data a header promises).
-DEFAULT_MAX_DECODED_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_DECODED_BYTES = 64 * 1024 * 1024  # a 16-bit 4096 x 4096 slice is 32 MiB
 
 # A rescale or window parameter beyond this is no physical unit of any scanner; refused, not overflowed.
 _MAX_INTENSITY_PARAMETER = 1e12

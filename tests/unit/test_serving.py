@@ -625,11 +625,22 @@ def test_one_bad_v2_input_beside_a_good_one_is_refused_alone(handler_and_context
         (hostile.v2_missing_name("aGk="), "without a 'name'"),
         (hostile.v2_bad_shape("aGk="), "disagrees"),
         (hostile.v2_tensor("aGk=", shape="1"), "'shape' must be a list"),
+        (hostile.v2_tensor("aGk=", shape=[10**30, 0]), "disagrees"),
+        (hostile.v2_tensor("aGk=", shape=[10**30]), "disagrees"),
         ({"body": hostile.deep_json()}, "nested 5001 deep"),
         ({"body": b'{"data": "' + b"A" * 2_000_000 + b'"}'}, "JSON body too large"),
         ({"data": "A" * 2_000_000}, "decodes to about 1,500,000 bytes"),
     ],
-    ids=["v2-missing-name", "v2-bad-shape", "v2-shape-not-a-list", "deep-json", "big-json", "big-base64"],
+    ids=[
+        "v2-missing-name",
+        "v2-bad-shape",
+        "v2-shape-not-a-list",
+        "v2-empty-huge-shape",
+        "v2-huge-shape",
+        "deep-json",
+        "big-json",
+        "big-base64",
+    ],
 )
 def test_parse_item_refuses_hostile_items_with_an_invalid_input(item, message):
     with pytest.raises(InvalidInput, match=re.escape(message)):
