@@ -223,16 +223,15 @@ def _pillow_to_grey(image: Image.Image, source_format: str) -> DecodedImage:
     """Loaded Pillow image of any supported mode -> grey float image in [0, 1]."""
     mode = image.mode
     if mode in ("1", "L"):
-        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        pixels = _scaled(np.asarray(image.convert("L")), 255.0)
         return DecodedImage(pixels, source_format, mode, 1 if mode == "1" else 8)
     if mode.startswith("I;16"):
-        pixels = np.asarray(image).astype(np.float32) / 65535.0
-        return DecodedImage(pixels, source_format, mode, 16)
+        return DecodedImage(_scaled(np.asarray(image), 65535.0), source_format, mode, 16)
     if mode == "I":
         values = np.asarray(image)
         if values.size and values.min() >= 0 and values.max() <= 65535:
             # Pillow opens some 16-bit files as 32-bit "I"; their range is still the 16-bit one.
-            return DecodedImage(values.astype(np.float32) / 65535.0, source_format, mode, 16)
+            return DecodedImage(_scaled(values, 65535.0), source_format, mode, 16)
         return DecodedImage(_min_max(values), source_format, mode, 32)
     if mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -244,9 +243,32 @@ def _pillow_to_grey(image: Image.Image, source_format: str) -> DecodedImage:
         return DecodedImage(pixels, source_format, mode, 8)
     if mode in ("I;16S", "I;32", "I;32B", "I;32S"):  # rare signed/wide modes: only their range is known
         return DecodedImage(_min_max(np.asarray(image)), source_format, mode, 16 if "16" in mode else 32)
-    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV: through RGB, then luminance.
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return DecodedImage(_luminance(rgb), source_format, mode, 8, is_colour=_is_colour(rgb))
+    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV: through RGB, then luminance, on 8-bit channels (a float copy
+    # of all three would take 12 bytes a pixel).
+    rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
+    colour = bool(np.mean(_spread(rgb) > _COLOUR_LEVEL_TOLERANCE * 255) > _COLOUR_PIXEL_FRACTION)
+    return DecodedImage(_luminance8(rgb), source_format, mode, 8, is_colour=colour)
+
+
+def _scaled(values: np.ndarray, full_scale: float) -> np.ndarray:
+    """Integer pixels -> float32 in [0, 1], scaled in place: one float array, not two."""
+    pixels = values.astype(np.float32)
+    pixels *= np.float32(1.0 / full_scale)
+    return pixels
+
+
+def _luminance8(rgb: np.ndarray) -> np.ndarray:
+    """8-bit RGB -> luminance in [0, 1] (float32), one channel at a time."""
+    grey = rgb[..., 0].astype(np.float32)
+    grey *= np.float32(_LUMA_WEIGHTS[0] / 255.0)
+    for channel in (1, 2):
+        grey += rgb[..., channel] * np.float32(_LUMA_WEIGHTS[channel] / 255.0)
+    return np.clip(grey, 0.0, 1.0, out=grey)
+
+
+def _spread(rgb: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest channel minus the smallest (uint8: no float copy)."""
+    return rgb.max(axis=-1) - rgb.min(axis=-1)
 
 
 # --- DICOM --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from fixtures.serving_samples import (
     assert_error,
     b64,
     bad_requests,
+    encode,
     good_images,
     published_copy,
     save_tiny_model,
@@ -44,6 +45,7 @@ from neurovit.preprocessing import to_tensor
 from neurovit.serving import (
     EXPLAIN_HEADER,
     InvalidInput,
+    Predictor,
     ServingOptions,
     decode_base64,
     json_depth,
@@ -650,3 +652,13 @@ def test_parse_item_refuses_hostile_items_with_an_invalid_input(item, message):
 def test_json_depth_skips_strings():
     assert json_depth(b'{"a": "[[[[{{{", "b": [[1], {"c": "]]]\\"}]}') == 3
     assert json_depth(hostile.deep_json(5_000)) == 5_001
+
+
+def test_the_default_pixel_limit_refuses_a_small_colour_bomb_before_decoding(model_dir):
+    """A 58 KB one-colour 4096 x 4096 PNG took 419 MiB to decode under the old 40 MP default."""
+    predictor = Predictor.load(model_dir, "neurovit", VERSION, options=ServingOptions())
+    bomb = encode(np.zeros((4096, 4096, 3), np.uint8), "PNG")
+    assert len(bomb) < 100_000
+    with pytest.raises(InvalidInput, match="more than the limit of 4,194,304") as caught:
+        predictor.prepare(parse_item({"body": bomb}))
+    assert caught.value.status == 413
