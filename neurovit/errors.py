@@ -24,6 +24,11 @@ class NotASliceError(UnreadableImageError):
     """A readable image that is not one 2-D slice: a volume, a multi-frame DICOM, a multi-page TIFF."""
 
 
+class DegenerateImageError(UnreadableImageError):
+    """A DICOM intensity transform (rescale slope or intercept, window) that is NaN, infinite or absurd, or
+    that leaves a blank (constant) image: refused, because any label on it would be meaningless."""
+
+
 class MissingFileError(DataError):
     """A file the index or split lists has vanished (or cannot be opened) by the time it is read."""
 

@@ -112,7 +112,8 @@ def resize_keep_aspect(pixels: np.ndarray, size: int) -> np.ndarray:
     top, left, new_h, new_w = content_box(height, width, size)
     if (new_h, new_w) != (height, width):
         # PIL's float mode keeps full precision; bilinear with antialiasing when shrinking.
-        resized = Image.fromarray(pixels.astype(np.float32), mode="F").resize((new_w, new_h), Image.BILINEAR)
+        as_float = np.asarray(pixels, dtype=np.float32)  # no copy when it already is (a 4096^2 one is 64 MiB)
+        resized = Image.fromarray(as_float, mode="F").resize((new_w, new_h), Image.BILINEAR)
         pixels = np.asarray(resized, dtype=np.float32)
     canvas = np.zeros((size, size), dtype=np.float32)
     canvas[top : top + new_h, left : left + new_w] = pixels

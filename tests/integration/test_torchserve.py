@@ -6,11 +6,13 @@ Every answer is validated against handlers/response.schema.json."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from fixtures import hostile
 from fixtures.serving_samples import (
     CLASS_NAMES,
     MODEL,
@@ -162,6 +164,80 @@ def test_the_management_api_describes_the_model_through_the_handler(torchserve):
     custom = description["customizedMetadata"]
     custom = json.loads(custom) if isinstance(custom, str) else custom
     assert custom["class_names"] == CLASS_NAMES and custom["model"]["version"] == VERSION
+
+
+# ---- hostile input (issue 18) ------------------------------------------------------------------------------
+
+
+def timed(call):
+    start = time.perf_counter()
+    response = call()
+    return response, time.perf_counter() - start
+
+
+def test_a_hostile_batch_beside_good_requests_gets_per_request_answers_and_the_worker_survives(
+    torchserve, png
+):
+    """Every hostile body of the issue, sent at once with good requests on both routes (one carrying a
+    client-set ``describe`` header): TorchServe batches them together (batch 4), yet each good request is
+    answered as if alone, each hostile one gets its own 4xx and reason, and the worker keeps serving."""
+    bad = hostile.hostile_requests()
+    good = [
+        lambda: torchserve.post(PREDICT, png, "image/png"),
+        lambda: torchserve.post(f"/explanations/{MODEL}", png, "image/png"),
+        lambda: torchserve.post(PREDICT, png, "image/png", headers={"describe": "True"}),
+        lambda: torchserve.post_json(PREDICT, {"data": b64(png), "explain": "rollout"}),
+    ]
+    calls = [*good, *(lambda b=b: torchserve.post(PREDICT, b.body, b.content_type) for b in bad)]
+    calls.insert(5, good[0])  # interleaved, so batches mix both kinds
+    with ThreadPoolExecutor(len(calls)) as pool:
+        results = list(pool.map(timed, calls))
+    answers = [response for response, _ in results]
+    answered(answers[0])
+    answered(answers[1], BOTH)
+    answered(answers[2])  # a prediction, not the model's description
+    answered(answers[3], ("rollout",))
+    answered(answers[5])
+    refusals = answers[4:5] + answers[6:]
+    for case, response, (_, seconds) in zip(bad, refusals, results[4:5] + results[6:], strict=True):
+        assert response.status == case.status, (case.name, response.status, response.body[:300])
+        assert_error(response.json(), case.status, case.message, case.reason)
+        assert seconds < 5.0, (case.name, seconds)  # queueing behind a batch included
+    answered(torchserve.post(PREDICT, png, "image/png"))  # the worker survived
+    with urllib.request.urlopen(f"{torchserve.metrics_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'reason="invalid_intensity"' in text and "Requests4XX" in text
+
+
+def test_kserve_v1_hostile_bodies_are_4xx_and_the_next_request_succeeds(torchserve_kserve, png):
+    path = f"/v1/models/{MODEL}:predict"
+    too_many = hostile.many_instances(png, 17)  # the package's limit is 16
+    for body, status, message in [
+        (json.dumps({"instances": 5}).encode(), 400, "expected a list of images"),
+        (json.dumps(too_many).encode(), 413, "too many images in one request"),
+        (hostile.deep_json(), 400, "nested too deeply"),
+    ]:
+        response = torchserve_kserve.post(path, body, "application/json")
+        assert response.status == status, (message, response.status, response.body[:300])
+        assert message in response.json()["predictions"][0]["error"]
+    response = torchserve_kserve.post_json(path, {"instances": [{"data": b64(png)}]})
+    assert response.status == 200
+    assert_answer(response.json()["predictions"][0])
+
+
+def test_kserve_v2_hostile_inputs_are_4xx_and_the_next_request_succeeds(torchserve_kservev2, png):
+    path = f"/v2/models/{MODEL}/infer"
+    for body, message in [
+        ({"inputs": [hostile.v2_missing_name(b64(png))]}, "'name' is missing"),
+        ({"inputs": [hostile.v2_bad_shape(b64(png))]}, "disagrees with one base64 image"),
+        ({"inputs": [hostile.v2_tensor(b64(png), datatype="FP32", shape=[2], data=[1.0])]}, "cannot reshape"),
+    ]:
+        response = torchserve_kservev2.post_json(path, body)
+        assert response.status == 400, (message, response.status, response.body[:300])
+        assert message in json.loads(response.json()["outputs"][0]["data"][0])["error"]
+    response = torchserve_kservev2.post_json(path, v2_body(b64(png)))
+    assert response.status == 200
+    assert_answer(json.loads(response.json()["outputs"][0]["data"][0]))
 
 
 # ---- KServe envelopes -------------------------------------------------------------------------------------

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import io
+import re
+import struct
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
+from fixtures import hostile
 from fixtures.serving_samples import dicom_bytes, png_header_only
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, MRImageStorage, RLELossless, generate_uid
 
 from neurovit.data.imageio import DecodedImage, decode_image, read_image
-from neurovit.errors import DataError, UnreadableImageError
+from neurovit.errors import (
+    DataError,
+    DegenerateImageError,
+    ImageTooLargeError,
+    NotASliceError,
+    UnreadableImageError,
+)
 
 
 def encode(pixels: np.ndarray, fmt: str, **options) -> bytes:
@@ -215,7 +229,7 @@ def test_dicom_over_max_pixels_is_rejected():
 def test_multi_page_tiff_is_rejected():
     buffer = io.BytesIO()
     Image.fromarray(GREY).save(buffer, "TIFF", save_all=True, append_images=[Image.fromarray(GREY)] * 2)
-    with pytest.raises(UnreadableImageError, match="one 2-D slice expected, got 3 frames"):
+    with pytest.raises(UnreadableImageError, match="one 2-D slice expected, got more than one frame"):
         decode_image(buffer.getvalue())
 
 
@@ -243,3 +257,116 @@ def test_damaged_files_never_raise_another_exception_type(fmt, make_slice):
         except UnreadableImageError:
             continue
         assert image.pixels.ndim == 2 and 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+
+
+# --- hostile input (issue 18): every cap is checked before the step it protects ------------------------
+
+
+def _peak_bytes(function) -> tuple[int, BaseException | None]:
+    """Peak Python allocation while ``function`` runs, and what it raised."""
+    tracemalloc.start()
+    try:
+        function()
+        raised = None
+    except Exception as error:  # noqa: BLE001 - the caller asserts on it
+        raised = error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, raised
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_pydicom_inflates_it():
+    bomb = hostile.deflated_dicom_bomb()  # ~300 KB inflating to 300 MB
+    assert len(bomb) < 400_000
+    start = time.perf_counter()
+    peak, raised = _peak_bytes(lambda: decode_image(bomb))
+    assert isinstance(raised, ImageTooLargeError) and "inflates to more than" in str(raised)
+    assert time.perf_counter() - start < 3.0 and peak < 16 * 1024 * 1024
+
+
+def test_a_small_deflated_dicom_is_still_read():
+    image = decode_image(hostile.deflated_dicom_bomb(1024))
+    assert image.format == "DICOM" and image.pixels.shape == (16, 16)
+    with pytest.raises(ImageTooLargeError, match="inflates to more than 1,000"):
+        decode_image(hostile.deflated_dicom_bomb(1024), max_decoded_bytes=1_000)
+
+
+@pytest.mark.parametrize(
+    ("rescale", "window", "message"),
+    [
+        ((float("nan"), 0.0), None, "invalid DICOM RescaleSlope: nan"),
+        ((1e308, 0.0), None, "invalid DICOM RescaleSlope: 1e+308"),
+        ((float("inf"), 0.0), None, "invalid DICOM RescaleSlope: inf"),
+        ((1.0, float("nan")), None, "invalid DICOM RescaleIntercept: nan"),
+        ((0.0, 5.0), None, "RescaleSlope: 0 makes every pixel the same"),
+        (None, (float("nan"), 400.0), "invalid DICOM WindowCenter: nan"),
+        (None, (100.0, 1e308), "invalid DICOM WindowWidth: 1e+308"),
+        (None, (-100_000.0, 10.0), "blank (one constant value) after its rescale and window"),
+    ],
+    ids=[
+        "nan-slope",
+        "huge-slope",
+        "inf-slope",
+        "nan-intercept",
+        "zero-slope",
+        "nan-center",
+        "huge-width",
+        "window-outside-the-data",
+    ],
+)
+def test_a_degenerate_dicom_intensity_transform_is_refused(rescale, window, message):
+    data = dicom_bytes(STORED, rescale=rescale, window=window)
+    with pytest.raises(DegenerateImageError, match=re.escape(message)):
+        decode_image(data)
+
+
+def test_a_blank_dicom_is_refused_not_labelled():
+    with pytest.raises(DegenerateImageError, match="blank"):
+        decode_image(dicom_bytes(np.zeros((16, 16), np.uint16)))
+
+
+def test_a_40000_page_tiff_is_refused_in_well_under_a_second():
+    data = hostile.tiff_pages(40_000)
+    start = time.perf_counter()
+    with pytest.raises(NotASliceError, match="more than one frame"):
+        decode_image(data)
+    assert time.perf_counter() - start < 0.5
+    assert decode_image(hostile.tiff_pages(1)).pixels.shape == (1, 1)
+
+
+def _compressed_dicom(frame: bytes, syntax: str, rows: int, columns: int) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = rows, columns, 1
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.PixelData = encapsulate([frame])
+    dataset["PixelData"].VR = "OB"
+    dataset["PixelData"].is_undefined_length = True
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_dicom_is_decoded_when_its_frame_matches_its_header():
+    image = decode_image(_compressed_dicom(encode(GREY, "JPEG", quality=95), JPEGBaseline8Bit, 48, 64))
+    assert image.format == "DICOM" and image.pixels.shape == (48, 64)
+
+
+def test_a_compressed_dicom_frame_bigger_than_its_header_is_refused_before_decoding():
+    big = encode(np.zeros((4000, 4000), np.uint8), "JPEG")  # small on the wire, 16 MP once decoded
+    with pytest.raises(UnreadableImageError, match="frame is 4000 x 4000, the header says 16 x 16"):
+        decode_image(_compressed_dicom(big, JPEGBaseline8Bit, 16, 16))
+
+
+def test_an_rle_dicom_bomb_is_refused_before_decoding():
+    segment = b"\x81\x00" * 100_000  # each pair decodes to 128 bytes: 12.8 MB for a 16 x 16 image
+    header = struct.pack("<16I", 1, 64, *([0] * 14))
+    with pytest.raises(ImageTooLargeError, match="bytes of RLE data for a 16 x 16 image"):
+        decode_image(_compressed_dicom(header + segment, RLELossless, 16, 16))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixtures import hostile
 from fixtures.serving_samples import (
     CLASS_NAMES,
     TEMPERATURE,
@@ -23,6 +25,7 @@ from fixtures.serving_samples import (
     assert_error,
     b64,
     bad_requests,
+    encode,
     good_images,
     published_copy,
     save_tiny_model,
@@ -42,8 +45,10 @@ from neurovit.preprocessing import to_tensor
 from neurovit.serving import (
     EXPLAIN_HEADER,
     InvalidInput,
+    Predictor,
     ServingOptions,
     decode_base64,
+    json_depth,
     parse_explain,
     parse_item,
     status_phrase,
@@ -102,7 +107,7 @@ def worker_value(body: bytes, content_type: str):
     if content_type == "application/json":
         try:
             return json.loads(body.decode("utf-8"))
-        except ValueError:
+        except Exception:  # as the worker does: RecursionError too (it forwards the raw bytes)
             return bytearray(body)
     if content_type.startswith("text"):
         return body.decode("utf-8")
@@ -163,8 +168,14 @@ def test_initialize_reads_labels_temperature_preprocessing_and_limits_from_the_a
     assert (predictor.name, predictor.version) == ("neurovit", VERSION)
 
 
+def describe_job() -> dict:
+    """What TorchServe's management API sends for ``GET /models/<name>?customized=true``: no parameter at
+    all, and the ``describe`` header (ManagementRequestHandler.handleDescribeModel)."""
+    return request(form={}, headers={"describe": "True"})
+
+
 def test_describe_tells_what_the_service_answers_with(handler_and_context):
-    (text,), _ = run(handler_and_context, [request(headers={"describe": "True"})])
+    (text,), _ = run(handler_and_context, [describe_job()])
     described = json.loads(text)
     assert described["class_names"] == CLASS_NAMES and described["temperature"] == pytest.approx(TEMPERATURE)
     assert described["explanations"] == ["rollout", "heatmap"] and described["model"]["version"] == VERSION
@@ -488,3 +499,166 @@ def test_every_answer_carries_its_ood_check(handler_and_context, images):
     noise = np.random.default_rng(5).integers(0, 256, (48, 48), dtype=np.uint8)
     (odd,), _ = run(handler_and_context, [request(good_images(noise)["png"], "image/png")])
     assert_answer(odd)  # an input unlike the training data is answered (maybe flagged), never refused
+
+
+# ---- hostile input (issue 18): one bad item never changes another item's answer ---------------------------
+
+
+@pytest.mark.parametrize("bad", hostile.hostile_requests(), ids=lambda bad: bad.name)
+def test_a_hostile_request_gets_its_4xx_beside_good_ones(handler_and_context, images, bad):
+    good = request(images["png"], "image/png")
+    output, statuses = run(handler_and_context, [good, request(bad.body, bad.content_type), good])
+    assert [status for status, _ in statuses] == [200, bad.status, 200]
+    assert_answer(output[0]) or assert_answer(output[2])
+    assert_error(output[1], bad.status, bad.message, bad.reason)
+
+
+def test_an_unexpected_failure_of_one_item_is_a_500_for_it_alone(handler_and_context, images, monkeypatch):
+    predictor = handler_and_context[0].predictor
+    prepare = predictor.prepare
+
+    def flaky(image_request):
+        if image_request.data.startswith(b"BOOM"):
+            raise RuntimeError("a bug in decoding")
+        return prepare(image_request)
+
+    monkeypatch.setattr(predictor, "prepare", flaky)
+    good = request(images["png"], "image/png")
+    output, statuses = run(handler_and_context, [good, request(b"BOOM" + images["png"]), good])
+    assert [status for status, _ in statuses] == [200, 500, 200]
+    assert output[1]["reason"] == "internal_error" and "internal error" in output[1]["error"]
+    assert_answer(output[0])
+
+
+def test_a_client_describe_header_cannot_take_over_the_batch(handler_and_context, images):
+    good = request(images["png"], "image/png")
+    sneaky = request(images["png"], "image/png", headers={"describe": "True"})
+    output, statuses = run(handler_and_context, [good, sneaky, good])
+    assert [status for status, _ in statuses] == [200] * 3
+    for answer in output:
+        assert_answer(answer)
+    (alone,), _ = run(handler_and_context, [sneaky])  # alone in its batch, with a body: still a prediction
+    assert_answer(alone)
+
+
+def test_a_batch_mixing_routes_answers_each_request_on_its_own_route(handler_and_context, images):
+    explain = {"explain": "True"}
+    requests = [
+        request(images["png"], "image/png"),
+        request(images["png"], "image/png", headers=explain),
+        request(images["png"], "image/png"),
+    ]
+    output, _ = run(handler_and_context, requests)
+    assert_answer(output[0])
+    assert_answer(output[1], BOTH)
+    assert_answer(output[2])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"instances": 5}, "expected a list of images"),
+        ({"instances": "abc"}, "expected a list of images"),
+        (hostile.deep_json(), "nested too deeply"),
+        (b"not json at all", "not JSON"),
+    ],
+    ids=["instances-5", "instances-string", "deep-json", "not-json"],
+)
+def test_kserve_v1_bodies_the_envelope_cannot_use_are_a_400(handler_and_context, images, body, message):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    (response,), statuses = run(handler_and_context, [request(raw, "application/json")], KServeEnvelope)
+    assert statuses[0][0] == 400, statuses
+    assert message in response["predictions"][0]["error"]
+    (response,), statuses = run(  # the worker carries on
+        handler_and_context, [json_request({"instances": [{"data": b64(images["png"])}]})], KServeEnvelope
+    )
+    assert statuses[0][0] == 200
+    assert_answer(response["predictions"][0])
+
+
+def test_too_many_images_in_one_request_are_a_413_before_any_is_decoded(
+    handler_and_context, images, monkeypatch
+):
+    predictor = handler_and_context[0].predictor
+    monkeypatch.setattr(predictor, "prepare", lambda *a: pytest.fail("nothing may be decoded"))
+    limit = predictor.options.max_images_per_request
+    body = hostile.many_instances(images["png"], limit + 1)
+    (response,), statuses = run(handler_and_context, [json_request(body)], KServeEnvelope)
+    assert statuses[0][0] == 413
+    assert_error(response["predictions"][0], 413, "too many images in one request", "too_many_images")
+    tensors = [hostile.v2_tensor(b64(images["png"]), name=f"i{i}") for i in range(limit + 1)]
+    (response,), statuses = run(handler_and_context, [json_request({"inputs": tensors})], KServev2Envelope)
+    assert statuses[0][0] == 413
+    assert_error(json.loads(response["outputs"][0]["data"][0]), 413, "too many images", "too_many_images")
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (hostile.v2_missing_name, "'name' is missing"),
+        (hostile.v2_bad_shape, "disagrees with one base64 image per input"),
+        (lambda data: hostile.v2_tensor(data, datatype="FP32", shape=[2], data=[1.0]), "cannot reshape"),
+        (lambda data: hostile.v2_tensor(data, data=[]), "malformed KServe v2 body"),
+    ],
+    ids=["missing-name", "shape-2-of-bytes", "shape-disagrees-with-fp32-data", "empty-data"],
+)
+def test_kserve_v2_inputs_the_envelope_cannot_use_are_a_400(handler_and_context, images, tensor, message):
+    body = {"inputs": [tensor(b64(images["png"]))]}
+    (response,), statuses = run(handler_and_context, [json_request(body)], KServev2Envelope)
+    assert statuses[0][0] == 400, statuses
+    assert message in json.loads(response["outputs"][0]["data"][0])["error"]
+    good = {"inputs": [hostile.v2_tensor(b64(images["png"]))]}
+    (response,), statuses = run(handler_and_context, [json_request(good)], KServev2Envelope)
+    assert statuses[0][0] == 200
+
+
+def test_one_bad_v2_input_beside_a_good_one_is_refused_alone(handler_and_context, images):
+    png = b64(images["png"])
+    body = {"inputs": [hostile.v2_tensor(png), hostile.v2_tensor(png, name="b", shape=[3])]}
+    (response,), statuses = run(handler_and_context, [json_request(body)], KServev2Envelope)
+    first, second = (json.loads(output["data"][0]) for output in response["outputs"])
+    assert_answer(first)
+    assert second["code"] == 400 and "disagrees" in second["error"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (hostile.v2_missing_name("aGk="), "without a 'name'"),
+        (hostile.v2_bad_shape("aGk="), "disagrees"),
+        (hostile.v2_tensor("aGk=", shape="1"), "'shape' must be a list"),
+        (hostile.v2_tensor("aGk=", shape=[10**30, 0]), "disagrees"),
+        (hostile.v2_tensor("aGk=", shape=[10**30]), "disagrees"),
+        ({"body": hostile.deep_json()}, "nested 5001 deep"),
+        ({"body": b'{"data": "' + b"A" * 2_000_000 + b'"}'}, "JSON body too large"),
+        ({"data": "A" * 2_000_000}, "decodes to about 1,500,000 bytes"),
+    ],
+    ids=[
+        "v2-missing-name",
+        "v2-bad-shape",
+        "v2-shape-not-a-list",
+        "v2-empty-huge-shape",
+        "v2-huge-shape",
+        "deep-json",
+        "big-json",
+        "big-base64",
+    ],
+)
+def test_parse_item_refuses_hostile_items_with_an_invalid_input(item, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        parse_item(item, max_bytes=TEST_OPTIONS.max_image_bytes)
+
+
+def test_json_depth_skips_strings():
+    assert json_depth(b'{"a": "[[[[{{{", "b": [[1], {"c": "]]]\\"}]}') == 3
+    assert json_depth(hostile.deep_json(5_000)) == 5_001
+
+
+def test_the_default_pixel_limit_refuses_a_small_colour_bomb_before_decoding(model_dir):
+    """A 58 KB one-colour 4096 x 4096 PNG took 419 MiB to decode under the old 40 MP default."""
+    predictor = Predictor.load(model_dir, "neurovit", VERSION, options=ServingOptions())
+    bomb = encode(np.zeros((4096, 4096, 3), np.uint8), "PNG")
+    assert len(bomb) < 100_000
+    with pytest.raises(InvalidInput, match="more than the limit of 4,194,304") as caught:
+        predictor.prepare(parse_item({"body": bomb}))
+    assert caught.value.status == 413
