@@ -104,7 +104,7 @@ def guide_loss(attentions: list[torch.Tensor], masks: torch.Tensor, start_layer:
     side = int(round(relevance.shape[1] ** 0.5))
     cells = F.adaptive_max_pool2d(masks.float(), side).flatten(1) > 0.5
     share = (relevance * cells).sum(dim=1) / relevance.sum(dim=1).clamp_min(1e-12)
-    return -torch.log(share.clamp_min(1e-6)).mean()
+    return -torch.log(share + 1e-6).mean()  # + not clamp: a map wholly off the mask still gets a gradient
 
 
 __all__ = ["DEFAULT_GUIDE_WEIGHT", "GUIDE_FILE", "GuideSet", "guide_loss", "in_guide_half", "load_guide_set"]

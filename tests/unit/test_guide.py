@@ -1,0 +1,153 @@
+"""Guiding the rollout map with tumour masks: the differentiable rollout is the served one, masks move with
+their images through augmentation, the loss prefers a map on the mask, the guide half of a masked folder is
+chosen by content and its slices are never scored, and a guided training run puts more of rollout on the
+masks than the same run unguided."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from neurovit.errors import DataError
+from neurovit.explain import rollout_from_attentions, rollout_relevance
+from neurovit.model import ModelConfig, ModelInfo, build_model, save_model
+from neurovit.preprocessing import PreprocessConfig, to_tensor
+from neurovit.store import LocalStore
+from training.augment import AugmentConfig, augment_batch
+from training.eval_explain import main as eval_explain
+from training.guide import GUIDE_FILE, guide_loss, in_guide_half, load_guide_set
+from training.train import CHECKPOINT_FILE, TrainConfig, train
+
+
+def _attentions(batch=2, heads=2, tokens=5, layers=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(batch, heads, tokens, tokens, generator=generator).softmax(-1) for _ in range(layers)]
+
+
+def test_the_differentiable_rollout_is_the_served_rollout():
+    attentions = _attentions(tokens=10)  # CLS + a 3x3 grid
+    for start in range(3):
+        relevance = rollout_relevance(attentions, start)
+        served = rollout_from_attentions(attentions, "mean", 0.0, start)
+        flat = relevance.reshape(2, 3, 3)
+        low = flat.amin(dim=(1, 2), keepdim=True)
+        high = flat.amax(dim=(1, 2), keepdim=True)
+        np.testing.assert_allclose(((flat - low) / (high - low)).numpy(), served, atol=1e-5)
+    leaf = [attention.clone().requires_grad_(True) for attention in attentions]
+    rollout_relevance(leaf, 1).sum().backward()
+    assert leaf[0].grad is None and leaf[1].grad.abs().sum() > 0  # layers before the start do not count
+
+
+def test_masks_get_their_images_geometry_and_the_draws_stay_the_same():
+    images = torch.zeros(4, 1, 16, 16)
+    images[:, :, 2:7, 9:14] = 1.0
+    config = AugmentConfig(brightness=0.0, contrast=0.0, max_rotation_deg=30, max_translate=0.2)
+    alone = augment_batch(images, config, torch.Generator().manual_seed(3))
+    warped, masks = augment_batch(images, config, torch.Generator().manual_seed(3), images.clone())
+    torch.testing.assert_close(warped, alone)  # the mask does not change the random stream
+    torch.testing.assert_close(masks, warped)  # no intensity jitter here: the mask is the warped image
+
+
+def test_the_loss_prefers_a_map_on_the_mask():
+    tokens = 5  # CLS + 2x2 grid
+    focus = torch.zeros(1, 1, tokens, tokens)
+    focus[..., :, 4] = 1.0  # every token attends to the last patch (bottom right)
+    attentions = [focus.clone().requires_grad_(True) for _ in range(2)]
+    on, off = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    on[..., 5:7, 5:7], off[..., 0:2, 0:2] = 1.0, 1.0
+    assert guide_loss(attentions, on, 0) < guide_loss(attentions, off, 0)
+    guide_loss(attentions, off, 0).backward()
+    assert attentions[1].grad.abs().sum() > 0
+
+
+def _masked_slices(root, count=12):
+    """``glioma``/``meningioma`` slices with a bright block and its mask at a place of their own."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        label = ("glioma", "meningioma")[i % 2]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        image = (rng.random((32, 32)) * 80).astype(np.uint8)
+        mask = np.zeros((32, 32), dtype=np.uint8)
+        row, col = rng.integers(2, 22, size=2)
+        image[row : row + 8, col : col + 8], mask[row : row + 8, col : col + 8] = 250, 255
+        Image.fromarray(image).save(root / label / f"s{i:02d}.png")
+        Image.fromarray(mask).save(root / label / f"s{i:02d}.mask.png")
+
+
+def test_the_guide_half_is_chosen_by_content_and_bad_masks_guide_nothing(tmp_path):
+    _masked_slices(tmp_path / "masked")
+    (tmp_path / "masked" / "glioma" / "s00.mask.png").write_bytes(b"broken")
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(tmp_path / "masked" / "glioma" / "s02.mask.png")
+    guide = load_guide_set(tmp_path / "masked", ["glioma", "meningioma", "notumor"], PreprocessConfig(32))
+    digests = {
+        path.relative_to(tmp_path / "masked").as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in (tmp_path / "masked").rglob("s??.png")
+    }
+    expected = sorted(
+        r for r, d in digests.items() if in_guide_half(d) and r not in ("glioma/s00.png", "glioma/s02.png")
+    )
+    assert [entry["relpath"] for entry in guide.entries] == expected and expected
+    assert guide.images.shape == guide.masks.shape == (len(expected), 32, 32)
+    assert set(np.unique(guide.masks)) == {0, 255}
+    with pytest.raises(DataError, match="no masked slice"):
+        load_guide_set(tmp_path / "masked", ["notumor", "pituitary"], PreprocessConfig(32))
+
+
+def _rollout_share(run_dir, config, classes, guide) -> float:
+    """Rollout's mean share on the masks, for the weights at the end of the run (the checkpoint's: the best
+    saved model is chosen on validation accuracy, which these random images cannot move)."""
+    model = build_model(config.model, classes)
+    model.load_state_dict(torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)["model"])
+    inputs = to_tensor(guide.images, PreprocessConfig(image_size=config.model.image_size))
+    with torch.no_grad():
+        attentions = list(model.eval()(inputs, output_attentions=True).attentions)
+    masks = torch.as_tensor(guide.masks[:, None] / 255.0)
+    return float(torch.exp(-guide_loss(attentions, masks, 1)))
+
+
+def test_guided_training_puts_more_of_rollout_on_the_masks(tmp_path):
+    _masked_slices(tmp_path / "masked", count=48)
+    classes = ["glioma", "meningioma"]
+    preprocessing = PreprocessConfig(image_size=32)
+    guide = load_guide_set(tmp_path / "masked", classes, preprocessing)
+    rng = np.random.default_rng(1)
+    train_data = ((rng.random((16, 32, 32)) * 80).astype(np.uint8), np.arange(16) % 2)
+    model = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    shares = {}
+    for weight in (0.0, 5.0):
+        config = TrainConfig(epochs=10, batch_size=8, learning_rate=3e-3, guide_weight=weight, model=model)
+        result = train(
+            train_data,
+            train_data,
+            classes,
+            preprocessing,
+            config,
+            tmp_path / f"w{weight}",
+            progress=False,
+            guide=guide,
+        )
+        shares[weight] = _rollout_share(result.best_dir.parent, config, classes, guide)
+    assert shares[5.0] > shares[0.0] + 0.05, shares
+
+
+def test_eval_explain_never_scores_a_slice_that_guided_training(tmp_path, capsys):
+    _masked_slices(tmp_path / "masked", count=6)
+    classes = ["glioma", "meningioma"]
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    version = tmp_path / "version"
+    save_model(build_model(config, classes), version / "model", PreprocessConfig(32), ModelInfo(classes))
+    guide = load_guide_set(tmp_path / "masked", classes, PreprocessConfig(32))
+    guide.write(version / GUIDE_FILE, {"guide_weight": 0.5})
+    LocalStore(tmp_path / "store").publish("neurovit", version, metadata={})
+    out = tmp_path / "out"
+    argv = ["--store", str(tmp_path / "store"), "--data-dir", str(tmp_path / "masked"), "--out", str(out)]
+    assert eval_explain([*argv, "--steps", "2", "--explained-class", "predicted"]) == 0
+    result = json.loads((out / "explain_eval.json").read_text())
+    used = sorted(entry["relpath"] for entry in guide.entries)
+    assert result["left_out"]["used to guide training (guide.json)"]["relpaths"] == used
+    assert result["n_slices"] == 6 - len(used)
+    assert "used to guide training" in capsys.readouterr().out
