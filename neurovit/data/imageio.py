@@ -243,27 +243,26 @@ def _pillow_to_grey(image: Image.Image, source_format: str) -> DecodedImage:
         return DecodedImage(pixels, source_format, mode, 8)
     if mode in ("I;16S", "I;32", "I;32B", "I;32S"):  # rare signed/wide modes: only their range is known
         return DecodedImage(_min_max(np.asarray(image)), source_format, mode, 16 if "16" in mode else 32)
-    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV: through RGB, then luminance, on 8-bit channels (a float copy
-    # of all three would take 12 bytes a pixel).
+    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV: through RGB, then luminance; colour is judged on the 8-bit
+    # channels.
     rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
     colour = bool(np.mean(_spread(rgb) > _COLOUR_LEVEL_TOLERANCE * 255) > _COLOUR_PIXEL_FRACTION)
     return DecodedImage(_luminance8(rgb), source_format, mode, 8, is_colour=colour)
 
 
 def _scaled(values: np.ndarray, full_scale: float) -> np.ndarray:
-    """Integer pixels -> float32 in [0, 1], scaled in place: one float array, not two."""
+    """Integer pixels -> float32 in [0, 1], scaled in place: one float array, not two. Divided, not
+    multiplied by the reciprocal: the same float32 values as before, so the same canonical images."""
     pixels = values.astype(np.float32)
-    pixels *= np.float32(1.0 / full_scale)
+    pixels /= np.float32(full_scale)
     return pixels
 
 
 def _luminance8(rgb: np.ndarray) -> np.ndarray:
-    """8-bit RGB -> luminance in [0, 1] (float32), one channel at a time."""
-    grey = rgb[..., 0].astype(np.float32)
-    grey *= np.float32(_LUMA_WEIGHTS[0] / 255.0)
-    for channel in (1, 2):
-        grey += rgb[..., channel] * np.float32(_LUMA_WEIGHTS[channel] / 255.0)
-    return np.clip(grey, 0.0, 1.0, out=grey)
+    """8-bit RGB -> luminance in [0, 1] (float32), with the arithmetic images were always read with (a model
+    sees the same pixels it was trained on); the float copy of three channels is 48 MiB at the service's
+    2048 x 2048 cap."""
+    return np.clip((rgb.astype(np.float32) / 255.0) @ _LUMA_WEIGHTS, 0.0, 1.0).astype(np.float32)
 
 
 def _spread(rgb: np.ndarray) -> np.ndarray:
