@@ -67,7 +67,7 @@ evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the 
 	$(NEUROVIT) evaluate --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EVAL_ARGS)
 
 .PHONY: eval-explain
-eval-explain: venv ## Score MODEL's explanation maps on DATA_DIR's lesion masks (pointing game, deletion AUC)
+eval-explain: venv ## Score MODEL's maps on DATA_DIR's lesion masks (its test split, or any masked folder: DATA_DIR=../shared/data/tumour-masks)
 	$(VENV_BIN)/python -m training.eval_explain --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EXPLAIN_ARGS)
 
 .PHONY: eval-ood
