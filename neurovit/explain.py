@@ -10,8 +10,8 @@ class per image that defaults to the predicted one.
   on the attentions of a forward pass the caller already ran, so serving gets it for the price of a few tiny
   matrix products.
 - ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the ViT's tokens, as in jacobgil/pytorch-grad-cam
-  ``usage_examples/vit_example.py`` (``target_layers = [model.blocks[-1].norm1]``). This is the service's
-  class heat map.
+  ``usage_examples/vit_example.py`` (``target_layers = [model.blocks[-1].norm1]``). Scored for comparison:
+  on real tumours it pointed at the tumour no more often than a map peaking at the centre.
 - ``hirescam``: HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful explanations
   of convolutional neural networks"), pytorch-grad-cam's ``HiResCAM``: the same tokens and gradients, but
   multiplied element-wise before summing over channels instead of weighting each channel by its gradient
@@ -21,6 +21,7 @@ class per image that defaults to the predicted one.
 - ``gradient_rollout``: class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic
   Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", rules 5 and 6),
   checked against hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``.
+  This is the service's class heat map (``neurovit.serving.EXPLANATIONS``; docs/explainability.md).
 
 The two gradient methods share one forward and one backward per batch (the sum of each image's target logit:
 images do not interact in eval mode, so each gets its own gradient). ``torch.autograd.grad`` differentiates

@@ -4,7 +4,7 @@ Starts TorchServe on a published version (``--model``, default the latest), then
 - predict p50 and p95 (one image per request, no explanation) / the bare in-process forward of the same
   model on the same image (goal <= 1.5);
 - p50 with rollout / predict p50 (goal <= 1.2: rollout reuses the forward's attentions);
-- p50 with the Grad-CAM heatmap / predict p50 (goal <= 3);
+- p50 with the heatmap (gradient rollout) / predict p50 (goal <= 3);
 - requests/s under concurrent clients with TorchServe batching on (batch_size 4) and off (batch_size 1).
 Prints one JSON line per measurement and a final summary line.
 """

@@ -101,6 +101,7 @@ from neurovit.preprocessing import (
     standardise,
     to_tensor,
 )
+from neurovit.serving import EXPLANATIONS
 from neurovit.store import VERSION_PATTERN, resolve
 from training.guide import GUIDE_FILE
 
@@ -108,11 +109,9 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("random", "gaussian", "centre")
 ALL_METHODS = (*METHODS, *BASELINES)
+SERVED_AS = {method: name for name, method in EXPLANATIONS.items()}  # what the service calls each map
 LABELS = {
-    "rollout": "rollout",
-    "gradcam": "gradcam (heatmap)",
-    "hirescam": "hirescam (comparison)",  # scored beside Grad-CAM, not served
-    "gradient_rollout": "gradient_rollout",
+    **{method: f"{method} ({SERVED_AS.get(method, 'comparison')})" for method in METHODS},
     "random": "random map (baseline)",
     "gaussian": "centred Gaussian (baseline)",
     "centre": "centre peak (baseline)",

@@ -8,7 +8,7 @@ User classes (name one or more; with none, every class runs):
 
 - ``PredictUser``: plain predictions only (the capacity baseline).
 - ``MixedUser``: the realistic mix, by task weight: 70 % plain predictions (raw bytes, some as JSON), 15 %
-  with attention rollout, 10 % with the Grad-CAM heat map, 5 % bad inputs that must be refused with a 4xx
+  with attention rollout, 10 % with the class heat map, 5 % bad inputs that must be refused with a 4xx
   (anything else counts as a failure).
 
 Bodies follow the server's envelope (``--envelope``; see ``payloads.py``): ``none`` for ``make serve``,

@@ -221,13 +221,13 @@ def test_confidence_is_the_temperature_scaled_softmax(handler_and_context, image
     assert answer["index"] == int(np.argmax(expected))
 
 
-def test_the_served_maps_are_the_cores_grad_cam_and_rollout(handler_and_context, images):
+def test_the_served_maps_are_the_cores_gradient_rollout_and_rollout(handler_and_context, images):
     handler = handler_and_context[0]
     (answer,), _ = run(handler_and_context, [json_request({"data": b64(images["png"]), "explain": "all"})])
     prepared = handler.predictor.prepare(parse_item({"body": images["png"]}))
     pixels = to_tensor(prepared.image, handler.predictor.loaded.preprocessing)
-    expected = explain(handler.predictor.model, pixels, ("gradcam", "rollout"))
-    for name, method in (("heatmap", "gradcam"), ("rollout", "rollout")):
+    expected = explain(handler.predictor.model, pixels, ("gradient_rollout", "rollout"))
+    for name, method in (("heatmap", "gradient_rollout"), ("rollout", "rollout")):
         served = np.asarray(answer["explanations"][name]["grid"], dtype=np.float64)
         np.testing.assert_allclose(served, expected[method][0], atol=1e-3, err_msg=name)
 
