@@ -9,7 +9,8 @@ VENV_BIN     := $(VENV)/bin
 OUTPUT_DIR   ?= outputs
 DATA_DIR     ?= $(OUTPUT_DIR)/demo-data
 REAL_DATA    ?= ../shared/data/brain-tumor-mri
-# Real tumour slices with radiologists' masks: half guides bench-train's maps, half is for eval-explain.
+# Real tumour slices with radiologists' masks: half guides bench-train's maps on REAL_DATA, half is for
+# eval-explain (another DATA_DIR trains unguided unless BENCH_ARGS="--guide-dir <masked folder>").
 REAL_MASKS   ?= ../shared/data/tumour-masks
 STORE        ?= $(OUTPUT_DIR)/store
 MODEL        ?= latest
@@ -147,7 +148,7 @@ load-test: venv ## Locust against `make serve` (LOAD_USERS users, LOAD_TIME); CS
 # ---- BENCHMARKS --------------------------------------------------------------------------------
 .PHONY: bench-train
 bench-train: venv ## Train the default recipe on real slices within a time budget; prints a JSON line
-	$(VENV_BIN)/python -m training.bench_train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA),$(DATA_DIR)) --guide-dir $(REAL_MASKS) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+	$(VENV_BIN)/python -m training.bench_train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA) --guide-dir $(REAL_MASKS),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-serve
 bench-serve: venv java ## Latency of predict/rollout/heatmap against the bare forward, requests/s with batching on and off
