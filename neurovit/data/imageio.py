@@ -288,24 +288,25 @@ def _try_forced_dicom(data: bytes, limits: _Limits) -> DecodedImage | None:
 
 
 def _decode_dicom(data: bytes, limits: _Limits) -> DecodedImage:
-    try:
-        header = _read_dicom(data, limits, force=False, stop_before_pixels=True)
-    except UnreadableImageError:
-        raise
-    except Exception as error:
-        raise UnreadableImageError(f"corrupt DICOM file: {_reason(error)}") from error
+    header = _read_dicom(data, limits, force=False, stop_before_pixels=True)
     return _dicom_to_grey(data, header, limits, force=False)
 
 
 def _read_dicom(data: bytes, limits: _Limits, *, force: bool, stop_before_pixels: bool):
     """pydicom's dataset, after checking that a deflated one inflates within the limit (pydicom inflates
-    the whole file before reading any element, even with ``stop_before_pixels``)."""
+    the whole file before reading any element, even with ``stop_before_pixels``). Whatever else fails in
+    reading is an ``UnreadableImageError``."""
     import pydicom
 
-    _check_inflated_size(data, limits.decoded_bytes, force=force)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about every oddity of random bytes
-        return pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=stop_before_pixels)
+    try:
+        _check_inflated_size(data, limits.decoded_bytes, force=force)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about every oddity of random bytes
+            return pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=stop_before_pixels)
+    except UnreadableImageError:
+        raise
+    except Exception as error:
+        raise UnreadableImageError(f"corrupt DICOM file: {_reason(error)}") from error
 
 
 def _check_inflated_size(data: bytes, max_bytes: int, *, force: bool) -> None:
@@ -459,12 +460,7 @@ def _dicom_to_grey(data: bytes, header, limits: _Limits, *, force: bool) -> Deco
     pixel data is read or decoded."""
     geometry = _dicom_geometry(header, limits)
     _check_intensity_parameters(header)
-    try:
-        dataset = _read_dicom(data, limits, force=force, stop_before_pixels=False)
-    except UnreadableImageError:
-        raise
-    except Exception as error:
-        raise UnreadableImageError(f"corrupt DICOM file: {_reason(error)}") from error
+    dataset = _read_dicom(data, limits, force=force, stop_before_pixels=False)
     pixel_keywords = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
     if not any(keyword in dataset for keyword in pixel_keywords):
         raise UnreadableImageError(_NO_PIXELS)
