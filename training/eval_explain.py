@@ -67,7 +67,8 @@ from PIL import Image
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
 from neurovit.data.imageio import read_image
-from neurovit.data.layout import MASK_SUFFIX, discover
+from neurovit.data.layout import discover
+from neurovit.data.masks import mask_on_input, read_mask
 from neurovit.data.split import load_split
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import (
@@ -216,19 +217,10 @@ def select_images(data_dir: Path, split_path: Path | None) -> tuple[list[tuple[P
     return chosen, f"every image of {root} ({len(chosen)} images; no usable test split)"
 
 
-def read_mask(image_path: Path) -> np.ndarray | None:
-    """The lesion mask beside ``image_path`` (``<id>.mask.png``) at its own resolution, as booleans; None
-    when there is no mask file. A mask that cannot be decoded raises the decoder's ``NeuroVitError``."""
-    mask_path = image_path.with_name(image_path.stem + MASK_SUFFIX)
-    if not mask_path.is_file():
-        return None
-    return read_image(mask_path).pixels >= 0.5  # 0 / 1 after decoding a 0 / 255 PNG
-
-
 def load_mask(image_path: Path, size: int) -> np.ndarray | None:
     """The lesion mask beside ``image_path``, resized and padded as ``canonicalise`` does the image."""
     native = read_mask(image_path)
-    return None if native is None else resize_keep_aspect(native.astype(np.float32), size) >= 0.5
+    return None if native is None else mask_on_input(native, size)
 
 
 def load_slices(
@@ -265,7 +257,7 @@ def load_slices(
             skipped.setdefault("mask size differs from the image's", []).append(relpath)
             continue
         image = canonicalise(pixels, loaded.preprocessing)
-        mask = None if native is None else resize_keep_aspect(native.astype(np.float32), size) >= 0.5
+        mask = None if native is None else mask_on_input(native, size)
         twin = None
         if data_dir is not None and native is not None and native.any():
             twin = healthy_twin(data_dir, relpath)

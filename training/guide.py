@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from neurovit.data.imageio import read_image
-from neurovit.data.layout import MASK_SUFFIX, discover
+from neurovit.data.layout import discover
+from neurovit.data.masks import mask_on_input, mask_path, read_mask
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import rollout_relevance
-from neurovit.preprocessing import PreprocessConfig, canonicalise, resize_keep_aspect
+from neurovit.preprocessing import PreprocessConfig, canonicalise
 
 GUIDE_FILE = "guide.json"
 # A tumour occupies a few of the 36-144 grid cells; the loss is -log of rollout's share on them, so a map
@@ -71,19 +72,17 @@ def load_guide_set(folder: str | Path, class_names: list[str], preprocessing: Pr
         if record.label not in class_names:
             continue
         digest = hashlib.sha256(record.path.read_bytes()).hexdigest()
-        mask_path = record.path.with_name(record.path.stem + MASK_SUFFIX)
-        if not in_guide_half(digest) or not mask_path.is_file():
+        if not in_guide_half(digest) or not mask_path(record.path).is_file():
             continue
         try:
             pixels = read_image(record.path).pixels
-            mask = read_image(mask_path).pixels >= 0.5
+            mask = read_mask(record.path)
         except NeuroVitError:
             continue  # an unreadable slice guides nothing; analysis reports such files
         if mask.shape != pixels.shape or not mask.any():
             continue
         images.append(canonicalise(pixels, preprocessing))
-        size = preprocessing.image_size
-        masks.append(((resize_keep_aspect(mask.astype(np.float32), size) >= 0.5) * 255).astype(np.uint8))
+        masks.append((mask_on_input(mask, preprocessing.image_size) * 255).astype(np.uint8))
         labels.append(class_names.index(record.label))
         entries.append({"relpath": record.relpath, "label": record.label, "sha256": digest})
     if not entries:

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
-from neurovit.data.imageio import read_image
-from neurovit.data.layout import MASK_SUFFIX
+from neurovit.data.masks import read_mask
 from neurovit.data.split import load_split
 from neurovit.errors import NeuroVitError
 from neurovit.explain_metrics import DEFAULT_TOLERANCE_PX, TOLERANCE_SIDE_PX, lesion_hit
@@ -274,10 +273,9 @@ def demo_slices(store: str, data_dir: Path) -> list[tuple[Path, str]]:
 def lesion_verdict(image: Path, explanation: dict) -> str:
     """Does the served map's peak fall on the lesion outlined beside ``image``? Scored as eval-explain
     scores it (``neurovit.explain_metrics.lesion_hit``)."""
-    mask_path = image.with_name(image.stem + MASK_SUFFIX)
-    if not mask_path.is_file():
+    mask = read_mask(image)
+    if mask is None:
         return "no mask"
-    mask = read_image(mask_path).pixels >= 0.5
     if not mask.any():
         return "no lesion"
     return "on lesion" if lesion_hit(np.asarray(explanation["grid"]), mask) >= 0.5 else "off lesion"
