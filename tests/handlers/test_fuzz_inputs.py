@@ -18,10 +18,10 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from fixtures import hostile
+from fixtures.handler_harness import handler_for, json_request, request, run
 from fixtures.serving_samples import TEST_OPTIONS, assert_answer, b64, dicom_bytes, encode, save_tiny_model
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_serving import handler_for, json_request, request, run
 from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 

@@ -1,14 +1,11 @@
-"""The serving core and the TorchServe handler without Java: TorchServe's own Context, its request parsing
-(``Service.retrieve_data_for_inference``) and its KServe envelopes, around a tiny saved model."""
+"""The TorchServe handler without Java (fixtures.handler_harness): TorchServe's own Context, its request
+parsing and its KServe envelopes, around a tiny saved model: every input style, bad and hostile requests, the
+maps it serves, and the metrics it emits."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import re
-import zipfile
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,14 @@ import pytest
 import torch
 import yaml
 from fixtures import hostile
+from fixtures.handler_harness import (
+    HANDLER_PATH,
+    handler_for,
+    json_request,
+    load_handler_module,
+    request,
+    run,
+)
 from fixtures.serving_samples import (
     CLASS_NAMES,
     TEMPERATURE,
@@ -25,15 +30,9 @@ from fixtures.serving_samples import (
     assert_error,
     b64,
     bad_requests,
-    encode,
     good_images,
-    published_copy,
     save_tiny_model,
-    served_version,
 )
-from ts.context import Context
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-from ts.service import Service
 from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 from ts.utils.util import list_classes_from_module
@@ -42,29 +41,10 @@ from neurovit import telemetry
 from neurovit.drift import FEATURES
 from neurovit.explain import explain
 from neurovit.preprocessing import to_tensor
-from neurovit.serving import (
-    EXPLAIN_HEADER,
-    InvalidInput,
-    Predictor,
-    ServingOptions,
-    decode_base64,
-    json_depth,
-    parse_explain,
-    parse_item,
-    status_phrase,
-)
-from training.package import ServerSettings, config_properties, package_stage
+from neurovit.serving import EXPLAIN_HEADER, InvalidInput, parse_item
 
 ROOT = Path(__file__).resolve().parents[2]
-HANDLER_PATH = ROOT / "handlers" / "neurovit_handler.py"
 BOTH = ("heatmap", "rollout")
-
-
-def load_handler_module():
-    spec = importlib.util.spec_from_file_location("neurovit_handler", HANDLER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -77,74 +57,9 @@ def handler_and_context(model_dir):
     return handler_for(model_dir)
 
 
-def handler_for(model_dir):
-    metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "handlers" / "metrics.yaml"))
-    metrics.initialize_cache()
-    metrics.model_name = "neurovit"
-    context = Context(
-        "neurovit",
-        str(model_dir),
-        {"model": {"modelName": "neurovit", "modelVersion": VERSION}},
-        4,
-        None,
-        "0.12.0",
-        metrics=metrics,
-        model_yaml_config={"handler": asdict(TEST_OPTIONS)},
-    )
-    handler = load_handler_module().NeuroViTHandler()
-    with served_version(published_copy(model_dir)):
-        handler.initialize(context)
-    return handler, context
-
-
 @pytest.fixture(scope="module")
 def images(make_slice) -> dict[str, bytes]:
     return good_images(make_slice(3, size=48))
-
-
-def worker_value(body: bytes, content_type: str):
-    """What TorchServe's Python worker makes of a body (otf_message_handler._retrieve_input_data)."""
-    if content_type == "application/json":
-        try:
-            return json.loads(body.decode("utf-8"))
-        except Exception:  # as the worker does: RecursionError too (it forwards the raw bytes)
-            return bytearray(body)
-    if content_type.startswith("text"):
-        return body.decode("utf-8")
-    return bytearray(body)
-
-
-def request(body=b"", content_type="application/octet-stream", headers=None, form=None) -> dict:
-    """One request as TorchServe's frontend sends it to the worker: parameters (the body, or form parts and
-    query parameters) and headers."""
-    if form is not None:
-        parameters = [{"name": k, "contentType": "", "value": v} for k, v in form.items()]
-    else:
-        parameters = [
-            {"name": "body", "contentType": content_type, "value": worker_value(body, content_type)}
-        ]
-    all_headers = {"explain": "False", "Content-Type": content_type, **(headers or {})}
-    return {
-        "parameters": parameters,
-        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in all_headers.items()],
-    }
-
-
-def run(handler_and_context, requests: list[dict], envelope=None):
-    """Answers and (status, phrase) per request, as TorchServe's Service.predict would produce them."""
-    handler, context = handler_and_context
-    batch = [{"requestId": f"request-{i}".encode(), **r} for i, r in enumerate(requests)]
-    processors, inputs, ids = Service.retrieve_data_for_inference(batch)
-    context.request_ids, context.request_processor = ids, processors
-    context.metrics.request_ids = ids
-    entry = handler.handle if envelope is None else envelope(handler.handle).handle
-    output = entry(inputs, context)
-    assert isinstance(output, list) and len(output) == len(requests)
-    return output, [context.get_response_status(i) for i in range(len(requests))]
-
-
-def json_request(payload: dict, **kwargs) -> dict:
-    return request(json.dumps(payload).encode(), "application/json", **kwargs)
 
 
 # ---- the handler as TorchServe loads it --------------------------------------------------------------------
@@ -312,122 +227,11 @@ def test_kserve_v2_answers_travel_as_json_strings(handler_and_context, images):
     assert_error(json.loads(response["outputs"][0]["data"][0]), 400, "must have datatype BYTES")
 
 
-# ---- parsing helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("", None),
-        ("none", ()),
-        ("ALL", ("rollout", "heatmap")),
-        ("heatmap, rollout", ("rollout", "heatmap")),
-        (["heatmap"], ("heatmap",)),
-        ([], ()),
-        (b"rollout", ("rollout",)),
-    ],
-)
-def test_parse_explain(value, expected):
-    assert parse_explain(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [("gradcam", "unknown explanation 'gradcam'"), (3, "must be a string"), ([1], "must be a string")],
-)
-def test_parse_explain_refuses_unknown_names(value, message):
-    with pytest.raises(InvalidInput, match=message) as caught:
-        parse_explain(value)
-    assert caught.value.status == 400
-
-
-def test_base64_accepts_data_urls_url_safe_and_whitespace_and_refuses_the_rest():
-    data = bytes(range(256))
-    standard = b64(data)
-    assert decode_base64(f"data:image/png;base64,{standard}") == data
-    assert decode_base64(standard.replace("+", "-").replace("/", "_")) == data
-    assert decode_base64(standard[:40] + "\n" + standard[40:]) == data
-    assert decode_base64({"b64": standard}) == data
-    for bad, message in [("abc", "malformed base64"), ("", "is empty"), (12, "must be a base64 string")]:
-        with pytest.raises(InvalidInput, match=message):
-            decode_base64(bad)
-
-
-def test_parse_item_refuses_what_holds_no_image():
-    for item, message in [
-        ({"body": {"image": "x"}}, "expected a JSON object"),
-        ({"body": [1, 2]}, "got a JSON list"),
-        ({"explain": "all"}, "no image in the request"),
-        (42, "expected an image or a JSON object"),
-    ]:
-        with pytest.raises(InvalidInput, match=message):
-            parse_item(item)
-
-
-def test_a_dicom_preamble_starting_with_a_brace_is_not_json(images):
-    dicom = images["dicom"]
-    tricky = b"{" + dicom[1:]
-    assert parse_item({"body": tricky}).data == tricky
-
-
-def test_status_phrase_is_one_short_ascii_line():
-    phrase = status_phrase("bad\r\nthing é " + "x" * 300)
-    assert phrase.isascii() and "\n" not in phrase and "\r" not in phrase and len(phrase) <= 200
-
-
-def test_serving_options_refuse_unknown_keys_and_document_their_defaults():
-    with pytest.raises(ValueError, match="unknown serving options"):
-        ServingOptions.from_mapping({"max_bytes": 1})
-    with pytest.raises(ValueError, match="overlay_alpha"):
-        ServingOptions(overlay_alpha=2.0)
-    for field in fields(ServingOptions):
-        assert field.name in ServingOptions.__doc__
-
-
 def test_an_oversized_image_is_refused_before_decoding(handler_and_context):
     predictor = handler_and_context[0].predictor
     with pytest.raises(InvalidInput, match="image too large") as caught:
         predictor.prepare(parse_item({"body": b"\x89PNG" + b"\x00" * TEST_OPTIONS.max_image_bytes}))
     assert caught.value.status == 413
-
-
-# ---- packaging ---------------------------------------------------------------------------------------------
-
-
-def test_package_holds_the_archive_and_the_kserve_config(model_dir, tmp_path):
-    files = package_stage(model_dir, tmp_path / "package", "neurovit", VERSION)
-    assert sorted(files) == ["config/config.properties", "config/metrics.yaml", "model-store/neurovit.mar"]
-    with zipfile.ZipFile(files["model-store/neurovit.mar"]) as archive:
-        names = set(archive.namelist())
-        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-    expected = {"neurovit_handler.py", "model.safetensors", "config.json", "preprocessing.json"}
-    expected |= {"neurovit.json", "model-config.yaml", "metrics.yaml", "response.schema.json"}
-    assert expected <= names
-    assert manifest["model"]["modelVersion"] == VERSION
-    assert manifest["model"]["configFile"] == "model-config.yaml"
-    properties = dict(
-        line.split("=", 1)
-        for line in files["config/config.properties"].read_text().splitlines()
-        if "=" in line
-    )
-    # KServe's wrapper reaches both from inside the container; only metrics are for other pods.
-    assert properties["inference_address"] == "http://127.0.0.1:8085"
-    assert properties["management_address"] == "http://127.0.0.1:8086"
-    assert properties["grpc_inference_address"] == properties["grpc_management_address"] == "127.0.0.1"
-    assert properties["metrics_address"] == "http://0.0.0.0:8082"
-    assert properties["metrics_mode"] == "prometheus" and properties["enable_envvars_config"] == "true"
-    assert properties["model_store"] == "/mnt/models/model-store"
-    assert int(properties["max_response_size"]) > 6_553_500
-    snapshot = json.loads(properties["model_snapshot"])
-    entry = snapshot["models"]["neurovit"][VERSION]
-    assert entry["marName"] == "neurovit.mar" and entry["batchSize"] == 1  # KServe's envelopes cannot batch
-
-
-def test_config_properties_switches_token_authorisation():
-    on = config_properties("m", "v1", ServerSettings(token_authorization=True))
-    assert "disable_token_authorization=false" in on and "enable_model_api=false" in on
-    assert "disable_token_authorization=true" in config_properties("m", "v1", ServerSettings())
 
 
 # ---- metrics (monitoring/METRICS.md) -----------------------------------------------------------------------
@@ -619,46 +423,3 @@ def test_one_bad_v2_input_beside_a_good_one_is_refused_alone(handler_and_context
     first, second = (json.loads(output["data"][0]) for output in response["outputs"])
     assert_answer(first)
     assert second["code"] == 400 and "disagrees" in second["error"]
-
-
-@pytest.mark.parametrize(
-    ("item", "message"),
-    [
-        (hostile.v2_missing_name("aGk="), "without a 'name'"),
-        (hostile.v2_bad_shape("aGk="), "disagrees"),
-        (hostile.v2_tensor("aGk=", shape="1"), "'shape' must be a list"),
-        (hostile.v2_tensor("aGk=", shape=[10**30, 0]), "disagrees"),
-        (hostile.v2_tensor("aGk=", shape=[10**30]), "disagrees"),
-        ({"body": hostile.deep_json()}, "nested 5001 deep"),
-        ({"body": b'{"data": "' + b"A" * 2_000_000 + b'"}'}, "JSON body too large"),
-        ({"data": "A" * 2_000_000}, "decodes to about 1,500,000 bytes"),
-    ],
-    ids=[
-        "v2-missing-name",
-        "v2-bad-shape",
-        "v2-shape-not-a-list",
-        "v2-empty-huge-shape",
-        "v2-huge-shape",
-        "deep-json",
-        "big-json",
-        "big-base64",
-    ],
-)
-def test_parse_item_refuses_hostile_items_with_an_invalid_input(item, message):
-    with pytest.raises(InvalidInput, match=re.escape(message)):
-        parse_item(item, max_bytes=TEST_OPTIONS.max_image_bytes)
-
-
-def test_json_depth_skips_strings():
-    assert json_depth(b'{"a": "[[[[{{{", "b": [[1], {"c": "]]]\\"}]}') == 3
-    assert json_depth(hostile.deep_json(5_000)) == 5_001
-
-
-def test_the_default_pixel_limit_refuses_a_small_colour_bomb_before_decoding(model_dir):
-    """A 58 KB one-colour 4096 x 4096 PNG took 419 MiB to decode under the old 40 MP default."""
-    predictor = Predictor.load(model_dir, "neurovit", VERSION, options=ServingOptions())
-    bomb = encode(np.zeros((4096, 4096, 3), np.uint8), "PNG")
-    assert len(bomb) < 100_000
-    with pytest.raises(InvalidInput, match="more than the limit of 4,194,304") as caught:
-        predictor.prepare(parse_item({"body": bomb}))
-    assert caught.value.status == 413

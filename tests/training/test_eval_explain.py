@@ -1,0 +1,252 @@
+"""`neurovit eval-explain` (training/eval_explain.py) end to end on a tiny random model: masks through the
+image geometry, bad masks left out and counted, every method scored and written, lesion reliance against the
+healthy twins."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from neurovit.data.demo import DEMO_CLASSES, generate_demo_dataset
+from neurovit.data.split import SplitEntry, SplitPlan
+from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, save_model
+from neurovit.preprocessing import PreprocessConfig, canonicalise, to_tensor
+from neurovit.store import LocalStore
+from training.eval_explain import ROAD_STEPS, lesion_reliance, load_mask, load_slices, main
+
+# ---- the evaluation command, end to end on a tiny random model -------------------------------------------
+
+
+def test_masks_go_through_the_image_geometry(tmp_path):
+    # A 48x30 image (not square: resized and padded) with a bright block and its mask.
+    image = np.zeros((48, 30), dtype=np.uint8)
+    image[10:20, 5:15] = 255
+    Image.fromarray(image).save(tmp_path / "slice.png")
+    Image.fromarray(image).save(tmp_path / "slice.mask.png")
+    # the percentile window maps the block to 255, so >= 128 is the resized block's half-way contour
+    canonical = canonicalise(image / 255.0, PreprocessConfig(image_size=32, intensity_window="percentile"))
+    mask = load_mask(tmp_path / "slice.png", 32)
+    assert mask.shape == (32, 32)
+    np.testing.assert_array_equal(mask, canonical >= 128)
+    assert load_mask(tmp_path / "other.png", 32) is None
+
+
+def _masked_folder(root, sizes):
+    """Slices ``<class>/g<i>.png`` (32 x 32), glioma then notumor alternating, with a mask of ``sizes[i]``
+    each (None: no mask file, 0: an unreadable one, "empty": an all-zero one)."""
+    for i, size in enumerate(sizes):
+        folder = root / ("glioma", "notumor")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        image = np.full((32, 32), 40, dtype=np.uint8)
+        image[8:16, 8:16] = 250
+        Image.fromarray(image).save(folder / f"g{i}.png")
+        mask_path = folder / f"g{i}.mask.png"
+        if size == 0:
+            mask_path.write_bytes(b"not a png")
+        elif size == "empty":
+            Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(mask_path)
+        elif size is not None:
+            mask = np.zeros((size, size), dtype=np.uint8)
+            mask[: size // 2, : size // 2] = 255
+            Image.fromarray(mask).save(mask_path)
+
+
+def test_bad_masks_are_left_out_and_counted_and_a_folder_without_masks_is_refused(tmp_path, capsys):
+    classes = ["glioma", "notumor"]
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    save_model(
+        build_model(config, classes),
+        tmp_path / "version" / "model",
+        PreprocessConfig(image_size=32),
+        ModelInfo(class_names=classes),
+    )
+    store = tmp_path / "store"
+    LocalStore(store).publish("neurovit", tmp_path / "version", metadata={})
+    data = tmp_path / "masked"
+    _masked_folder(data, [32, 32, 64, 0, "empty", None])
+    out = tmp_path / "out"
+    argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "2"]
+    assert main([*argv, "--explained-class", "predicted"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["n_slices"] == 4  # g0, g1, the empty mask's g4 and the unmasked g5
+    assert result["left_out"] == {
+        "mask size differs from the image's": {"n": 1, "relpaths": ["glioma/g2.png"]},
+        "unreadable image or mask": {"n": 1, "relpaths": ["notumor/g3.png"]},
+    }
+    assert "left out: 1 mask size differs" in printed
+    rollout = result["explained"]["predicted"]["methods"]["rollout"]
+    assert rollout["n_pointing_game"] == 2 and set(rollout["pointing_game_per_class"]) == {
+        "glioma",
+        "notumor",
+    }
+    # every image of a folder the version was not trained on, quietly: no split to match
+    assert "every image of" in result["images"]
+
+    bare = tmp_path / "bare"
+    _masked_folder(bare, [None, "empty"])
+    assert main([*argv, "--data-dir", str(bare), "--out", str(tmp_path / "out2")]) == 2
+    assert "has a lesion mask" in capsys.readouterr().err
+
+
+def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys):
+    classes = ["glioma", "notumor"]
+    data, entries = tmp_path / "data", []
+    rng = np.random.default_rng(0)
+    for label in classes:
+        (data / label).mkdir(parents=True)
+        for number in range(3):
+            image = (rng.random((32, 32)) * 120).astype(np.uint8)
+            mask = np.zeros((32, 32), dtype=np.uint8)
+            if label == "glioma":
+                image[8:16, 16:24] = 250
+                mask[8:16, 16:24] = 255
+            name = f"{label}/{label}_{number}"
+            Image.fromarray(image).save(data / f"{name}.png")
+            Image.fromarray(mask).save(data / f"{name}.mask.png")
+            digest = hashlib.sha256((data / f"{name}.png").read_bytes()).hexdigest()
+            entries.append(SplitEntry(f"{name}.png", label, "test" if number < 2 else "train", digest))
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    version_dir = tmp_path / "version"
+    save_model(
+        build_model(config, classes),
+        version_dir / "model",
+        PreprocessConfig(image_size=32),
+        ModelInfo(class_names=classes, temperature=1.5),
+    )
+    SplitPlan(entries, classes, {}).write(version_dir / "split.json")
+    store = tmp_path / "store"
+    version = LocalStore(store).publish("neurovit", version_dir, metadata={})
+
+    out = tmp_path / "out"
+    argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "4"]
+    assert main([*argv, "--model", "latest"]) == 0
+    printed = capsys.readouterr().out
+    assert "test split" in printed and "pointing game" in printed
+    assert "explained class: predicted" in printed and "explained class: true" in printed
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["version"] == version and result["n_slices"] == 4
+    assert set(result["explained"]) == {"predicted", "true"}
+    assert set(result["accuracy_per_class"]) == {"glioma", "notumor"}
+    for explained in result["explained"].values():
+        assert set(explained["methods"]) == {
+            "rollout",
+            "gradcam",
+            "hirescam",
+            "gradient_rollout",
+            "random",
+            "gaussian",
+            "centre",
+        }
+        for values in explained["methods"].values():
+            assert values["n"] == 4 and values["n_pointing_game"] == 2
+            assert set(values["pointing_game_per_class"]) == {"glioma"}
+            deletion = values["deletion"]["black"]
+            assert 0.0 <= values["pointing_game"] <= 1.0 and 0.0 <= deletion["auc"] <= 1.0
+            assert len(deletion["mean_curve"]) == 5  # --steps 4, for token maps and pixel maps alike
+        assert set(explained["comparisons"]["rollout"]) == {"random", "gaussian", "centre"}
+        reference = explained["lesion_mask_reference"]["black"]
+        assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
+        # not the demo generator's data: no healthy twins, so no lesion-reliance line
+        assert explained["lesion_reliance"] == {"n": 0, "per_class": {}}
+    # the centre peak hits exactly when the lesion lies within the tolerance of the centre: 15 px at 224 px
+    # is 2.1 px on these 32 px slices, and the lesion block [8, 16) x [16, 24) touches the centre 15.5
+    assert result["explained"]["predicted"]["methods"]["centre"]["pointing_game"] == 1.0
+    assert "2.1 px at 32 px" in result["settings"]["pointing_game"]["tolerance"]
+    assert result["settings"]["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 2}
+    assert result["settings"]["gradient_rollout"] == {"start_layer": 1}
+    assert "the lesion mask as the map (2 lesion slices, black fill)" in printed
+    assert "healthy twin" not in printed
+    road = tmp_path / "road"
+    road_argv = ["--store", str(store), "--data-dir", str(data), "--out", str(road)]
+    assert main([*road_argv, "--substrate", "black,road", "--explained-class", "true"]) == 0
+    road_result = json.loads((road / "explain_eval.json").read_text())
+    assert set(road_result["explained"]) == {"true"}
+    assert road_result["settings"]["deletion"]["road"]["steps"] == ROAD_STEPS  # not one step per cell
+    assert road_result["settings"]["deletion"]["black"]["steps"] == 64  # one step per cell of the 8x8 grid
+    rollout = road_result["explained"]["true"]["methods"]["rollout"]["deletion"]
+    assert len(rollout["road"]["mean_curve"]) == ROAD_STEPS + 1 and len(rollout["black"]["mean_curve"]) == 65
+    for name in ("gallery-true.png", "deletion_curves-true.png", "deletion_curves-true-road.png"):
+        assert (road / name).stat().st_size > 0
+    assert main([*argv, "--substrate", "healthy", "--out", str(tmp_path / "healthy")]) == 2
+    assert "healthy substrate needs the demo generator's lesion-free twin" in capsys.readouterr().err
+    for name in ("gallery.png", "gallery-true.png", "deletion_curves.png", "per_image.csv"):
+        assert (out / name).stat().st_size > 0
+    with pytest.raises(SystemExit):  # an unknown fill is a usage error before anything runs
+        main([*argv, "--substrate", "black,grey"])
+
+    # A changed test image: the split no longer describes the data, so every image is evaluated.
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(data / "notumor" / "notumor_0.png")
+    assert main([*argv, "--model", version, "--out", str(tmp_path / "out2")]) == 0
+    assert json.loads((tmp_path / "out2" / "explain_eval.json").read_text())["n_slices"] == 6
+
+
+def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_path, capsys):
+    data = generate_demo_dataset(tmp_path / "demo", n_per_class=2, image_size=32, seed=0)
+    chosen = [
+        (data / label / f"{label}_{n:04d}.png", f"{label}/{label}_{n:04d}.png", label)
+        for label in DEMO_CLASSES
+        for n in range(2)
+    ]
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    model = build_model(config, list(DEMO_CLASSES)).eval()
+    preprocessing = PreprocessConfig(image_size=32)
+    loaded = LoadedModel(model, preprocessing, ModelInfo(class_names=list(DEMO_CLASSES), temperature=2.0))
+    slices = load_slices(chosen, loaded, None, data)
+    lesion = [item for item in slices if item.has_lesion]
+    assert len(lesion) == 6 and all(item.healthy_scan is not None for item in lesion)
+    assert all(item.healthy_scan is None for item in slices if item.label == "notumor")
+    assert all(
+        not np.array_equal(canonicalise(item.healthy_scan, preprocessing), item.image) for item in lesion
+    )
+    for item in lesion:  # the twin's scan equals the slice's away from the lesion and its oedema
+        far = ndimage.distance_transform_edt(~item.mask) > 6
+        np.testing.assert_array_equal(item.healthy_scan[far], item.scan[far])
+        assert not np.array_equal(item.healthy_scan, item.scan)
+    assert load_slices(chosen, loaded, None)[0].healthy_scan is None  # no data folder given: no twins
+
+    targets = np.array([3, 0, 1, 2, 0, 0, 1, 2])  # any explained class per slice
+    with torch.no_grad():
+        logits = model(to_tensor(np.stack([item.image for item in slices]), preprocessing)).logits
+    probabilities = torch.softmax(logits / 2.0, dim=-1).numpy()
+    reliance = lesion_reliance(slices, targets, probabilities, loaded)
+    assert reliance["n"] == 6 and set(reliance["per_class"]) == {"glioma", "meningioma", "pituitary"}
+    glioma = [i for i, item in enumerate(slices) if item.label == "glioma"]
+    twins = to_tensor(
+        np.stack([canonicalise(slices[i].healthy_scan, preprocessing) for i in glioma]), preprocessing
+    )
+    with torch.no_grad():
+        on_twins = torch.softmax(model(twins).logits / 2.0, dim=-1).numpy()
+    expected_twin = np.mean([on_twins[k, targets[i]] for k, i in enumerate(glioma)])
+    expected_slice = np.mean([probabilities[i, targets[i]] for i in glioma])
+    values = reliance["per_class"]["glioma"]
+    assert values["n"] == 2
+    assert values["probability_on_healthy_twin"] == pytest.approx(expected_twin, abs=1e-6)
+    assert values["probability_on_slice"] == pytest.approx(expected_slice, abs=1e-6)
+
+    # The command on the demo data, deletion with the healthy twins as the substrate: lesion slices only.
+    save_model(model, tmp_path / "version" / "model", preprocessing, loaded.info)
+    store = tmp_path / "store"
+    LocalStore(store).publish("neurovit", tmp_path / "version", metadata={})
+    out = tmp_path / "out"
+    argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "4"]
+    assert main([*argv, "--substrate", "healthy", "--explained-class", "predicted"]) == 0
+    printed = capsys.readouterr().out
+    document = json.loads((out / "explain_eval.json").read_text())
+    result = document["explained"]["predicted"]
+    assert document["n_slices"] == 6 and set(document["settings"]["deletion"]) >= {"healthy"}
+    assert result["lesion_reliance"]["n"] == 6
+    assert "slice -> its healthy twin (6 lesion slices)" in printed
+    # every cell restored = the healthy twin, scaled as any input: each map's curve ends at the probability
+    # the lesion-reliance line gives the twin
+    per_class = result["lesion_reliance"]["per_class"].values()
+    on_twins = sum(v["probability_on_healthy_twin"] * v["n"] for v in per_class) / 6
+    for values in result["methods"].values():
+        assert values["deletion"]["healthy"]["mean_curve"][-1] == pytest.approx(on_twins, abs=1e-4)
