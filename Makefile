@@ -189,8 +189,14 @@ deploy-rollback: tools-venv ## Serve the version ISVC served before the last `ma
 
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test
-test: venv java prometheus tools-venv ## Run the whole test suite (unit and integration: real TorchServe, S3 endpoint, kfp runner)
+test: venv java prometheus tools-venv ## Run the whole test suite (unit, integration: real TorchServe, S3 endpoint, kfp runner; deploy; slow)
 	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
+
+FAST_MARKERS := not integration and not deploy and not slow and not image_deps
+
+.PHONY: test-fast
+test-fast: venv ## Quick check in under two minutes: no Java, Prometheus or .venv-tools (not integration, deploy, slow, image_deps)
+	$(VENV_BIN)/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: venv ## Ruff lint and format check

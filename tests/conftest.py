@@ -1,4 +1,13 @@
-"""Shared test fixtures: small generated data only (tests never read ../shared)."""
+"""Shared test fixtures (small generated data only: tests never read ../shared) and the markers each test
+gets from its folder.
+
+Markers (registered in pyproject.toml): ``unit`` for tests/neurovit, tests/training, tests/handlers and
+tests/monitoring; ``integration`` for tests/integration and for any test that runs an installed binary
+(a fixture in ``BINARY_FIXTURES``: promtool); ``deploy`` for tests/deploy (.venv-tools: checkov, the kserve
+SDK). ``slow``, ``gpu`` and ``image_deps`` are set on the tests themselves; ``gpu`` tests are deselected
+when no CUDA device is present. ``make test-fast`` runs ``-m "not integration and not deploy and not slow
+and not image_deps"``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,45 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+TESTS_DIR = Path(__file__).resolve().parent
+FOLDER_MARKERS = {
+    "neurovit": "unit",
+    "training": "unit",
+    "handlers": "unit",
+    "monitoring": "unit",
+    "integration": "integration",
+    "deploy": "deploy",
+}
+# Fixtures that run a binary installed outside the venv: a test using one is an integration test.
+BINARY_FIXTURES = {"promtool"}
+
+
+def folder_marker(item: pytest.Item) -> str | None:
+    """The marker ``item`` gets from its folder under tests/ (None outside tests/ or for other folders)."""
+    try:
+        area = Path(item.path).resolve().relative_to(TESTS_DIR).parts[0]
+    except ValueError:
+        return None
+    marker = FOLDER_MARKERS.get(area)
+    if marker == "unit" and BINARY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "integration"
+    return marker
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, which must see these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = folder_marker(item)
+        if marker is not None:
+            item.add_marker(marker)
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            config.hook.pytest_deselected(items=gpu_tests)
+            items[:] = [item for item in items if not item.get_closest_marker("gpu")]
 
 
 def brain_slice(seed: int, size: int = 128) -> np.ndarray:

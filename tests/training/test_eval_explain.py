@@ -94,6 +94,7 @@ def test_bad_masks_are_left_out_and_counted_and_a_folder_without_masks_is_refuse
     assert "has a lesion mask" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # about 14 s: seven methods, both explained classes, every substrate
 def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys):
     classes = ["glioma", "notumor"]
     data, entries = tmp_path / "data", []
