@@ -1,12 +1,12 @@
 """Shared test fixtures (small generated data only: tests never read ../shared) and the markers each test
 gets from its folder.
 
-Markers (registered in pyproject.toml): ``unit`` for tests/neurovit, tests/training, tests/handlers and
-tests/monitoring; ``integration`` for tests/integration and for any test that runs an installed binary
-(a fixture in ``BINARY_FIXTURES``: promtool); ``deploy`` for tests/deploy (.venv-tools: checkov, the kserve
-SDK). ``slow``, ``gpu`` and ``image_deps`` are set on the tests themselves; ``gpu`` tests are deselected
-when no CUDA device is present. ``make test-fast`` runs ``-m "not integration and not deploy and not slow
-and not image_deps"``.
+Markers (registered in pyproject.toml): ``unit`` for tests/neurovit, tests/training, tests/handlers,
+tests/monitoring and the files directly in tests/; ``integration`` for tests/integration and for any test
+that runs an installed binary (a fixture in ``BINARY_FIXTURES``: promtool); ``deploy`` for tests/deploy
+(.venv-tools: checkov, the kserve SDK). ``slow``, ``gpu`` and ``image_deps`` are set on the tests
+themselves; ``gpu`` tests are deselected when no CUDA device is present. ``make test-fast`` runs
+``-m "not integration and not deploy and not slow and not image_deps"``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def folder_marker(item: pytest.Item) -> str | None:
         area = Path(item.path).resolve().relative_to(TESTS_DIR).parts[0]
     except ValueError:
         return None
+    if area.endswith(".py"):  # tests/test_*.py: rules over the whole repository, read from the source
+        return "unit"
     marker = FOLDER_MARKERS.get(area)
     if marker == "unit" and BINARY_FIXTURES & set(getattr(item, "fixturenames", ())):
         return "integration"
