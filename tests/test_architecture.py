@@ -29,9 +29,6 @@ CORE_FORBIDDEN = ("argparse", "subprocess")
 
 # (test file relative to the repository, "module.private_name") -> why the test needs it
 TESTS_MAY_REACH = {
-    ("tests/training/test_cli.py", "training.cli._train_config"): (
-        "the recipe-to-TrainConfig mapping of `neurovit train` has no public entry point but the command"
-    ),
     ("tests/neurovit/test_store_local.py", "neurovit.store._copy_file"): (
         "fault injection: a copy that fails midway through publish"
     ),
