@@ -29,7 +29,7 @@ from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.model import ModelConfig
 from training import flow
 from training.cli import run_main_job
-from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
+from training.guide import DEFAULT_GUIDE_WEIGHT, DEFAULT_LESION_HIDDEN_WEIGHT, GUIDE_FILE
 from training.train import TrainConfig, measure_step_ratio
 
 CPU_BENCH_IMAGE_SIZE = 96
@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--guide-weight", type=float, default=DEFAULT_GUIDE_WEIGHT, help="weight of the guidance loss"
     )
+    parser.add_argument(
+        "--lesion-hidden-weight",
+        type=float,
+        default=DEFAULT_LESION_HIDDEN_WEIGHT,
+        help="weight of the counterfactual loss: a guide slice with its tumour hidden should lose its class",
+    )
     args = parser.parse_args(argv)
     guide_dir = args.guide_dir
     if guide_dir is not None and not guide_dir.is_dir():
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=args.device,
         seed=args.seed,
         guide_weight=args.guide_weight if guide_dir is not None else 0.0,
+        lesion_hidden_weight=args.lesion_hidden_weight if guide_dir is not None else 0.0,
         channels_last=True,
         model=ModelConfig(image_size=args.image_size, stem_channels=args.stem_channels),
     )
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         if guide_dir is None
         else len(json.loads((run_dir / GUIDE_FILE).read_text())["slices"]),
         "guide_weight": config.guide_weight,
+        "lesion_hidden_weight": config.lesion_hidden_weight,
     }
     print(json.dumps(summary), flush=True)
     return summary
