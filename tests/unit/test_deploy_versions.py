@@ -10,6 +10,7 @@ import pytest
 
 from neurovit.store import LocalStore
 from training import deploy
+from training.cli import main as neurovit
 
 MODEL = "neurovit"
 VERSION = "v20261125-160000-abcdef"
@@ -94,7 +95,7 @@ def test_make_deploy_sends_nothing_for_a_version_it_cannot_verify(monkeypatch, c
     monkeypatch.setattr(deploy, "connect", lambda: client)
     monkeypatch.delenv("NEUROVIT_S3_ENDPOINT", raising=False)
     uri = f"s3://neurovit/{MODEL}/{VERSION}"
-    assert deploy.main(["canary", "--storage-uri", uri]) == 2
+    assert neurovit(["deploy", "canary", "--storage-uri", uri]) == 3  # a store error
     assert "is not one complete, verified version" in capsys.readouterr().err
     assert client.patches == []
 
@@ -104,6 +105,6 @@ def test_make_deploy_sends_the_verified_folder(monkeypatch, store, capsys):
     monkeypatch.setattr(deploy, "connect", lambda: client)
     monkeypatch.setattr(deploy, "STORAGE_URI", deploy.re.compile(r".*"))  # a local store stands in for S3
     monkeypatch.setattr(deploy, "as_inference_service", lambda patch: patch)
-    assert deploy.main(["canary", "--storage-uri", store.version_uri(MODEL, VERSION)]) == 0
+    assert neurovit(["deploy", "canary", "--storage-uri", store.version_uri(MODEL, VERSION)]) == 0
     (patch,) = client.patches
     assert patch["spec"]["predictor"]["model"]["storageUri"] == store.version_uri(MODEL, VERSION) + "/"
