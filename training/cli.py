@@ -68,7 +68,7 @@ def add_group(sub, name: str, help_text: str):
 # ---- training commands -------------------------------------------------------------------------------------
 
 
-def _train_config(args: argparse.Namespace, defaults: dict | None = None):
+def train_config(args: argparse.Namespace, defaults: dict | None = None):
     from neurovit.model import ModelConfig
     from training.train import TrainConfig
 
@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from training.flow import run_main_job
 
     run_dir = Path(args.run_dir or OUTPUT_DIR / "runs" / timestamp())
-    summary = run_main_job(Path(args.data_dir), args.store, _train_config(args), run_dir, seed=args.seed or 0)
+    summary = run_main_job(Path(args.data_dir), args.store, train_config(args), run_dir, seed=args.seed or 0)
     print(f"run folder: {run_dir}")
     return _job_result(summary)
 
@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         generate_demo_dataset(data_dir, seed=0)
     print(f"demo dataset: {data_dir}")
     run_dir = Path(args.run_dir or OUTPUT_DIR / "runs" / f"demo-{timestamp()}")
-    summary = run_main_job(data_dir, args.store, _train_config(args, DEMO_TRAINING), run_dir)
+    summary = run_main_job(data_dir, args.store, train_config(args, DEMO_TRAINING), run_dir)
     store, model, version = resolve(summary["version"])
     store.verify(model, version)
     print(f"manifest verified: every file of {summary['version']} matches its sha256")
@@ -593,6 +593,22 @@ def report(error: BaseException, debug: bool) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def configure_logging(verbose: bool) -> None:
+    """-v: INFO. Otherwise WARNING, without urllib3's retry warnings (kfp's client, the S3 store): they would
+    bury the one ``error:`` line that says the endpoint cannot be reached."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_no_urllib3_warnings)
+
+
+def _no_urllib3_warnings(record: logging.LogRecord) -> bool:
+    return not (record.name.startswith("urllib3") and record.levelno < logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``neurovit`` command; returns its exit status (docs/cli.md)."""
     try:
@@ -600,10 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version (0) or a usage error (2), already printed
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     as_json = getattr(args, "json", False)
     stdout, code, result = sys.stdout, EXIT_OK, None
     try:

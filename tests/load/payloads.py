@@ -54,7 +54,7 @@ def load_images(folder: Path, create_demo: bool, limit: int = MAX_IMAGES) -> lis
     """Up to ``limit`` image files from ``folder`` (masks skipped), spread across its classes.
 
     ``create_demo``: generate the project's demo set there first when the folder is missing
-    (``neurovit demo-data``, about 8 seconds)."""
+    (``neurovit data demo``, about 8 seconds)."""
     folder = Path(folder)
     if not folder.is_dir() and create_demo:
         command = [sys.executable, "-m", "training.cli", "data", "demo", "--out", str(folder)]

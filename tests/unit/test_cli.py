@@ -9,7 +9,7 @@ import pytest
 from neurovit.errors import StoreError
 from neurovit.store import open_store, resolve_version
 from training import flow
-from training.cli import _train_config, build_parser, command_tree, main
+from training.cli import train_config, build_parser, command_tree, main
 from training.train import DEMO_TRAINING
 
 
@@ -67,11 +67,11 @@ def test_the_demo_recipe_trains_with_the_head_median_intensity_window(monkeypatc
     )
     monkeypatch.setattr(flow, "train", lambda *args, **kwargs: args[3])
     args = argparse.Namespace(image_size=128)
-    demo = _train_config(args, DEMO_TRAINING)
+    demo = train_config(args, DEMO_TRAINING)
     assert flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", demo).intensity_window == (
         "foreground_median"
     )
-    plain = flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", _train_config(args))
+    plain = flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", train_config(args))
     assert plain.intensity_window == "percentile"  # everything else keeps the default window
     assert [config.intensity_window for config in seen] == ["foreground_median"] * 2 + ["percentile"] * 2
 
