@@ -9,7 +9,7 @@ import pytest
 from neurovit.errors import StoreError
 from neurovit.store import open_store, resolve_version
 from training import flow
-from training.cli import train_config, build_parser, command_tree, main
+from training.cli import build_parser, command_tree, main, train_config
 from training.train import DEMO_TRAINING
 
 

@@ -1,4 +1,5 @@
-"""Pipeline runs on the demo data get the demo recipe (`neurovit pipeline run` and submit alike); options are checked."""
+"""Pipeline runs on the demo data get the demo recipe (`neurovit pipeline run` and submit alike);
+options are checked."""
 
 from __future__ import annotations
 
