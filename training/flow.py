@@ -430,9 +430,7 @@ def run_main_job(
     report = analyze_stage(data_dir, run_dir / "analysis")
     print(f"      report: {run_dir / 'analysis' / 'report.html'}  ({report_line(report)})")
     print("[2/5] splitting without leakage", flush=True)
-    plan = split_stage(
-        data_dir, run_dir / "analysis", run_dir / SPLIT_FILE, seed=seed, **split_options
-    )
+    plan = split_stage(data_dir, run_dir / "analysis", run_dir / SPLIT_FILE, seed=seed, **split_options)
     print(f"      {split_line(plan)}")
     print(
         f"[3/5] training on {torch.get_num_threads()} CPU threads"
