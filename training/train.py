@@ -37,6 +37,19 @@ BEST_DIR = "best"
 BN_BATCHES = 16  # un-augmented training batches that re-estimate the EMA model's BatchNorm statistics
 
 
+# The demo set is small and synthetic: 30 epochs train it in about 4 CPU minutes to 0.76 test accuracy,
+# where the explanation maps find the lesions (12 epochs stopped near 0.6, where they did not).
+# The head-median intensity window: in the demo's skull-stripped slices the lesion is the brightest thing,
+# and a whole-image percentile window let it darken the slice (README, "Preprocessing").
+DEMO_TRAINING = {
+    "epochs": 30,
+    "batch_size": 64,
+    "patience": 10,
+    "warmup_epochs": 1.0,
+    "intensity_window": "foreground_median",
+}
+
+
 @dataclass
 class TrainConfig:
     """Training recipe. Every field has a working default for 128 px brain slices on a 2-core CPU."""

@@ -17,7 +17,7 @@ from neurovit.model import ModelConfig, ModelInfo, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, to_tensor
 from neurovit.store import LocalStore
 from training.augment import AugmentConfig, augment_batch
-from training.eval_explain import main as eval_explain
+from training.cli import main as neurovit
 from training.guide import (
     GUIDE_FILE,
     guide_loss,
@@ -243,7 +243,7 @@ def test_eval_explain_never_scores_a_slice_that_guided_training(tmp_path, capsys
     LocalStore(tmp_path / "store").publish("neurovit", version, metadata={})
     out = tmp_path / "out"
     argv = ["--store", str(tmp_path / "store"), "--data-dir", str(tmp_path / "masked"), "--out", str(out)]
-    assert eval_explain([*argv, "--steps", "2", "--explained-class", "predicted"]) == 0
+    assert neurovit(["explain-eval", *argv, "--steps", "2", "--explained-class", "predicted"]) == 0
     result = json.loads((out / "explain_eval.json").read_text())
     used = sorted(entry["relpath"] for entry in guide.entries)
     assert result["left_out"]["used to guide training (guide.json)"]["relpaths"] == used
