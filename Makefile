@@ -16,6 +16,9 @@ STORE        ?= $(OUTPUT_DIR)/store
 MODEL        ?= latest
 PYTEST_ARGS  ?=
 NEUROVIT     := $(VENV_BIN)/neurovit
+# The deploy targets run the same CLI with .venv-tools' Python, where the kserve SDK lives (the project is not
+# installed there: `-m training.cli` from this folder; `neurovit deploy` imports no torch).
+NEUROVIT_TOOLS = $(TOOLS_VENV)/bin/python -m training.cli
 
 export NEUROVIT_OUTPUT_DIR := $(abspath $(OUTPUT_DIR))
 export NEUROVIT_STORE ?= $(abspath $(STORE))
@@ -48,20 +51,19 @@ tools-venv: $(TOOLS_VENV)/.installed ## Create .venv-tools (checkov, kserve SDK:
 # ---- MAIN JOB ----------------------------------------------------------------------------------
 .PHONY: demo
 demo: venv java ## Demo set -> analyse, split, train, evaluate, package, publish; then serve it and explain one slice
-	$(NEUROVIT) demo --store $(NEUROVIT_STORE)
-	$(VENV_BIN)/python -m training.serve demo --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
+	$(NEUROVIT) demo --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
 
 .PHONY: demo-data
 demo-data: venv ## Generate the built-in demo dataset (MNI152 slices with synthetic lesions and masks)
-	$(NEUROVIT) demo-data --out $(OUTPUT_DIR)/demo-data
+	$(NEUROVIT) data demo --out $(OUTPUT_DIR)/demo-data
 
 .PHONY: analyze
 analyze: venv ## Analyse DATA_DIR: counts, sizes, intensities, corrupt files, duplicates and leaks
-	$(NEUROVIT) analyze --data-dir $(DATA_DIR)
+	$(NEUROVIT) data analyze --data-dir $(DATA_DIR)
 
 .PHONY: train
 train: venv ## Analyse, split, train, evaluate and publish a model from DATA_DIR
-	$(NEUROVIT) run --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(TRAIN_ARGS)
+	$(NEUROVIT) train --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(TRAIN_ARGS)
 
 .PHONY: evaluate
 evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the images in DATA_DIR
@@ -69,11 +71,11 @@ evaluate: venv ## Evaluate MODEL (version folder, s3:// URI or "latest") on the 
 
 .PHONY: eval-explain
 eval-explain: venv ## Score MODEL's maps on DATA_DIR's lesion masks (its test split, or any masked folder: DATA_DIR=../shared/data/tumour-masks)
-	$(VENV_BIN)/python -m training.eval_explain --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EXPLAIN_ARGS)
+	$(NEUROVIT) explain-eval --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(EXPLAIN_ARGS)
 
 .PHONY: eval-ood
 eval-ood: venv ## Flag rate of MODEL's OOD score: held-out MRI in DATA_DIR vs photos, noise, other images
-	$(VENV_BIN)/python -m training.eval_ood --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(OOD_ARGS)
+	$(NEUROVIT) ood-eval --model $(MODEL) --data-dir $(DATA_DIR) --store $(NEUROVIT_STORE) $(OOD_ARGS)
 
 .PHONY: versions
 versions: venv ## List the complete versions in the store
@@ -81,15 +83,15 @@ versions: venv ## List the complete versions in the store
 
 .PHONY: pipeline
 pipeline: venv ## Run the Kubeflow pipeline on this machine with kfp's local runner (demo data)
-	$(VENV_BIN)/python -m training.pipeline run-local --store $(NEUROVIT_STORE)
+	$(NEUROVIT) pipeline run --store $(NEUROVIT_STORE)
 
 .PHONY: pipeline-compile
 pipeline-compile: venv ## Recompile training/pipeline.yaml from training/pipeline.py
-	$(VENV_BIN)/python -m training.pipeline compile
+	$(NEUROVIT) pipeline compile
 
 .PHONY: pipeline-submit
 pipeline-submit: venv ## Submit training/pipeline.yaml to Kubeflow Pipelines (KFP_HOST, NEUROVIT_STORE_URI, ...; SUBMIT_ARGS="--param epochs=30")
-	$(VENV_BIN)/python -m training.submit $(SUBMIT_ARGS)
+	$(NEUROVIT) pipeline submit $(SUBMIT_ARGS)
 
 # ---- SERVING -----------------------------------------------------------------------------------
 SERVE_PORT   ?= 8080
@@ -105,31 +107,31 @@ prometheus: ## Install Prometheus and promtool (monitoring checks, demos) where 
 
 .PHONY: package
 package: venv ## Build MODEL's TorchServe archive and KServe config into outputs/package/<version>
-	$(VENV_BIN)/python -m training.package --model $(MODEL) --store $(NEUROVIT_STORE)
+	$(NEUROVIT) package --model $(MODEL) --store $(NEUROVIT_STORE)
 
 .PHONY: serve
 serve: venv java ## Serve MODEL with TorchServe on SERVE_PORT (token auth on; key file in outputs/serve/)
-	$(VENV_BIN)/python -m training.serve serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
+	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
 
 .PHONY: predict
 predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|heatmap|all); overlays in outputs/predictions
 	$(if $(IMAGE),,$(error IMAGE=<file> is required))
-	$(VENV_BIN)/python -m training.serve predict --image $(IMAGE) --explain $(EXPLAIN)
+	$(NEUROVIT) predict --image $(IMAGE) --explain $(EXPLAIN)
 
 .PHONY: stop
 stop: venv ## Stop the local TorchServe started by `make serve` (and Prometheus from `make monitor`/`drift-demo`)
-	$(VENV_BIN)/python -m training.monitor stop
+	$(NEUROVIT) stop
 
 # ---- MONITORING --------------------------------------------------------------------------------
 PROMETHEUS_PORT ?= 9090
 
 .PHONY: monitor
 monitor: venv java prometheus ## TorchServe + Prometheus with monitoring/rules, a little traffic; prints the URL and queries
-	$(VENV_BIN)/python -m training.monitor monitor --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
+	$(NEUROVIT) monitor start --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
 
 .PHONY: drift-demo
 drift-demo: venv java prometheus ## In-distribution then shifted traffic: PSI plot and a firing drift alert (outputs/drift-demo)
-	$(VENV_BIN)/python -m training.monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
+	$(NEUROVIT) monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
 
 # ---- LOAD TESTS (locust; scenarios in tests/load/locustfile.py) ---------------------------------
 LOAD_TIME    ?= 60s
@@ -148,19 +150,19 @@ load-test: venv ## Locust against `make serve` (LOAD_USERS users, LOAD_TIME); CS
 # ---- BENCHMARKS --------------------------------------------------------------------------------
 .PHONY: bench-train
 bench-train: venv ## Train the default recipe on real slices within a time budget; prints a JSON line
-	$(VENV_BIN)/python -m training.bench_train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA) --guide-dir $(REAL_MASKS),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+	$(NEUROVIT) bench train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA) --guide-dir $(REAL_MASKS),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-serve
 bench-serve: venv java ## Latency of predict/rollout/heatmap against the bare forward, requests/s with batching on and off
-	$(VENV_BIN)/python -m training.bench_serve --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+	$(NEUROVIT) bench serve --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-load
 bench-load: venv java ## Capacity per replica: locust users stepped up to the p95 objective; plot and KServe sizing
-	$(VENV_BIN)/python -m training.bench_load --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
+	$(NEUROVIT) bench load --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-analyze
 bench-analyze: venv ## Time the analysis of 10,000 images
-	$(VENV_BIN)/python -m training.bench_analyze
+	$(NEUROVIT) bench analyze
 
 # ---- KUBERNETES (manifests/, helm/neurovit; README "On Kubernetes") ----------------------------
 NAMESPACE    ?= neurovit
@@ -169,23 +171,26 @@ CANARY       ?= 10
 
 .PHONY: kube-monitoring
 kube-monitoring: venv ## Copy monitoring/rules and dashboards into the chart and the kustomize base (PrometheusRule, ConfigMaps)
-	$(VENV_BIN)/python -m training.k8s_monitoring
+	$(NEUROVIT) monitor sync-k8s
 
 .PHONY: kube-validate
 kube-validate: venv tools-venv ## Render every overlay and chart variant; validate (schemas, CRDs, security, checkov, hadolint)
 	$(VENV_BIN)/python -m pytest tests/deploy -q
 
+.PHONY: deploy deploy-promote deploy-rollback
+deploy deploy-promote deploy-rollback: NEUROVIT = $(NEUROVIT_TOOLS)
+
 .PHONY: deploy
 deploy: tools-venv ## Verify version STORAGE_URI=s3://.../<version> in the store, roll it out to ISVC in NAMESPACE as a canary with CANARY % of the traffic (100: rollout)
-	$(TOOLS_VENV)/bin/python -m training.deploy canary --storage-uri "$(STORAGE_URI)" --percent $(CANARY) --name $(ISVC) --namespace $(NAMESPACE)
+	$(NEUROVIT) deploy canary --storage-uri "$(STORAGE_URI)" --percent $(CANARY) --name $(ISVC) --namespace $(NAMESPACE)
 
 .PHONY: deploy-promote
 deploy-promote: tools-venv ## Send all of ISVC's traffic to the canary
-	$(TOOLS_VENV)/bin/python -m training.deploy promote --name $(ISVC) --namespace $(NAMESPACE)
+	$(NEUROVIT) deploy promote --name $(ISVC) --namespace $(NAMESPACE)
 
 .PHONY: deploy-rollback
 deploy-rollback: tools-venv ## Serve the version ISVC served before the last `make deploy`, with all the traffic
-	$(TOOLS_VENV)/bin/python -m training.deploy rollback --name $(ISVC) --namespace $(NAMESPACE)
+	$(NEUROVIT) deploy rollback --name $(ISVC) --namespace $(NAMESPACE)
 
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test

@@ -2,7 +2,7 @@
 
 Written as code so that every panel gets the same datasource variable, label selector and layout; the
 JSON is committed for Grafana's file provisioning and for ConfigMaps, and a test checks it is current:
-    python -m monitoring.dashboard_builder
+    neurovit monitor dashboards
 Queries use only METRICS.md's metrics, TorchServe's own, `up`, and the recording rules in monitoring/rules.
 """
 
@@ -452,14 +452,14 @@ def render(build: Callable[[], dict]) -> str:
     return json.dumps(build(), indent=2) + "\n"
 
 
-def main(out_dir: Path = DASHBOARDS_DIR) -> None:
+def build_all(out_dir: Path = DASHBOARDS_DIR) -> list[Path]:
+    """Write every dashboard to ``out_dir`` (``neurovit monitor dashboards``); returns the files."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
     for filename, build in DASHBOARDS.items():
         (out_dir / filename).write_text(render(build))
+        written.append(out_dir / filename)
+    return written
 
 
-if __name__ == "__main__":
-    main()
-
-
-__all__ = ["DASHBOARDS", "DASHBOARDS_DIR", "main", "render"]
+__all__ = ["DASHBOARDS", "DASHBOARDS_DIR", "build_all", "render"]

@@ -1,6 +1,8 @@
 """Typed errors: every one says what was expected and what arrived, so CLIs and servers can map them.
 
-All derive from ValueError (bad input) or RuntimeError (environment), never bare Exception.
+All derive from ValueError (bad input) or RuntimeError (environment), never bare Exception. Every error class
+in the project derives from ``NeuroVitError``; the ``neurovit`` command maps ``DataError`` and ``StoreError``
+to exit status 3 and every other one to 1 (docs/cli.md).
 """
 
 
@@ -47,3 +49,16 @@ class IntegrityError(StoreError):
 
 class VersionConflictError(StoreError):
     """Another publish holds the version id with other files (running, or interrupted and not yet pruned)."""
+
+
+class UsageError(NeuroVitError, ValueError):
+    """Options that do not fit together or a value out of range, found after the command line was parsed."""
+
+
+class CheckFailedError(NeuroVitError, RuntimeError):
+    """A check ran and its answer is no (stale generated files, no alert fired): not a crash, a finding.
+    ``result``: what the check found, for a caller that reports it (``neurovit ... --json``)."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -930,6 +930,28 @@ def resolve(uri: str | Path, *, model: str | None = None) -> tuple[ArtifactStore
     return store, model, manifest["version"]
 
 
+def resolve_version(spec: str | Path, store: str | Path, *, model: str) -> tuple[ArtifactStore, str, str]:
+    """The one resolver every command uses: ``spec`` -> ``(store, model, version)`` of a complete version.
+
+    ``spec`` is one of:
+    - ``latest``: the newest complete version of ``model`` in ``store``;
+    - a version id (``v20261125-160000-ab12cd``, or a custom name): that version of ``model`` in ``store``;
+    - a version folder (``outputs/store/neurovit/<version>``) or URI (``s3://bucket[/prefix]/<model>/<version>``,
+      ``.../<model>/latest``, ``.../<model>``): read as ``resolve`` reads it, ``store`` and ``model`` unused.
+    StoreError (version not found, store unreadable) otherwise.
+    """
+    spec = str(spec)
+    if spec == LATEST:
+        return resolve(store, model=model)
+    if "/" not in spec and "://" not in spec and (VERSION_PATTERN.fullmatch(spec) or not Path(spec).exists()):
+        if not _NAME_PATTERN.fullmatch(spec):
+            raise StoreError(
+                f"{spec!r} is not a version: expected 'latest', a version id, a version folder or URI"
+            )
+        return resolve(f"{str(store).rstrip('/')}/{model}/{spec}")
+    return resolve(spec)
+
+
 __all__ = [
     "LATEST",
     "MANIFEST_FILE",
@@ -941,4 +963,5 @@ __all__ = [
     "open_store",
     "redact_uri",
     "resolve",
+    "resolve_version",
 ]

@@ -44,7 +44,10 @@ def _guarded(parse, v2: bool):
         if all(not row for row in data):  # the management API's describe job: nothing to parse
             return data
         try:
-            return parse(self, data)
+            parsed = parse(self, data)
+            if v2 and not parsed:  # `{"inputs": []}`: the v2 envelope would fail naming outputs of none
+                raise _NoInputs
+            return parsed
         except Exception as error:  # noqa: BLE001 - every failure of the envelope is the body's
             if v2:  # the v2 envelope names each output after an input
                 self.context.input_names = ["input-0"]
@@ -55,7 +58,13 @@ def _guarded(parse, v2: bool):
     return parse_input
 
 
+class _NoInputs(Exception):
+    pass
+
+
 def _why(error: Exception, protocol: str) -> tuple[str, str]:
+    if isinstance(error, _NoInputs):
+        return f"malformed {protocol} body: no image (`inputs` is empty)", "bad_request"
     if isinstance(error, RecursionError):
         return f"malformed {protocol} body: JSON nested too deeply", "bad_json"
     if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.bench_analyze [--images 10000] [--workers 2] [--source ../shared/data/brain-tumor-mri]
+    neurovit bench analyze [--images 10000] [--workers 2] [--source ../shared/data/brain-tumor-mri]
 
 The folder is built in a temporary directory and removed afterwards. With ``--source`` present, its
 real slices are copied (then mirrored left-right, a distinct picture, until the count is reached);
@@ -12,10 +12,8 @@ is timed, not building the folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from neurovit.data.analysis import analyze
 from neurovit.data.layout import discover
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+DEFAULT_SOURCE = Path("../shared/data/brain-tumor-mri")
 
 
 def generated_slice(rng: np.random.Generator, size: int = 128) -> np.ndarray:
@@ -65,31 +64,22 @@ def build_folder(target: Path, count: int, source: Path | None, seed: int = 0) -
     return "generated"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--source", type=Path, default=Path("../shared/data/brain-tumor-mri"))
-    args = parser.parse_args(argv)
-
+def run(images: int = 10_000, workers: int = 2, source: Path | None = DEFAULT_SOURCE) -> dict:
+    """Build the folder, time ``analyze`` on it; prints and returns one JSON object."""
     with tempfile.TemporaryDirectory(prefix="neurovit-bench-") as temporary:
         data_dir, out_dir = Path(temporary) / "data", Path(temporary) / "report"
-        origin = build_folder(data_dir, args.images, args.source)
+        origin = build_folder(data_dir, images, source)
         start = time.perf_counter()
-        report = analyze(data_dir, out_dir, workers=args.workers)
+        report = analyze(data_dir, out_dir, workers=workers)
         seconds = time.perf_counter() - start
     result = {
         "images": report["dataset"]["files"],
         "source": origin,
-        "workers": args.workers,
+        "workers": workers,
         "seconds": round(seconds, 2),
         "images_per_s": round(report["dataset"]["files"] / seconds, 1),
         "corrupt": report["dataset"]["corrupt"],
         "duplicate_groups": len(report["duplicates"]["groups"]),
     }
     print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

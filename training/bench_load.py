@@ -1,4 +1,4 @@
-"""Capacity of one replica under locust: ``python -m training.bench_load`` (``make bench-load``).
+"""Capacity of one replica under locust: ``neurovit bench load`` (``make bench-load``).
 
 Serves a published version (``--model``, default the latest) with TorchServe on free local ports, packaged
 afresh with the handler in this tree (what the next deployment ships), and steps the number of locust users
@@ -17,11 +17,8 @@ has its cores to itself.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,11 +29,9 @@ from datetime import datetime
 from pathlib import Path
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
-from neurovit.errors import NeuroVitError
-from neurovit.integrity import VERSION_DIR_ENV
-from neurovit.store import resolve
-from training.package import METRICS_CONFIG, MODEL_STORE, ServerSettings, config_properties, package_stage
-from training.serve import api_key, local_settings, wait_until_ready
+from neurovit.store import resolve_version
+from training import torchserve_launcher as launcher
+from training.package import METRICS_CONFIG, MODEL_STORE, ServerSettings, package_stage
 
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "tests" / "load" / "locustfile.py"
 SCENARIOS = {"predict": "PredictUser", "mixed": "MixedUser"}
@@ -66,28 +61,20 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Options:
+    """What ``climb`` reads: the images to send, the p95 objective, seconds per step, the user steps."""
+
+    images: Path
+    objective_ms: float
+    step_seconds: int
+    users: list[int]
+
+
+@dataclass(frozen=True)
 class Server:
     url: str
     key: str | None
     settings: ServerSettings
-
-
-def free_port_block(count: int = 5) -> int:
-    """A port p with p .. p+count-1 all free (inference, management, metrics, two gRPC)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no block of {count} free ports found")
 
 
 @contextmanager
@@ -96,34 +83,10 @@ def torchserve(
 ) -> Iterator[Server]:
     """TorchServe on ``package`` in its own process group, with local_settings() (as ``make serve``);
     ``version_dir``: the fetched version the handler verifies before it loads."""
-    settings = local_settings(package / MODEL_STORE, package / METRICS_CONFIG, free_port_block(), batch_size)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
-    config = workdir / "config.properties"
-    config.write_text(config_properties(name, version, settings))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-    env.update(
-        {"TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp"), VERSION_DIR_ENV: str(version_dir)}
-    )
-    command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs"]
-    command += ["--ts-config", str(config), "--model-store", str(package / MODEL_STORE)]
-    log = workdir / "torchserve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        key_file = workdir / "key_file.json"
-        alive = lambda: process.poll() is None  # noqa: E731
-        wait_until_ready(settings.management_address, name, alive, timeout_s=300, log=log, key_file=key_file)
-        yield Server(settings.inference_address, api_key(key_file), settings)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)  # the launcher, Java and the Python worker
-                process.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+    port = launcher.free_port_block()
+    settings = launcher.local_settings(package / MODEL_STORE, package / METRICS_CONFIG, port, batch_size)
+    with launcher.running(workdir, name, version, settings, version_dir, timeout_s=300) as server:
+        yield Server(server.url, server.key(), settings)
 
 
 def run_locust(
@@ -289,39 +252,35 @@ def plot(steps: list[Step], objective_ms: float, path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="latest", help="version folder, s3:// URI, or 'latest'")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--images", type=Path, default=OUTPUT_DIR / "demo-data", help="images to send")
-    parser.add_argument("--objective-ms", type=float, default=500.0, help="p95 latency objective")
-    parser.add_argument("--step-seconds", type=int, default=10, help="seconds per load level")
-    parser.add_argument(
-        "--users", type=lambda text: [int(n) for n in text.split(",")], default=list(USER_STEPS)
-    )
-    parser.add_argument("--scenarios", default="predict,mixed", help=f"some of {','.join(SCENARIOS)}")
-    parser.add_argument("--batching", default="on,off", help="on (batch 4), off (batch 1), or both")
-    parser.add_argument("--out", type=Path, help="default outputs/bench-load/<time>")
-    args = parser.parse_args(argv)
-
+def run(
+    model: str = "latest",
+    store: str = DEFAULT_STORE,
+    images: Path = OUTPUT_DIR / "demo-data",
+    objective_ms: float = 500.0,
+    step_seconds: int = 10,
+    users: list[int] | tuple[int, ...] = USER_STEPS,
+    scenarios: str = "predict,mixed",
+    batching: str = "on,off",
+    out: Path | None = None,
+) -> dict:
+    """The benchmark (module docstring); returns the final result it also prints as the last JSON line."""
+    args = Options(images, objective_ms, step_seconds, list(users))
     measured_at = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or OUTPUT_DIR / "bench-load" / measured_at
-    store, name, version = (
-        resolve(args.store, model=MODEL_NAME) if args.model == "latest" else resolve(args.model)
-    )
-    fetched = store.fetch(name, version, out / "version", overwrite=True)
+    out = out or OUTPUT_DIR / "bench-load" / measured_at
+    store_, name, version = resolve_version(model, store, model=MODEL_NAME)
+    fetched = store_.fetch(name, version, out / "version", overwrite=True)
     package_stage(fetched / "model", out / "package", name, version)  # the handler in this tree
     steps: list[Step] = []
-    capacities: dict = {scenario: {} for scenario in args.scenarios.split(",")}
-    for batching in args.batching.split(","):
+    capacities: dict = {scenario: {} for scenario in scenarios.split(",")}
+    for mode in batching.split(","):
         with torchserve(
-            out / "package", fetched, name, version, out / f"serve-{batching}", BATCH_SIZES[batching]
+            out / "package", fetched, name, version, out / f"serve-{mode}", BATCH_SIZES[mode]
         ) as server:
-            run_locust(server, "MixedUser", 2, 5, args.images, out / "warm-up" / batching, args.objective_ms)
+            run_locust(server, "MixedUser", 2, 5, args.images, out / "warm-up" / mode, args.objective_ms)
             for scenario in capacities:
-                series = climb(server, scenario, batching, args, out / "locust" / f"{scenario}-{batching}")
+                series = climb(server, scenario, mode, args, out / "locust" / f"{scenario}-{mode}")
                 steps += series
-                capacities[scenario][batching] = capacity(series)
+                capacities[scenario][mode] = capacity(series)
     queue = ServerSettings().job_queue_size  # local_settings() keeps the default
     result = {
         "version": version,
@@ -339,12 +298,3 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(plot=str(out / "capacity.png"), sizing_note=str(out / "sizing.md"))
     print(json.dumps(result), flush=True)
     return result
-
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop TorchServe (finally) when killed
-    try:
-        main()
-    except NeuroVitError as error:  # no version in the store, store unreachable, server did not start
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

@@ -1,4 +1,4 @@
-"""Benchmark the live service against the bare model: ``python -m training.bench_serve``.
+"""Benchmark the live service against the bare model: ``neurovit bench serve``.
 
 Starts TorchServe on a published version (``--model``, default the latest), then measures, in one run:
 - predict p50 and p95 (one image per request, no explanation) / the bare in-process forward of the same
@@ -11,7 +11,6 @@ Prints one JSON line per measurement and a final summary line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -27,6 +26,7 @@ from neurovit.data.imageio import read_image
 from neurovit.model import load_model
 from neurovit.preprocessing import preprocess
 from training import serve as local_server
+from training.torchserve_launcher import api_key
 
 REAL_SLICES = Path("../shared/data/brain-tumor-mri/validation")
 
@@ -86,44 +86,45 @@ def throughput(url: str, key: str | None, bodies: list[bytes], clients: int, sec
     return total / (time.perf_counter() - started)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="latest")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--data-dir", type=Path, help="images to send (default: real slices, else demo)")
-    parser.add_argument("--requests", type=int, default=40, help="sequential requests per measurement")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients for requests/s")
-    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each throughput run")
-    parser.add_argument("--port", type=int, default=8090)
-    args = parser.parse_args(argv)
-
-    data_dir = args.data_dir or (REAL_SLICES if REAL_SLICES.is_dir() else OUTPUT_DIR / "demo-data")
+def run(
+    model: str = "latest",
+    store: str = DEFAULT_STORE,
+    data_dir: Path | None = None,
+    requests: int = 40,
+    clients: int = 8,
+    seconds: float = 15.0,
+    port: int = 8090,
+) -> dict:
+    """The benchmark (module docstring). ``data_dir``: images to send (default real slices, else demo);
+    ``requests``: sequential requests per measurement; ``clients``: concurrent clients for requests/s;
+    ``seconds``: duration of each throughput run. Returns the summary it prints last."""
+    data_dir = data_dir or (REAL_SLICES if REAL_SLICES.is_dir() else OUTPUT_DIR / "demo-data")
     images = _images(data_dir, 32)
     bodies = [path.read_bytes() for path in images]
     serve_dir = OUTPUT_DIR / "bench-serve"
     results: dict = {"images": str(data_dir)}
     try:
-        state = local_server.serve(args.model, args.store, serve_dir=serve_dir, port=args.port, batch_size=1)
-        key = local_server.api_key(Path(state["key_file"]))
+        state = local_server.serve(model, store, serve_dir=serve_dir, port=port, batch_size=1)
+        key = api_key(Path(state["key_file"]))
         url = f"{state['url']}/predictions/{state['model']}"
         model_dir = serve_dir / "models" / state["version"] / "model"
         results["version"] = state["version"]
-        results["bare_forward_ms"] = round(bare_forward_ms(model_dir, images[0], args.requests), 2)
+        results["bare_forward_ms"] = round(bare_forward_ms(model_dir, images[0], requests), 2)
         print(json.dumps({"bare_forward_ms": results["bare_forward_ms"]}), flush=True)
         for explain in ("none", "rollout", "heatmap", "all"):
             for body in bodies[:3]:  # warm-up
                 _post(url, key, body, explain)
-            latencies = [_post(url, key, bodies[i % len(bodies)], explain) for i in range(args.requests)]
+            latencies = [_post(url, key, bodies[i % len(bodies)], explain) for i in range(requests)]
             results[explain] = _percentiles(latencies)
             print(json.dumps({"explain": explain, **results[explain]}), flush=True)
-        results["rps_batching_off"] = round(throughput(url, key, bodies, args.clients, args.seconds), 2)
+        results["rps_batching_off"] = round(throughput(url, key, bodies, clients, seconds), 2)
         print(json.dumps({"batch_size": 1, "requests_per_s": results["rps_batching_off"]}), flush=True)
         local_server.stop(serve_dir, quiet=True)
-        state = local_server.serve(args.model, args.store, serve_dir=serve_dir, port=args.port, batch_size=4)
-        key = local_server.api_key(Path(state["key_file"]))
+        state = local_server.serve(model, store, serve_dir=serve_dir, port=port, batch_size=4)
+        key = api_key(Path(state["key_file"]))
         for body in bodies[:4]:
             _post(url, key, body, "none")
-        results["rps_batching_on"] = round(throughput(url, key, bodies, args.clients, args.seconds), 2)
+        results["rps_batching_on"] = round(throughput(url, key, bodies, clients, seconds), 2)
         print(json.dumps({"batch_size": 4, "requests_per_s": results["rps_batching_on"]}), flush=True)
     finally:
         local_server.stop(serve_dir, quiet=True)
@@ -141,11 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "all_p50_over_predict": round(results["all"]["p50_ms"] / results["none"]["p50_ms"], 2),
         "requests_per_s_batching_off": results["rps_batching_off"],
         "requests_per_s_batching_on": results["rps_batching_on"],
-        "clients": args.clients,
+        "clients": clients,
     }
     print(json.dumps(summary), flush=True)
     return summary
-
-
-if __name__ == "__main__":
-    main()

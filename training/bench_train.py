@@ -1,6 +1,6 @@
 """Benchmark the default training recipe on real slices within a time budget.
 
-    python -m training.bench_train --data-dir ../shared/data/brain-tumor-mri [--time-budget 1800]
+    neurovit bench train --data-dir ../shared/data/brain-tumor-mri [--time-budget 1800]
 
 The data folder's own validation split is held out as the test set (never trained on, never used to pick
 a checkpoint); a val split for selection and calibration is carved out of train, leak-free. The last line
@@ -17,7 +17,6 @@ reached 0.96.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -28,8 +27,8 @@ import torch
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.model import ModelConfig
 from training import flow
-from training.cli import run_main_job
-from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
+from training.flow import run_main_job
+from training.guide import DEFAULT_GUIDE_WEIGHT, DEFAULT_LESION_HIDDEN_WEIGHT, GUIDE_FILE
 from training.train import TrainConfig, measure_step_ratio
 
 CPU_BENCH_IMAGE_SIZE = 96
@@ -38,62 +37,45 @@ CPU_BENCH_IMAGE_SIZE = 96
 CPU_BENCH_STEM_CHANNELS = (24, 48, 96, 192)
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(","))
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--time-budget", type=float, default=1800.0, help="training seconds (default 30 min)")
-    parser.add_argument("--epochs", type=int, default=100, help="at most; the time budget fits the rest")
-    parser.add_argument("--image-size", type=int, default=CPU_BENCH_IMAGE_SIZE, help="model input side (px)")
-    parser.add_argument(
-        "--stem-channels",
-        type=_channels,
-        default=CPU_BENCH_STEM_CHANNELS,
-        help="channels of the stem's stride-2 stages, comma-separated (their count sets the patch size)",
-    )
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument(
-        "--patience", type=int, default=TrainConfig.patience, help="early-stopping patience in epochs"
-    )
-    parser.add_argument("--run-dir", type=Path)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (a second run)")
-    parser.add_argument(
-        "--guide-dir",
-        type=Path,
-        help="masked slices (<class>/<id>.png + <id>.mask.png) whose guide half steers the rollout map "
-        "towards the tumour during training (training.guide); the other half is left for eval-explain",
-    )
-    parser.add_argument(
-        "--guide-weight", type=float, default=DEFAULT_GUIDE_WEIGHT, help="weight of the guidance loss"
-    )
-    args = parser.parse_args(argv)
-    guide_dir = args.guide_dir
+def run(
+    data_dir: Path,
+    store: str = DEFAULT_STORE,
+    time_budget: float = 1800.0,
+    epochs: int = 100,
+    image_size: int = CPU_BENCH_IMAGE_SIZE,
+    stem_channels: tuple[int, ...] = CPU_BENCH_STEM_CHANNELS,
+    batch_size: int = TrainConfig.batch_size,
+    patience: int = TrainConfig.patience,
+    run_dir: Path | None = None,
+    device: str = "auto",
+    seed: int = TrainConfig.seed,
+    guide_dir: Path | None = None,
+    guide_weight: float = DEFAULT_GUIDE_WEIGHT,
+    lesion_hidden_weight: float = DEFAULT_LESION_HIDDEN_WEIGHT,
+) -> dict:
+    """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
         print(f"no masked slices at {guide_dir}: training without guidance", flush=True)
         guide_dir = None
 
-    run_dir = args.run_dir or OUTPUT_DIR / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    run_dir = run_dir or OUTPUT_DIR / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        patience=args.patience,
-        time_budget_s=args.time_budget,
-        device=args.device,
-        seed=args.seed,
-        guide_weight=args.guide_weight if guide_dir is not None else 0.0,
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=patience,
+        time_budget_s=time_budget,
+        device=device,
+        seed=seed,
+        guide_weight=guide_weight if guide_dir is not None else 0.0,
+        lesion_hidden_weight=lesion_hidden_weight if guide_dir is not None else 0.0,
         channels_last=True,
-        model=ModelConfig(image_size=args.image_size, stem_channels=args.stem_channels),
+        model=ModelConfig(image_size=image_size, stem_channels=stem_channels),
     )
     preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
 
     job = run_main_job(
-        args.data_dir,
-        args.store,
+        data_dir,
+        store,
         config,
         run_dir,
         guide_dir=guide_dir,
@@ -103,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan, result, metrics = job["plan"], job["train"], job["metrics"]
     print(f"leaking held-out images dropped: {plan.dropped}", flush=True)
     # Measured after training, on the arrays the run cached: same loader, same data, same machine.
-    train_arrays = flow.split_arrays(args.data_dir, plan, "train", preprocessing, run_dir / "cache")
+    train_arrays = flow.split_arrays(data_dir, plan, "train", preprocessing, run_dir / "cache")
     ratio = measure_step_ratio(train_arrays, plan.classes, preprocessing, config)
     print(f"step ratio: {json.dumps(ratio)}", flush=True)
     summary = {
@@ -123,19 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "stem_channels": list(args.stem_channels),
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "stem_channels": list(stem_channels),
         "data_fingerprint": plan.fingerprint[:12],
-        "seed": args.seed,
+        "seed": seed,
         "guide_slices": 0
         if guide_dir is None
         else len(json.loads((run_dir / GUIDE_FILE).read_text())["slices"]),
         "guide_weight": config.guide_weight,
+        "lesion_hidden_weight": config.lesion_hidden_weight,
     }
     print(json.dumps(summary), flush=True)
     return summary
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Roll a published version out to the InferenceService with the kserve SDK: canary, promote, rollback.
 
-    python -m training.deploy canary   --storage-uri s3://neurovit/neurovit/<version> [--percent 10]
-    python -m training.deploy promote
-    python -m training.deploy rollback
+    neurovit deploy canary   --storage-uri s3://neurovit/neurovit/<version> [--percent 10]
+    neurovit deploy promote
+    neurovit deploy rollback
     (all take --name and --namespace, default neurovit; make deploy / deploy-promote / deploy-rollback)
 
 - canary: points ``predictor.model.storageUri`` at the new version and sends ``--percent`` of the traffic to
@@ -17,15 +17,14 @@
 Traffic splitting needs KServe's Knative mode. In Standard mode only ``--percent 100`` (a rolling update) is
 accepted. The Kubernetes connection is the usual one: ``KUBECONFIG`` / ``~/.kube/config``, or the pod's
 ServiceAccount in a cluster (``neurovit-deployer`` may get and patch the InferenceService it is named for,
-nothing else). Runs in .venv-tools, where the kserve SDK lives (its pins clash with the project's); besides
-the SDK and the standard library it imports only ``neurovit.store`` (minio is in requirements-tools.txt), to
-verify the version. After each action the served and rollback URIs are recorded for
-``neurovit versions prune`` (``record_deployment``).
+nothing else). Runs in .venv-tools, where the kserve SDK lives (its pins clash with the project's);
+besides the SDK and the standard library it imports only ``neurovit.errors`` and ``neurovit.store`` (minio
+is in requirements-tools.txt), to verify the version. After each action the served and rollback URIs are
+recorded for ``neurovit versions prune`` (``record_deployment``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -35,14 +34,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from neurovit.errors import NeuroVitError, StoreError
+
 PREVIOUS_URI_ANNOTATION = "neurovit.io/previous-storage-uri"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 KNATIVE_MODES = {"Knative", "Serverless"}  # "Serverless": KServe's former name, still accepted
 STORAGE_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
 
 
-class DeployError(ValueError):
-    """The rollout cannot be done as asked (bad URI, wrong mode, nothing to roll back to)."""
+class DeployError(NeuroVitError, ValueError):
+    """The rollout cannot be done as asked (bad URI, wrong mode, nothing to roll back to, no cluster)."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,10 @@ def verified_version_uri(uri: str) -> str:
     as the version folder with its trailing slash; DeployError saying why otherwise.
 
     Refused: a URI naming a model or ``latest`` rather than a version (what it serves would change under
-    it), a version without manifest (an interrupted publish), a file missing or not matching its sha256.
+    it) is a DeployError; a version without manifest (an interrupted publish), a file missing or not
+    matching its sha256, a store that cannot be read are a StoreError.
     """
     try:
-        from neurovit.errors import NeuroVitError
         from neurovit.store import LATEST, resolve
     except ImportError as error:
         raise DeployError(f"cannot read the store ({error}): run `make tools-venv`") from error
@@ -82,8 +83,10 @@ def verified_version_uri(uri: str) -> str:
                 f"use {store.version_uri(model, version)}/"
             )
         store.verify(model, version)  # downloads every file and checks its sha256
+    except DeployError:
+        raise
     except NeuroVitError as error:
-        raise DeployError(f"{uri} is not one complete, verified version: {error}") from error
+        raise StoreError(f"{uri} is not one complete, verified version: {error}") from error
     return store.version_uri(model, version) + "/"
 
 
@@ -223,48 +226,38 @@ def describe(patch: dict, target: Target) -> str:
     return f"{where}: promoted, 100% of the traffic to the latest revision"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("canary", "promote", "rollback"))
-    parser.add_argument("--name", default="neurovit", help="InferenceService name (default neurovit)")
-    parser.add_argument("--namespace", default="neurovit", help="its namespace (default neurovit)")
-    parser.add_argument("--storage-uri", default="", help="canary: s3:// URI of the published version")
-    parser.add_argument("--percent", type=int, default=10, help="canary: traffic share of the new version")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    target = Target(args.name, args.namespace)
+def rollout(
+    action: str, storage_uri: str = "", percent: int = 10, name: str = "neurovit", namespace: str = "neurovit"
+) -> dict:
+    """``canary`` (``storage_uri`` verified first), ``promote`` or ``rollback`` on one InferenceService;
+    prints what it did and records it for ``neurovit versions prune``. Returns the patch and the record."""
+    target = Target(name, namespace)
+    if action == "canary" and not storage_uri:
+        raise DeployError("--storage-uri (STORAGE_URI=) is required: the s3:// URI a pipeline run printed")
     try:
-        if args.action == "canary" and not args.storage_uri:
-            raise DeployError(
-                "--storage-uri (STORAGE_URI=) is required: the s3:// URI a pipeline run printed"
-            )
         client = connect()
-        new_uri = args.storage_uri
-        if args.action == "canary":
+        new_uri = storage_uri
+        if action == "canary":
             if not STORAGE_URI.match(new_uri):
                 raise DeployError(f"storage URI {new_uri!r} is not s3://<bucket>/<model>/<version>")
             # After connect (it reads local configuration only): verifying downloads the whole version.
             new_uri = verified_version_uri(new_uri)
-        patch = apply(client, target, args.action, new_uri=new_uri, percent=args.percent)
-    except (DeployError, RuntimeError) as error:
-        # RuntimeError: the SDK's wrapping of API errors (not found, forbidden, unreachable).
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+        patch = apply(client, target, action, new_uri=new_uri, percent=percent)
+    except RuntimeError as error:
+        if isinstance(error, NeuroVitError):
+            raise
+        # The SDK's wrapping of API errors (not found, forbidden, unreachable): its first line says it.
+        raise DeployError(str(error).strip().splitlines()[0]) from error
     print(describe(patch, target))
+    record = None
     try:
         live = client.get(target.name, namespace=target.namespace)  # as patched, not as we meant it
-        print(f"recorded for `neurovit versions prune`: {record_deployment(live, target)}")
+        record = record_deployment(live, target)
+        print(f"recorded for `neurovit versions prune`: {record}")
     except (OSError, RuntimeError) as error:
         print(f"warning: rolled out, but the record for prune was not written: {error}", file=sys.stderr)
-    if args.action != "canary":
+    if action != "canary":
         print(
             "record the served version in your values or overlay before the next helm upgrade / kubectl apply"
         )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"patch": patch, "record": str(record) if record else None}

@@ -1,6 +1,6 @@
 """Score NeuroViT's explanation maps against lesion masks: pointing game and deletion AUC vs three baselines.
 
-``python -m training.eval_explain [--model latest|<version>|<version URI>] [--data-dir outputs/demo-data]``
+``neurovit explain-eval [--model latest|<version>|<version URI>] [--data-dir outputs/demo-data]``
 (``make eval-explain``) fetches a published version and takes the images of its test split (from the
 version's ``split.json``), or every image of ``--data-dir`` when that folder is not the data the version
 was trained on (a folder of masked slices such as real tumours outlined by radiologists: ``<class>/<id>.png``
@@ -46,16 +46,14 @@ drops, the model reads that class from elsewhere, and a map cannot be both on th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
 import logging
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +65,8 @@ from PIL import Image
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
 from neurovit.data.imageio import read_image
-from neurovit.data.layout import discover
 from neurovit.data.masks import mask_on_input, read_mask
-from neurovit.data.split import load_split
+from neurovit.data.split import select_test_images
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import (
     GRADIENT_ROLLOUT_START_LAYER,
@@ -103,7 +100,7 @@ from neurovit.preprocessing import (
     to_tensor,
 )
 from neurovit.serving import EXPLANATIONS
-from neurovit.store import VERSION_PATTERN, resolve
+from neurovit.store import resolve_version
 from training.guide import GUIDE_FILE
 
 log = logging.getLogger(__name__)
@@ -169,52 +166,8 @@ class Slice:
 # Inputs.
 
 
-def resolve_version(model_arg: str, store_uri: str):
-    """``latest``, a bare version id, or a version URI/folder -> ``(store, model, version)``."""
-    if model_arg == "latest":
-        return resolve(store_uri, model=MODEL_NAME)
-    if VERSION_PATTERN.match(model_arg):
-        return resolve(f"{store_uri.rstrip('/')}/{MODEL_NAME}/{model_arg}")
-    return resolve(model_arg)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def select_images(data_dir: Path, split_path: Path | None) -> tuple[list[tuple[Path, str, str]], str]:
-    """``[(path, relpath, label)]`` to evaluate and a line saying which: the split's test images when the
-    version's split file is there and the data still matches it, else every image of ``data_dir``."""
-    root = data_dir.resolve()
-    if split_path is not None and split_path.is_file():
-        plan = load_split(split_path)
-        test = [entry for entry in plan.entries if entry.split == "test"]
-        if not test:
-            log.warning("the version's split has no test part: evaluating every image of %s", root)
-        else:
-            changed = [
-                e.relpath
-                for e in test
-                if not (root / e.relpath).is_file() or _sha256(root / e.relpath) != e.sha256
-            ]
-            if len(changed) == len(test) and not any((root / e.relpath).is_file() for e in test):
-                index = discover(root)  # another folder altogether (real masked slices): all of it
-                chosen = [(record.path, record.relpath, record.label) for record in index.records]
-                return chosen, f"every image of {root} ({len(chosen)} images; not the version's data)"
-            if not changed:
-                chosen = [(root / e.relpath, e.relpath, e.label) for e in test]
-                return chosen, f"test split of the version's split.json ({len(chosen)} images)"
-            log.warning(
-                "%d of the %d test images of the version's split are missing or changed in %s (e.g. %s): "
-                "evaluating every image instead",
-                len(changed),
-                len(test),
-                root,
-                changed[0],
-            )
-    index = discover(root)
-    chosen = [(record.path, record.relpath, record.label) for record in index.records]
-    return chosen, f"every image of {root} ({len(chosen)} images; no usable test split)"
 
 
 def load_mask(image_path: Path, size: int) -> np.ndarray | None:
@@ -814,7 +767,7 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [part for part in chosen if part not in allowed]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list of {allowed}, got {text!r}")
+        raise ValueError(f"{what} must be a comma-separated list of {allowed}, got {text!r}")
     return list(dict.fromkeys(chosen))
 
 
@@ -863,17 +816,50 @@ def _accuracy_per_class(labels: list[str], predicted: np.ndarray, class_names: l
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+@dataclass(frozen=True)
+class ExplainEvalOptions:
+    """What ``run`` scores and how (the command line's options, module docstring).
+
+    Args:
+        model: ``latest``, a version id, or a version folder / URI (``neurovit.store.resolve_version``).
+        data_dir: the version's data (its test split is scored) or a folder of masked slices.
+        store: the store ``latest`` and a version id refer to.
+        out: default ``outputs/explain-eval/<version>``.
+        tolerance: pointing game, pixels at ``TOLERANCE_SIDE_PX``, scaled to each slice's size.
+        steps: deletion steps (default: one patch-grid cell per step; ``ROAD_STEPS`` for road).
+        substrate: what removed cells become, one or more of ``SUBSTRATE_CHOICES``.
+        explained_class: the classes the maps explain, some of ``EXPLAINED_CLASSES``.
+        seed: random baseline and bootstrap.
+        batch_size: images per explain() call; deletion_batch_size: perturbed inputs per forward.
+        gallery_per_class: slices per class in the gallery; max_per_class: at most this many scored per class.
+    """
+
+    model: str = "latest"
+    data_dir: Path = OUTPUT_DIR / "demo-data"
+    store: str = DEFAULT_STORE
+    out: Path | None = None
+    tolerance: float = DEFAULT_TOLERANCE_PX
+    steps: int | None = None
+    substrate: list[str] = field(default_factory=lambda: ["black"])
+    explained_class: list[str] = field(default_factory=lambda: list(EXPLAINED_CLASSES))
+    seed: int = 0
+    batch_size: int = 32
+    deletion_batch_size: int = 130
+    gallery_per_class: int = 2
+    max_per_class: int | None = None
+
+
+def run(args: ExplainEvalOptions) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    store, model_name, version = resolve_version(args.model, args.store)
+    store, model_name, version = resolve_version(args.model, args.store, model=MODEL_NAME)
     out = Path(args.out or OUTPUT_DIR / "explain-eval" / version)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="neurovit-explain-eval-") as scratch:
         local = store.fetch(model_name, version, Path(scratch) / "version")
         loaded = load_model(local / "model")
         split_path = local / "split.json"
-        chosen, source = select_images(Path(args.data_dir), split_path if split_path.is_file() else None)
+        chosen, source = select_test_images(Path(args.data_dir), split_path if split_path.is_file() else None)
         guided = guide_hashes(local / GUIDE_FILE)
     skipped: dict[str, list[str]] = {}
     chosen = leave_out_guides(chosen, guided, skipped)
@@ -1051,59 +1037,3 @@ def run(args: argparse.Namespace) -> dict:
     print("timings: " + ", ".join(f"{name} {value:.1f}" for name, value in timings.items()))
     print(f"results: {out / RESULTS_FILE}\ngalleries and curves: {out}")
     return document
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.eval_explain", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--model", default="latest", help="'latest', a version id, or a version folder / URI")
-    parser.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--out", type=Path, help="default outputs/explain-eval/<version>")
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULT_TOLERANCE_PX,
-        help=f"pointing game, pixels at {TOLERANCE_SIDE_PX} px, scaled to each slice's size (default 15)",
-    )
-    parser.add_argument("--steps", type=int, help="deletion steps (default: one patch-grid cell per step)")
-    parser.add_argument(
-        "--substrate",
-        type=substrates_arg,
-        default=["black"],
-        help="what removed cells become, comma-separated to score several: black (the scan's background, "
-        f"default), mean, blur, road (ROAD's noisy linear imputation, {ROAD_STEPS} steps unless --steps), "
-        "healthy (demo set, lesion slices only: the slice's healthy twin)",
-    )
-    parser.add_argument(
-        "--explained-class",
-        type=explained_arg,
-        default=list(EXPLAINED_CLASSES),
-        help="the class the maps explain and deletion follows: predicted, true, or both (default)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random baseline and bootstrap")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per explain() call")
-    parser.add_argument("--deletion-batch-size", type=int, default=130, help="perturbed inputs per forward")
-    parser.add_argument("--gallery-per-class", type=int, default=2)
-    parser.add_argument("--max-per-class", type=int, help="evaluate at most this many slices per class")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        run(args)
-    except NeuroVitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """How well the OOD flag separates brain MRI from everything else (``make eval-ood``).
 
-``python -m training.eval_ood [--model latest|<version>|<URI>] [--data-dir outputs/demo-data]`` fetches a
+``neurovit ood-eval [--model latest|<version>|<URI>] [--data-dir outputs/demo-data]`` fetches a
 published version (checksums verified) and sends two sets through the same path the service uses
 (``Predictor.prepare`` then ``predict``; the images as encoded bytes):
 - MRI: the version's held-out test slices under ``--data-dir`` (every image there when the data no longer
@@ -15,9 +15,7 @@ prints the table.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,10 +23,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
-from neurovit.errors import DataError, NeuroVitError
+from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
+from neurovit.data.split import select_test_images
+from neurovit.errors import DataError
 from neurovit.serving import ImageRequest, InvalidInput, Predictor
-from training.eval_explain import resolve_version, select_images
+from neurovit.store import resolve_version
 from training.ood_samples import non_mri_samples
 
 MRI_GOAL, NON_MRI_GOAL = 0.05, 0.95
@@ -109,16 +108,24 @@ def format_table(summary: dict[str, dict], threshold: float) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> dict:
-    store, model_name, version = resolve_version(args.model, args.store)
-    out = Path(args.out or OUTPUT_DIR / "ood-eval" / version)
+def run(
+    model: str = "latest",
+    data_dir: Path = OUTPUT_DIR / "demo-data",
+    store: str = DEFAULT_STORE,
+    out: Path | None = None,
+    non_mri_dir: Path | None = None,
+) -> dict:
+    """Score ``model``'s held-out MRI in ``data_dir`` and the non-MRI sets (module docstring); prints the
+    table, writes the JSON and the plot to ``out`` (default ``outputs/ood-eval/<version>``)."""
+    store_, model_name, version = resolve_version(model, store, model=MODEL_NAME)
+    out = Path(out or OUTPUT_DIR / "ood-eval" / version)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="neurovit-ood-eval-") as scratch:
-        local = store.fetch(model_name, version, Path(scratch) / "version")
+        local = store_.fetch(model_name, version, Path(scratch) / "version")
         predictor = Predictor.load(local / "model", model_name, version)
         split_path = local / "split.json"
-        chosen, source = select_images(Path(args.data_dir), split_path if split_path.is_file() else None)
-        suspects = flagged_by_analysis(local / "analysis" / "report.json", Path(args.data_dir))
+        chosen, source = select_test_images(Path(data_dir), split_path if split_path.is_file() else None)
+        suspects = flagged_by_analysis(local / "analysis" / "report.json", Path(data_dir))
     if predictor.ood_scorer is None:
         raise DataError(f"{model_name}/{version} was published without an OOD scorer: retrain to get one")
     threshold = float(predictor.reference.ood_threshold)
@@ -130,10 +137,10 @@ def run(args: argparse.Namespace) -> dict:
         group_scores[group] = scores(predictor, [s.png for s in samples if s.group == group])
     if suspects:  # the dataset's own non-MRI files, which the split left out of training
         group_scores["dataset noise (analysis)"] = scores(predictor, [path.read_bytes() for path in suspects])
-    if args.non_mri_dir:
-        files = sorted(path for path in Path(args.non_mri_dir).rglob("*") if path.is_file())
+    if non_mri_dir:
+        files = sorted(path for path in Path(non_mri_dir).rglob("*") if path.is_file())
         if not files:
-            raise DataError(f"--non-mri-dir {args.non_mri_dir} holds no files")
+            raise DataError(f"--non-mri-dir {non_mri_dir} holds no files")
         group_scores["--non-mri-dir"] = scores(predictor, [path.read_bytes() for path in files])
     non_mri = np.concatenate([v for k, v in group_scores.items() if not k.startswith("mri")])
     group_scores_all = {**group_scores, "all non-MRI": non_mri}
@@ -151,27 +158,3 @@ def run(args: argparse.Namespace) -> dict:
     print(format_table(summary, threshold))
     print(f"results: {out / RESULTS_FILE}\nplot:    {out / PLOT_FILE}")
     return document
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.eval_ood", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="latest", help="'latest', a version id, or a version folder / URI")
-    parser.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data", help="MRI slices")
-    parser.add_argument("--non-mri-dir", type=Path, help="a folder of further images that are not brain MRI")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--out", type=Path, help="default outputs/ood-eval/<version>")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except NeuroVitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

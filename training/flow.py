@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import neurovit
+from neurovit.config import MODEL_NAME
 from neurovit.data import analysis, split
 from neurovit.data.arrays import load_arrays
 from neurovit.data.layout import discover
@@ -30,7 +31,7 @@ from neurovit.model import ModelInfo, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig
 from neurovit.store import new_version_id, open_store
 from training.evaluate import write_evaluation
-from training.guide import GuideSet
+from training.guide import GUIDE_FILE, GuideSet, load_guide_set
 from training.reference import write_monitoring_reference
 from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
 
@@ -386,3 +387,95 @@ def publish_stage(
     store = open_store(store_uri)
     version = store.publish(model_name, staging, metadata=metadata, version=version)
     return store.version_uri(model_name, version)
+
+
+# ---- the main job: every stage in order (`neurovit train`, `neurovit demo`, `neurovit bench train`) ----
+
+
+def report_line(report: dict) -> str:
+    """The analysis report in one line (files, corrupt, duplicate groups, leaks)."""
+    dataset, duplicates = report["dataset"], report["duplicates"]
+    return (
+        f"{dataset['files']} files, {dataset['corrupt']} corrupt, {duplicates['exact_groups']} exact and "
+        f"{duplicates['near_groups']} near duplicate groups, {report['leaks']['groups']} cross-split leaks"
+    )
+
+
+def split_line(plan) -> str:
+    """The split in one line (sizes, leaking images dropped or moved, fingerprint)."""
+    sizes = ", ".join(f"{name} {sum(by_class.values())}" for name, by_class in plan.counts.items())
+    return (
+        f"{sizes}; {plan.dropped} leaking images dropped, {plan.moved} moved, "
+        f"{plan.excluded_corrupt} corrupt left out; fingerprint {plan.fingerprint[:12]}"
+    )
+
+
+def run_main_job(
+    data_dir: Path,
+    store_uri: str,
+    config: TrainConfig,
+    run_dir: Path,
+    seed: int = 0,
+    guide_dir: Path | None = None,
+    **split_options,
+) -> dict:
+    """Analyse -> split -> train -> calibrate and evaluate -> publish. Returns a summary dict.
+
+    ``split_options`` go to ``split_stage`` (e.g. ``given_val_as_test`` for the benchmark).
+    ``guide_dir``: a folder of masked slices whose guide half joins training (``training.guide``); the
+    version then lists them in ``guide.json``.
+    """
+    open_store(store_uri).check_writable()  # fail now, not after training
+    print(f"[1/5] analysing {data_dir}", flush=True)
+    report = analyze_stage(data_dir, run_dir / "analysis")
+    print(f"      report: {run_dir / 'analysis' / 'report.html'}  ({report_line(report)})")
+    print("[2/5] splitting without leakage", flush=True)
+    plan = split_stage(data_dir, run_dir / "analysis", run_dir / SPLIT_FILE, seed=seed, **split_options)
+    print(f"      {split_line(plan)}")
+    print(
+        f"[3/5] training on {torch.get_num_threads()} CPU threads"
+        if not torch.cuda.is_available()
+        else "[3/5] training on CUDA",
+        flush=True,
+    )
+    guide, extra_files = None, {}
+    if guide_dir is not None:
+        guide = load_guide_set(guide_dir, plan.classes, config.preprocessing())
+        guide.write(run_dir / GUIDE_FILE, {"guide_weight": config.guide_weight})
+        extra_files[GUIDE_FILE] = run_dir / GUIDE_FILE
+        print(f"      guiding the rollout map with {len(guide.entries)} masked slices of {guide_dir}")
+    result = train_stage(data_dir, run_dir / SPLIT_FILE, run_dir / "train", config, guide=guide)
+    print(
+        f"      best val accuracy {result.best_val_accuracy:.3f} at epoch {result.best_epoch} "
+        f"({result.train_seconds:.0f}s, {result.images_per_second:.0f} images/s)"
+    )
+    print("[4/5] calibrating and evaluating", flush=True)
+    metrics = calibrate_and_evaluate_stage(
+        data_dir, run_dir / SPLIT_FILE, result.best_dir, run_dir / "evaluation", run_dir / "model"
+    )
+    print(
+        f"      {metrics['evaluated_on']}: accuracy {metrics['accuracy']:.3f}, "
+        f"macro F1 {metrics['macro_f1']:.3f}, "
+        f"ECE {metrics['ece_before_calibration']:.3f} -> {metrics['ece_after_calibration']:.3f} "
+        f"(T={metrics['temperature']:.2f}); plots in {run_dir / 'evaluation'}"
+    )
+    print(f"[5/5] packaging for TorchServe and publishing to {store_uri}", flush=True)
+    version_uri = publish_stage(
+        store_uri,
+        MODEL_NAME,
+        run_dir / "model",
+        run_dir / "evaluation",
+        run_dir / SPLIT_FILE,
+        run_dir / "analysis",
+        run_dir / "publish",
+        extra_files=extra_files,
+    )
+    print(f"      published {version_uri}")
+    return {
+        "version": version_uri,
+        "metrics": metrics,
+        "train": result,
+        "report": report,
+        "plan": plan,
+        "run_dir": str(run_dir),
+    }

@@ -4,8 +4,8 @@
 dashboards) are the only sources. Helm reads files only from inside its chart and kustomize only from inside
 its root, so each gets a generated copy; a test fails when a copy is stale::
 
-    python -m training.k8s_monitoring            # write the copies (make kube-monitoring)
-    python -m training.k8s_monitoring --check    # exit 1, naming the stale files, when a copy differs
+    neurovit monitor sync-k8s            # write the copies (make kube-monitoring)
+    neurovit monitor sync-k8s --check    # exit 1, naming the stale files, when a copy differs
 
 Kustomize gets ``manifests/base/monitoring/``: ``prometheusrule.yaml`` (every group of every rule file),
 ``dashboards/<name>.json`` and a ``kustomization.yaml`` that lists them (the hand-written ``podmonitor.yaml``
@@ -15,13 +15,13 @@ its templates. Files that are not rule files (promtool unit tests, for one) are 
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from neurovit.errors import CheckFailedError, NeuroVitError
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "monitoring"
@@ -40,7 +40,7 @@ class Sources:
     dashboards: dict[str, str]
 
 
-class MonitoringSourceError(ValueError):
+class MonitoringSourceError(NeuroVitError, ValueError):
     """A file under monitoring/ cannot be read as what its folder says it is."""
 
 
@@ -156,31 +156,27 @@ def write(
     return changed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.k8s_monitoring", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--check", action="store_true", help="only report stale copies (exit 1 if any)")
-    args = parser.parse_args(argv)
-    try:
-        sources = read_sources()
-    except MonitoringSourceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.check:
-        stale = stale_files(sources)
-        for path in stale:
-            print(f"stale: {path.relative_to(ROOT)}", file=sys.stderr)
+def sync(check: bool = False) -> dict:
+    """Write the copies (``check``: only compare them); returns the counts and the files changed.
+
+    With ``check``, CheckFailedError naming the stale copies when any differs.
+    """
+    sources = read_sources()
+    if check:
+        stale = [str(path.relative_to(ROOT)) for path in stale_files(sources)]
         if stale:
-            print("error: monitoring copies are stale: run `make kube-monitoring`", file=sys.stderr)
-        return 1 if stale else 0
+            raise CheckFailedError(
+                "monitoring copies are stale: run `make kube-monitoring` (" + ", ".join(stale) + ")",
+                result={"stale": stale},
+            )
+        return {"stale": []}
     changed = write(sources)
     print(
         f"{len(sources.rules)} rule file(s), {len(sources.dashboards)} dashboard(s); "
         f"{len(changed)} generated file(s) updated"
     )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {
+        "rules": len(sources.rules),
+        "dashboards": len(sources.dashboards),
+        "changed": [str(Path(path).relative_to(ROOT)) for path in changed],
+    }

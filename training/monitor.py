@@ -1,8 +1,8 @@
-"""Monitoring on this machine: ``python -m training.monitor monitor|drift-demo|stop``.
+"""Monitoring on this machine: ``neurovit monitor start|drift-demo|stop``.
 
-``monitor`` (``make monitor``) starts TorchServe on a published version (unless ``make serve`` already runs)
-and a Prometheus with the rules of ``monitoring/rules``, sends a little traffic (slices, explanations, a few
-bad inputs) and prints the Prometheus URL and queries to try.
+``monitor`` (``neurovit monitor start``, ``make monitor``) starts TorchServe on a published version (unless
+``make serve`` already runs) and a Prometheus with the rules of ``monitoring/rules``, sends a little traffic
+(slices, explanations, a few bad inputs) and prints the Prometheus URL and queries to try.
 
 ``drift-demo`` (``make drift-demo``) does the same with the rules time-compressed (every window 2 minutes,
 every ``for`` 10 seconds: ``training.prometheus.compress_rules``), then sends in-distribution traffic (the
@@ -14,12 +14,10 @@ shifted) and ``timeline.json``, and shows the drift alerts going from inactive t
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import itertools
 import json
-import sys
 import threading
 import time
 import urllib.error
@@ -34,10 +32,11 @@ from PIL import Image
 from monitoring.queries import EVENT_ONLY_METRICS, metrics_used
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.data.split import load_split
-from neurovit.errors import NeuroVitError
+from neurovit.errors import CheckFailedError, NeuroVitError
 from training import prometheus
 from training.ood_samples import noise
-from training.serve import SERVE_DIR, _pid, _state, api_key, serve
+from training.serve import SERVE_DIR, is_running, serve, server_state
+from training.torchserve_launcher import api_key
 
 MONITOR_DIR = OUTPUT_DIR / "monitor"
 DRIFT_DIR = OUTPUT_DIR / "drift-demo"
@@ -89,8 +88,8 @@ def held_out_slices(state: dict, data_dir: Path) -> dict[str, list[Path]]:
 def ensure_served(store: str, model: str, port: int) -> dict:
     """The running `make serve` server, or a new one."""
     try:
-        state = _state(SERVE_DIR)
-        if _pid(SERVE_DIR) is not None:
+        state = server_state(SERVE_DIR)
+        if is_running(SERVE_DIR):
             return state
     except NeuroVitError:
         pass
@@ -135,12 +134,21 @@ def shifted(path: Path, gamma: float = 0.35) -> bytes:
     return buffer.getvalue()
 
 
-def monitor(args: argparse.Namespace) -> None:
-    state = ensure_served(args.store, args.model, args.port)
-    url = prometheus.start(MONITOR_DIR, metrics_target(state), port=args.prometheus_port)
-    client, slices = Client(state), demo_slices(args.data_dir)
+def monitor(
+    model: str = "latest",
+    store: str = DEFAULT_STORE,
+    data_dir: Path = OUTPUT_DIR / "demo-data",
+    port: int = 8080,
+    prometheus_port: int = 9090,
+    requests: int = 60,
+) -> dict:
+    """TorchServe (``make serve``'s, or a new one) and Prometheus with monitoring/rules, a little traffic;
+    prints the URLs and queries to try. Returns the URLs, the answers' statuses and the metrics missing."""
+    state = ensure_served(store, model, port)
+    url = prometheus.start(MONITOR_DIR, metrics_target(state), port=prometheus_port)
+    client, slices = Client(state), demo_slices(data_dir)
     statuses = []
-    for i, path in enumerate(itertools.islice(itertools.cycle(_interleave(slices)), args.requests)):
+    for i, path in enumerate(itertools.islice(itertools.cycle(_interleave(slices)), requests)):
         statuses.append(client.image(path.read_bytes(), ("none", "none", "rollout", "heatmap")[i % 4]))
     statuses += [client.send(b""), client.send(b"not an image", "text/plain")]
     statuses += [client.send(sample.png, "image/png") for sample in list(noise(count_per_kind=1))[:2]]
@@ -163,6 +171,12 @@ def monitor(args: argparse.Namespace) -> None:
     else:
         print("every metric that a rule, an alert or a dashboard names is in TorchServe's scrape")
     print("stop both with `make stop`")
+    return {
+        "prometheus": url,
+        "torchserve": state["url"],
+        "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+        "missing_metrics": missing,
+    }
 
 
 class TrafficStream:
@@ -234,24 +248,37 @@ def _alert_states(url: str) -> dict[str, str]:
     return states
 
 
-def drift_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def drift_demo(
+    model: str = "latest",
+    store: str = DEFAULT_STORE,
+    data_dir: Path = OUTPUT_DIR / "demo-data",
+    port: int = 8080,
+    prometheus_port: int = 9090,
+    out: Path = DRIFT_DIR,
+    normal_s: float = 150,
+    shifted_s: float = 240,
+    sample_s: float = 5,
+    senders: int = 3,
+) -> dict:
+    """In-distribution then shifted traffic (module docstring); returns what it wrote and the alerts firing
+    at the end. CheckFailedError (with that result) when no drift alert fired."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = ensure_served(args.store, args.model, args.port)
+    state = ensure_served(store, model, port)
     rules = prometheus.compress_rules(out / "rules", window="2m", hold="10s")
-    url = prometheus.start(out / "prometheus", metrics_target(state), port=args.prometheus_port, rules=rules)
-    client, slices = Client(state), held_out_slices(state, args.data_dir)
+    url = prometheus.start(out / "prometheus", metrics_target(state), port=prometheus_port, rules=rules)
+    client, slices = Client(state), held_out_slices(state, data_dir)
     print(f"Prometheus {url}; rules time-compressed (windows 2m, for 10s) in {out / 'rules'}")
     print(f"in-distribution traffic: the version's {sum(map(len, slices.values()))} held-out slices")
-    stream = TrafficStream(client, slices, senders=args.senders)
+    stream = TrafficStream(client, slices, senders=senders)
     stream.start()
     timeline, started = [], time.monotonic()
     shift_at, fired_at = None, None
     try:
         while True:
-            time.sleep(args.sample_s)
+            time.sleep(sample_s)
             elapsed = time.monotonic() - started
-            if shift_at is None and elapsed >= args.normal_s:
+            if shift_at is None and elapsed >= normal_s:
                 shift_at = elapsed
                 stream.shift()
                 print(
@@ -274,7 +301,7 @@ def drift_demo(args: argparse.Namespace) -> int:
             if shift_at is not None and fired_at is None and any(v == "firing" for v in alerts.values()):
                 fired_at = elapsed
             if shift_at is not None and (
-                elapsed - shift_at >= args.shifted_s or (fired_at and elapsed - fired_at > 15)
+                elapsed - shift_at >= shifted_s or (fired_at and elapsed - fired_at > 15)
             ):
                 break
     finally:
@@ -288,7 +315,10 @@ def drift_demo(args: argparse.Namespace) -> int:
     print(
         f"Prometheus keeps running at {url} (alerts page: {url}/alerts); `make stop` stops it and TorchServe"
     )
-    return 0 if firing else 1
+    result = {"plot": str(out / "psi.png"), "timeline": str(out / "timeline.json"), "firing": firing}
+    if not firing:
+        raise CheckFailedError("no drift alert fired during the shifted traffic", result=result)
+    return result
 
 
 def plot_timeline(timeline: list[dict], shift_at: float | None, path: Path) -> None:
@@ -320,50 +350,11 @@ def plot_timeline(timeline: list[dict], shift_at: float | None, path: Path) -> N
     figure.savefig(path, dpi=110)
 
 
-def stop_all(_: argparse.Namespace) -> None:
+def stop_all() -> None:
+    """Stop the Prometheus of ``monitor`` and ``drift_demo`` and the local TorchServe."""
     from training.serve import stop
 
     for folder in (MONITOR_DIR, DRIFT_DIR / "prometheus"):
         if prometheus.stop(folder):
             print(f"Prometheus stopped ({folder})")
     stop(SERVE_DIR)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.monitor", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("monitor", "drift-demo"):
-        command = commands.add_parser(name)
-        command.add_argument("--model", default="latest")
-        command.add_argument("--store", default=DEFAULT_STORE)
-        command.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data")
-        command.add_argument("--port", type=int, default=8080, help="TorchServe inference port (metrics +2)")
-        command.add_argument("--prometheus-port", type=int, default=9090)
-    commands.choices["monitor"].add_argument("--requests", type=int, default=60)
-    drift = commands.choices["drift-demo"]
-    drift.add_argument("--out", type=Path, default=DRIFT_DIR)
-    drift.add_argument("--normal-s", type=float, default=150, help="seconds of in-distribution traffic")
-    drift.add_argument("--shifted-s", type=float, default=240, help="at most this long of shifted traffic")
-    drift.add_argument("--sample-s", type=float, default=5, help="seconds between PSI samples")
-    drift.add_argument("--senders", type=int, default=3, help="concurrent clients sending the stream")
-    commands.add_parser("stop")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "monitor":
-            monitor(args)
-            return 0
-        if args.command == "drift-demo":
-            return drift_demo(args)
-        stop_all(args)
-        return 0
-    except NeuroVitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ that holds both)::
                                temperature), model-config.yaml (handler limits), metrics.yaml, the schema
 
 The main job packages before it publishes, so both files belong to the published version and its manifest.
-``python -m training.package --model <version|latest>`` packages a published version into
+``neurovit package --model <version|latest>`` packages a published version into
 ``outputs/package/<version>/`` (for versions published before packaging existed).
 
 Batching under KServe: TorchServe's ``kserve`` and ``kservev2`` envelopes read only the first request of a
@@ -20,7 +20,6 @@ batch response mismatched"). The KServe config therefore sets ``batchSize`` 1; t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -224,31 +223,17 @@ def package_stage(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from neurovit.store import resolve
+def package_version(model: str = "latest", store: str = DEFAULT_STORE, out: Path | None = None) -> dict:
+    """Package the published version ``model`` names (``neurovit.store.resolve_version``) into ``out``
+    (default ``outputs/package/<version>``); prints the files; returns them."""
+    from neurovit.store import resolve_version
 
-    parser = argparse.ArgumentParser(description="package a published version for TorchServe / KServe")
-    parser.add_argument("--model", default="latest", help="version folder, s3:// URI, or 'latest'")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--out", type=Path, help="default outputs/package/<version>")
-    args = parser.parse_args(argv)
-    try:
-        if args.model == "latest":
-            store, model, version = resolve(args.store, model=MODEL_NAME)
-        else:
-            store, model, version = resolve(args.model)
-        out = args.out or OUTPUT_DIR / "package" / version
-        with tempfile.TemporaryDirectory(prefix="neurovit-fetch-") as scratch:
-            fetched = store.fetch(model, version, Path(scratch) / "version")
-            files = package_stage(fetched / "model", out, model, version)
-    except NeuroVitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    store_, name, version = resolve_version(model, store, model=MODEL_NAME)
+    out = Path(out or OUTPUT_DIR / "package" / version)
+    with tempfile.TemporaryDirectory(prefix="neurovit-fetch-") as scratch:
+        fetched = store_.fetch(name, version, Path(scratch) / "version")
+        files = package_stage(fetched / "model", out, name, version)
     for relpath in files:
         print(f"{out / relpath}")
     print(f"serve it with KServe: storageUri = the folder {out} (config/ and model-store/)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"model": name, "version": version, "out": str(out), "files": [str(out / rel) for rel in files]}

@@ -6,15 +6,16 @@ One lightweight Python component per stage of ``training.flow``, wired by typed 
 
 Every component runs on the training image (``training/Dockerfile``), which holds NeuroViT, its pinned
 dependencies and kfp: components import the project inside their bodies and install nothing at run time.
-The stage code is the one the CLI runs, so a pipeline run and ``neurovit run`` train the same model.
+The stage code is the one the CLI runs, so a pipeline run and ``neurovit train`` train the same model.
 
-Command line::
+Command line (docs/cli.md)::
 
-    python -m training.pipeline compile [--output training/pipeline.yaml]
-    python -m training.pipeline run-local --store <folder or s3://...> [--data-uri demo] [--epochs N]
+    neurovit pipeline compile [--output training/pipeline.yaml]
+    neurovit pipeline run --store <folder or s3://...> [--data-uri demo] [--epochs N]
+    neurovit pipeline submit [--param name=value ...]
 
 ``compile`` writes the pipeline spec (commit it; a unit test fails when it is stale);
-``NEUROVIT_TRAINING_IMAGE`` overrides the image at compile time. ``run-local`` runs the pipeline on this
+``NEUROVIT_TRAINING_IMAGE`` overrides the image at compile time. ``run`` runs the pipeline on this
 machine with kfp's subprocess runner in the current environment, then verifies the published version.
 
 Resources: every task has CPU and memory requests and limits (``RESOURCES``); the train task asks for
@@ -29,9 +30,7 @@ parameters, default the objects that manifests/ and helm/ create), as environmen
 Both are optional, so a run against another store starts without them; the local runner ignores them.
 """
 
-import argparse
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -408,7 +407,7 @@ def data_parameters(data_uri: str) -> dict[str, object]:
     """
     if data_uri != "demo":
         return {}
-    from training.cli import DEMO_TRAINING
+    from training.train import DEMO_TRAINING
 
     return {"intensity_window": DEMO_TRAINING["intensity_window"]}
 
@@ -447,79 +446,3 @@ def run_local(
     store, model, version = resolve(version_uri)
     store.verify(model, version)
     return version_uri
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("compile", help="write the pipeline spec (YAML)")
-    p.add_argument("--output", type=Path, default=PIPELINE_FILE, help=f"default {PIPELINE_FILE}")
-
-    p = sub.add_parser("run-local", help="run the pipeline on this machine with kfp's subprocess runner")
-    p.add_argument("--store", required=True, help="local folder or s3://bucket[/prefix]")
-    p.add_argument("--data-uri", default="demo", help="'demo', a local folder or s3://bucket/prefix")
-    p.add_argument("--model-name", default=None, help="default: NEUROVIT_MODEL_NAME or 'neurovit'")
-    p.add_argument("--epochs", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
-    p.add_argument("--batch-size", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--patience", type=int, help="default: the demo schedule's (training.cli.DEMO_TRAINING)")
-    p.add_argument(
-        "--intensity-window",
-        help="percentile or foreground_median; default: the demo recipe's on the demo data, else percentile",
-    )
-    p.add_argument("--time-budget", type=float, help="training budget in seconds")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--demo-images-per-class", type=int)
-    p.add_argument("--pipeline-root", type=Path, help="where task outputs go (default outputs/kfp-local)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "compile":
-        print(f"pipeline {PIPELINE_NAME} written to {compile_pipeline(args.output)} (image {TRAINING_IMAGE})")
-        return 0
-
-    from neurovit import RESEARCH_DISCLAIMER
-    from neurovit.config import MODEL_NAME
-    from neurovit.errors import NeuroVitError
-    from neurovit.preprocessing import INTENSITY_WINDOWS
-    from training.cli import DEMO_TRAINING
-
-    # Checked here, not minutes later when the train task builds its PreprocessConfig.
-    if args.intensity_window is not None and args.intensity_window not in INTENSITY_WINDOWS:
-        parser.error(f"--intensity-window must be one of {', '.join(INTENSITY_WINDOWS)}")
-
-    arguments = {
-        "model_name": args.model_name or MODEL_NAME,
-        # A CPU-sized schedule by default: the local runner has no GPU to give the train task.
-        "epochs": args.epochs or DEMO_TRAINING["epochs"],
-        "batch_size": args.batch_size or DEMO_TRAINING["batch_size"],
-        "patience": args.patience or DEMO_TRAINING["patience"],
-        **data_parameters(args.data_uri),
-    }
-    optional = {
-        "learning_rate": args.learning_rate,
-        "intensity_window": args.intensity_window,
-        "time_budget_s": args.time_budget,
-        "seed": args.seed,
-        "demo_images_per_class": args.demo_images_per_class,
-    }
-    arguments.update({name: value for name, value in optional.items() if value is not None})
-    try:
-        version_uri = run_local(
-            args.store, data_uri=args.data_uri, pipeline_root=args.pipeline_root, **arguments
-        )
-    except NeuroVitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"published {version_uri}")
-    print(f"manifest verified: every file of {version_uri} matches its sha256")
-    print(RESEARCH_DISCLAIMER)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Submit the compiled pipeline (training/pipeline.yaml) to Kubeflow Pipelines: ``make pipeline-submit``.
+"""Submit the compiled pipeline (training/pipeline.yaml) to Kubeflow Pipelines: ``neurovit pipeline submit``.
 
 Connection and run settings come from the environment, so nothing secret is typed on a command line:
 
@@ -14,26 +14,25 @@ Connection and run settings come from the environment, so nothing secret is type
 | ``NEUROVIT_DATA_URI`` | pipeline parameter ``data_uri`` (default ``demo``, with its own intensity window) |
 
 Further pipeline parameters: ``--param name=value`` (repeatable): ``--param epochs=30 --param train_gpus=0``.
-Prints the run's id and its page in the Kubeflow UI. Missing settings or an unreachable endpoint end with one
-``error:`` line and exit status 2.
+Prints the run's id and its page in the Kubeflow UI. Missing settings or an unreachable endpoint raise
+SubmitError (``neurovit pipeline submit``: one ``error:`` line, exit status 1).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+from neurovit.errors import NeuroVitError
 from training.pipeline import data_parameters
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline.yaml")
 DEFAULT_EXPERIMENT = "neurovit"
 
 
-class SubmitError(ValueError):
+class SubmitError(NeuroVitError, ValueError):
     """The run cannot be submitted as configured."""
 
 
@@ -99,32 +98,25 @@ def submit(client, arguments: dict[str, object], env: Mapping[str, str], pipelin
     )
 
 
-def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.submit", description=__doc__.splitlines()[0])
-    parser.add_argument("--param", action="append", default=[], help="pipeline parameter name=value")
-    parser.add_argument("--pipeline", type=Path, default=PIPELINE_FILE, help="compiled pipeline spec")
-    args = parser.parse_args(argv)
+def submit_from_env(
+    params: list[str], env: Mapping[str, str] | None = None, pipeline_file: Path = PIPELINE_FILE
+) -> dict:
+    """Submit one run configured by ``env`` (default the environment) and ``--param`` pairs; prints the run's
+    page and returns its id and URL. SubmitError for missing settings or an endpoint that refuses."""
     env = os.environ if env is None else env
-    try:
-        settings = client_settings(env)
-        arguments = run_arguments(env, parse_params(args.param))
-        if not args.pipeline.is_file():
-            raise SubmitError(f"{args.pipeline} is missing: run `make pipeline-compile`")
-        import kfp
+    settings = client_settings(env)
+    arguments = run_arguments(env, parse_params(params))
+    if not Path(pipeline_file).is_file():
+        raise SubmitError(f"{pipeline_file} is missing: run `make pipeline-compile`")
+    import kfp
 
-        # kfp warns on every client that it needs KFP 2.0.0-beta.2 or later: noise for a one-shot command.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"kfp\.")
-        result = submit(kfp.Client(**settings), arguments, env, args.pipeline)
-    except SubmitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # kfp warns on every client that it needs KFP 2.0.0-beta.2 or later: noise for a one-shot command.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"kfp\.")
+    try:
+        result = submit(kfp.Client(**settings), arguments, env, pipeline_file)
     except Exception as error:  # noqa: BLE001 - kfp raises urllib3, HTTP and API errors alike: report, no traceback
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: cannot submit to {env.get('KFP_HOST')}: {reason}", file=sys.stderr)
-        return 2
-    print(f"run {result.run_id} submitted: {env['KFP_HOST'].rstrip('/')}/#/runs/details/{result.run_id}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise SubmitError(f"cannot submit to {env.get('KFP_HOST')}: {reason}") from error
+    url = f"{env['KFP_HOST'].rstrip('/')}/#/runs/details/{result.run_id}"
+    print(f"run {result.run_id} submitted: {url}")
+    return {"run_id": result.run_id, "url": url}

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.validate_duplicates --data-dir ../shared/data/brain-tumor-mri [--sample 400]
+    neurovit experiment duplicate-threshold --data-dir ../shared/data/brain-tumor-mri [--sample 400]
 
 For a seeded sample of real slices it plants transformed copies (JPEG re-encode at quality 70, resize to
 0.75x and 1.25x, brightness +10% and -10%, a renamed byte-identical copy) and reports, per Hamming
@@ -19,10 +19,8 @@ Nothing is copied into the repository.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,43 +91,42 @@ def save_pair_pictures(out: Path, pairs: list[tuple[int, int, int, float]], grey
         Image.fromarray(canvas).save(out / f"pair{rank:03d}_d{distance}_r{correlation:.3f}.png")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--sample", type=int, default=400, help="slices that get planted copies")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-threshold", type=int, default=16)
-    parser.add_argument("--hash-size", type=int, default=PHASH_SIZE)
-    parser.add_argument("--same-correlation", type=float, default=0.965)
-    parser.add_argument("--pairs-out", type=Path, help="folder for pictures of candidate real pairs")
-    args = parser.parse_args(argv)
-
-    index = discover(args.data_dir)
+def run(
+    data_dir: Path,
+    sample: int = 400,
+    seed: int = 0,
+    max_threshold: int = 16,
+    hash_size: int = PHASH_SIZE,
+    same_correlation: float = 0.965,
+    pairs_out: Path | None = None,
+) -> dict:
+    """The experiment (module docstring): prints the table; returns it as the final JSON line's object."""
+    index = discover(data_dir)
     raw = [record.path.read_bytes() for record in index.records]
     greys = [quantise(decode_image(data).pixels) for data in raw]
-    hashes = [perceptual_hash(grey, args.hash_size) for grey in greys]
+    hashes = [perceptual_hash(grey, hash_size) for grey in greys]
     packed = pack_hashes(hashes)
-    print(f"{len(greys)} real slices, phash hash_size {args.hash_size} ({packed.shape[1] * 64} bits)")
+    print(f"{len(greys)} real slices, phash hash_size {hash_size} ({packed.shape[1] * 64} bits)")
 
     # Planted copies of a seeded sample: distance of each copy to its source.
-    rng = np.random.default_rng(args.seed)
-    sample = rng.choice(len(greys), size=min(args.sample, len(greys)), replace=False)
+    rng = np.random.default_rng(seed)
+    chosen_sample = rng.choice(len(greys), size=min(sample, len(greys)), replace=False)
     planted = {transform: [] for transform in TRANSFORMS}
-    for source in sample:
+    for source in chosen_sample:
         for transform in TRANSFORMS:
             copy = decode_image(planted_copy(greys[source], raw[source], transform)).pixels
-            copy_hash = pack_hashes([perceptual_hash(quantise(copy), args.hash_size)])
+            copy_hash = pack_hashes([perceptual_hash(quantise(copy), hash_size)])
             planted[transform].append(int(np.bitwise_count(copy_hash[0] ^ packed[source]).sum()))
     planted_distances = {name: np.asarray(values) for name, values in planted.items()}
 
     # Real pairs of distinct files within the largest threshold, split by pixel similarity.
-    pairs = near_pairs(packed, args.max_threshold)
+    pairs = near_pairs(packed, max_threshold)
     distances = hamming(packed, pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0, dtype=np.int64)
     thumbs = [thumbnail(grey) for grey in greys]
     correlations = np.array([float(np.mean(thumbs[i] * thumbs[j])) for i, j in pairs])
     if len(pairs) == 0:
         correlations = np.zeros(0)
-    likely_same = correlations >= args.same_correlation
+    likely_same = correlations >= same_correlation
 
     header = (
         "threshold | "
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     rows = []
-    for threshold in range(args.max_threshold + 1):
+    for threshold in range(max_threshold + 1):
         recalls = {name: float(np.mean(values <= threshold)) for name, values in planted_distances.items()}
         overall = float(np.mean(np.concatenate(list(planted_distances.values())) <= threshold))
         within = distances <= threshold
@@ -177,16 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  {distances[i]:>2} {correlations[i]:.3f} {index.records[first].relpath} "
             f"{index.records[second].relpath}"
         )
-    if args.pairs_out:
+    if pairs_out:
         chosen = [i for i in order if likely_same[i]][:10] + shown
         save_pair_pictures(
-            args.pairs_out,
+            pairs_out,
             [(int(pairs[i][0]), int(pairs[i][1]), int(distances[i]), float(correlations[i])) for i in chosen],
             greys,
         )
-    print(json.dumps({"images": len(greys), "sample": len(sample), "table": rows}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    result = {"images": len(greys), "sample": len(chosen_sample), "table": rows}
+    print(json.dumps(result))
+    return result

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 PHASH_SIZE = 16
 
 # Hamming distance (of 256 bits) at or below which two images are near duplicates. Measured with
-# `python -m training.validate_duplicates --data-dir ../shared/data/brain-tumor-mri` on the 5,484 real
+# `neurovit experiment duplicate-threshold --data-dir ../shared/data/brain-tumor-mri` on the 5,484 real
 # 128x128 slices (400 sampled, 6 planted copies of each; distances of balanced phashes are even):
 #
 #   thr | planted recall:                                              | real pairs

@@ -14,6 +14,7 @@ import yaml
 from k8s_render import ROOT, tools_bin
 
 from training import deploy, submit
+from training.cli import main as neurovit
 from training.pipeline import PIPELINE_FILE, STORE_CONFIG, STORE_SECRET
 
 OLD = "s3://neurovit/neurovit/v20261101-000000-aaaaaa"
@@ -120,13 +121,15 @@ def run_module(python: str, module: str, *args: str, env: dict) -> subprocess.Co
 
 def test_deploy_without_a_cluster_fails_clearly(tmp_path) -> None:
     result = run_module(
-        str(tools_bin() / "python"), "training.deploy", "canary", "--storage-uri", NEW,
+        str(tools_bin() / "python"), "training.cli", "deploy", "canary", "--storage-uri", NEW,
         env={"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")},
     )  # fmt: skip
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: no Kubernetes credentials")
-    result = run_module(str(tools_bin() / "python"), "training.deploy", "canary", env={"HOME": str(tmp_path)})
-    assert result.returncode == 2 and "--storage-uri (STORAGE_URI=) is required" in result.stderr
+    result = run_module(
+        str(tools_bin() / "python"), "training.cli", "deploy", "canary", env={"HOME": str(tmp_path)}
+    )
+    assert result.returncode == 1 and "--storage-uri (STORAGE_URI=) is required" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -141,8 +144,8 @@ def test_deploy_without_a_cluster_fails_clearly(tmp_path) -> None:
     ],
 )
 def test_pipeline_submit_without_an_endpoint_fails_clearly(env, message) -> None:
-    result = run_module(sys.executable, "training.submit", env=env)
-    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    result = run_module(sys.executable, "training.cli", "pipeline", "submit", env=env)
+    assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -166,7 +169,7 @@ def test_pipeline_submit_sends_the_compiled_pipeline(monkeypatch) -> None:
         "KFP_NAMESPACE": "team",
         "NEUROVIT_STORE_URI": "s3://neurovit",
     }
-    assert submit.main(["--param", "epochs=3", "--param", "train_gpus=0"], env) == 0
+    assert submit.submit_from_env(["epochs=3", "train_gpus=0"], env)["run_id"] == "r-1"
     assert calls[0] == ("client", {"host": "http://kfp", "existing_token": "t", "namespace": "team"})
     _, pipeline_file, kwargs = calls[1]
     assert pipeline_file == str(PIPELINE_FILE)
@@ -204,7 +207,7 @@ def test_deploy_records_what_the_live_service_serves_and_rolls_back_to(tmp_path,
     monkeypatch.setattr(deploy, "connect", lambda: FakeClient(live))
     monkeypatch.setattr(deploy, "as_inference_service", lambda patch: patch)  # the SDK is in .venv-tools
     monkeypatch.setenv(deploy.RECORDS_ENV, str(tmp_path / "records"))
-    assert deploy.main(["promote"]) == 0
+    assert neurovit(["deploy", "promote"]) == 0
     assert "recorded for `neurovit versions prune`" in capsys.readouterr().out
     record = json.loads((tmp_path / "records" / "neurovit.neurovit.json").read_text())
     assert record["serving"] == OLD and record["rollback"].endswith("v20261001-000000-bbbbbb")

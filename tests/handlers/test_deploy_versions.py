@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from neurovit.errors import StoreError
 from neurovit.store import LocalStore
 from training import deploy
+from training.cli import main as neurovit
 
 MODEL = "neurovit"
 VERSION = "v20261125-160000-abcdef"
@@ -42,19 +44,19 @@ def test_a_complete_version_is_sent_as_its_folder_with_a_trailing_slash(store):
 def test_a_tampered_file_is_refused(store):
     archive = version_folder(store) / "model-store" / "neurovit.mar"
     archive.write_bytes(b"ARCHIVE " * 100)  # same size, other content
-    with pytest.raises(deploy.DeployError, match="not one complete, verified version: .*sha256"):
+    with pytest.raises(StoreError, match="not one complete, verified version: .*sha256"):
         deploy.verified_version_uri(store.version_uri(MODEL, VERSION))
 
 
 def test_a_version_without_manifest_is_refused(store):
     (version_folder(store) / "manifest.json").unlink()
-    with pytest.raises(deploy.DeployError, match="incomplete"):
+    with pytest.raises(StoreError, match="incomplete"):
         deploy.verified_version_uri(store.version_uri(MODEL, VERSION))
 
 
 def test_an_incomplete_version_is_refused(store):
     (version_folder(store) / "config" / "config.properties").unlink()
-    with pytest.raises(deploy.DeployError, match="file missing"):
+    with pytest.raises(StoreError, match="file missing"):
         deploy.verified_version_uri(store.version_uri(MODEL, VERSION))
 
 
@@ -69,7 +71,7 @@ def test_a_model_or_latest_is_not_one_version(store, suffix):
 def test_a_manifest_of_another_version_is_refused(store):
     manifest = version_folder(store) / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": SIBLING}))
-    with pytest.raises(deploy.DeployError, match="moved or copied folder"):
+    with pytest.raises(StoreError, match="moved or copied folder"):
         deploy.verified_version_uri(store.version_uri(MODEL, VERSION))
 
 
@@ -94,7 +96,7 @@ def test_make_deploy_sends_nothing_for_a_version_it_cannot_verify(monkeypatch, c
     monkeypatch.setattr(deploy, "connect", lambda: client)
     monkeypatch.delenv("NEUROVIT_S3_ENDPOINT", raising=False)
     uri = f"s3://neurovit/{MODEL}/{VERSION}"
-    assert deploy.main(["canary", "--storage-uri", uri]) == 2
+    assert neurovit(["deploy", "canary", "--storage-uri", uri]) == 3  # a store error
     assert "is not one complete, verified version" in capsys.readouterr().err
     assert client.patches == []
 
@@ -104,6 +106,6 @@ def test_make_deploy_sends_the_verified_folder(monkeypatch, store, capsys):
     monkeypatch.setattr(deploy, "connect", lambda: client)
     monkeypatch.setattr(deploy, "STORAGE_URI", deploy.re.compile(r".*"))  # a local store stands in for S3
     monkeypatch.setattr(deploy, "as_inference_service", lambda patch: patch)
-    assert deploy.main(["canary", "--storage-uri", store.version_uri(MODEL, VERSION)]) == 0
+    assert neurovit(["deploy", "canary", "--storage-uri", store.version_uri(MODEL, VERSION)]) == 0
     (patch,) = client.patches
     assert patch["spec"]["predictor"]["model"]["storageUri"] == store.version_uri(MODEL, VERSION) + "/"

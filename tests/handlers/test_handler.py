@@ -225,6 +225,9 @@ def test_kserve_v2_answers_travel_as_json_strings(handler_and_context, images):
     (response,), statuses = run(handler_and_context, [json_request(bad)], KServev2Envelope)
     assert statuses[0][0] == 400
     assert_error(json.loads(response["outputs"][0]["data"][0]), 400, "must have datatype BYTES")
+    (response,), statuses = run(handler_and_context, [json_request({"inputs": []})], KServev2Envelope)
+    assert statuses[0][0] == 400
+    assert_error(json.loads(response["outputs"][0]["data"][0]), 400, "no image")
 
 
 def test_an_oversized_image_is_refused_before_decoding(handler_and_context):

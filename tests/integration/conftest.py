@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -22,9 +19,8 @@ from pathlib import Path
 import pytest
 from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, published_copy, save_tiny_model
 
-from neurovit.integrity import VERSION_DIR_ENV
-from training.package import MODEL_STORE, ServerSettings, config_properties, package_stage
-from training.serve import api_key, wait_until_ready
+from training.package import MODEL_STORE, ServerSettings, package_stage
+from training.torchserve_launcher import running
 
 
 def free_ports(count: int) -> list[int]:
@@ -119,7 +115,8 @@ def running_torchserve(
     ready_timeout_s: float = 180,
     **other_settings: object,
 ) -> Iterator[TorchServe]:
-    """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it.
+    """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it: the project's
+    launcher (training.torchserve_launcher) with the KServe-like settings (environment overrides on).
     ``other_settings``: more ServerSettings fields (the load tests set ``job_queue_size``)."""
     inference, management, metrics, grpc, grpc_management = free_ports(5)
     settings = ServerSettings(
@@ -135,54 +132,18 @@ def running_torchserve(
         token_authorization=True,
         **other_settings,
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
-    config = workdir / "config.properties"
-    config.write_text(config_properties(MODEL, VERSION, settings))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-    env.update(TMPDIR=str(workdir / "tmp"), TEMP=str(workdir / "tmp"))
-    env[VERSION_DIR_ENV] = str(package)  # the handler verifies it against its manifest before loading
-    if envelope:
-        env["TS_SERVICE_ENVELOPE"] = envelope  # read because enable_envvars_config=true, as under KServe
-    torchserve = Path(sys.executable).parent / "torchserve"
-    command = [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
-    command += ["--model-store", str(package / MODEL_STORE)]
-    log = workdir / "torchserve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        alive = lambda: process.poll() is None  # noqa: E731
-        key_file = workdir / "key_file.json"  # TorchServe writes it in its working folder
-        wait_until_ready(
-            settings.management_address, MODEL, alive, timeout_s=ready_timeout_s, log=log, key_file=key_file
-        )
-        key = api_key(key_file)
-        management_key = api_key(key_file, "management")
+    # The handler verifies ``package`` (a published copy) against its manifest before loading.
+    with running(
+        workdir, MODEL, VERSION, settings, package, envelope=envelope, timeout_s=ready_timeout_s
+    ) as server:
         yield TorchServe(
             settings.inference_address,
             settings.metrics_address,
-            key,
+            server.key(),
             workdir,
             settings.management_address,
-            management_key,
+            server.key("management"),
         )
-    finally:
-        _signal_group(process.pid, signal.SIGTERM)  # the launcher, Java and its Python workers
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(process.pid, signal.SIGKILL)  # whatever of the group outlived the shutdown
-        process.wait(timeout=10)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 from neurovit.data.split import load_split
 from neurovit.store import resolve
 from training import eval_ood
+from training.cli import main as neurovit
 from training.pipeline import run_local
 
 pytestmark = [
@@ -72,8 +73,16 @@ def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None
 
     # make eval-ood on the published version: held-out slices vs the built-in non-MRI images.
     out = tmp_path / "ood-eval"
-    code = eval_ood.main(
-        ["--model", version_uri, "--data-dir", str(run_dir / "prepare-data" / "dataset"), "--out", str(out)]
+    code = neurovit(
+        [
+            "ood-eval",
+            "--model",
+            version_uri,
+            "--data-dir",
+            str(run_dir / "prepare-data" / "dataset"),
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     result = json.loads((out / eval_ood.RESULTS_FILE).read_text())

@@ -54,10 +54,10 @@ def load_images(folder: Path, create_demo: bool, limit: int = MAX_IMAGES) -> lis
     """Up to ``limit`` image files from ``folder`` (masks skipped), spread across its classes.
 
     ``create_demo``: generate the project's demo set there first when the folder is missing
-    (``neurovit demo-data``, about 8 seconds)."""
+    (``neurovit data demo``, about 8 seconds)."""
     folder = Path(folder)
     if not folder.is_dir() and create_demo:
-        command = [sys.executable, "-m", "training.cli", "demo-data", "--out", str(folder)]
+        command = [sys.executable, "-m", "training.cli", "data", "demo", "--out", str(folder)]
         subprocess.run(command, check=True, capture_output=True)
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder} (set --images or run `make demo-data`)")

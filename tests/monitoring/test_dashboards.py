@@ -34,7 +34,7 @@ def test_committed_dashboards_are_the_builders_output():
     assert sorted(path.name for path in FILES) == sorted(DASHBOARDS)
     for filename, build in DASHBOARDS.items():
         assert (DASHBOARDS_DIR / filename).read_text() == render(build), (
-            f"{filename} is stale: python -m monitoring.dashboard_builder"
+            f"{filename} is stale: neurovit monitor dashboards"
         )
 
 

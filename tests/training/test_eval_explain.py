@@ -16,9 +16,15 @@ from neurovit.data.split import SplitEntry, SplitPlan
 from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, canonicalise, to_tensor
 from neurovit.store import LocalStore
-from training.eval_explain import ROAD_STEPS, lesion_reliance, load_mask, load_slices, main
+from training.cli import main as neurovit
+from training.eval_explain import ROAD_STEPS, lesion_reliance, load_mask, load_slices
 
 # ---- the evaluation command, end to end on a tiny random model -------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """``neurovit explain-eval ARGV``: its exit status (2 usage, 3 data)."""
+    return neurovit(["explain-eval", *argv])
 
 
 def test_masks_go_through_the_image_geometry(tmp_path):
@@ -90,7 +96,7 @@ def test_bad_masks_are_left_out_and_counted_and_a_folder_without_masks_is_refuse
 
     bare = tmp_path / "bare"
     _masked_folder(bare, [None, "empty"])
-    assert main([*argv, "--data-dir", str(bare), "--out", str(tmp_path / "out2")]) == 2
+    assert main([*argv, "--data-dir", str(bare), "--out", str(tmp_path / "out2")]) == 3
     assert "has a lesion mask" in capsys.readouterr().err
 
 
@@ -175,12 +181,12 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     assert len(rollout["road"]["mean_curve"]) == ROAD_STEPS + 1 and len(rollout["black"]["mean_curve"]) == 65
     for name in ("gallery-true.png", "deletion_curves-true.png", "deletion_curves-true-road.png"):
         assert (road / name).stat().st_size > 0
-    assert main([*argv, "--substrate", "healthy", "--out", str(tmp_path / "healthy")]) == 2
+    assert main([*argv, "--substrate", "healthy", "--out", str(tmp_path / "healthy")]) == 3
     assert "healthy substrate needs the demo generator's lesion-free twin" in capsys.readouterr().err
     for name in ("gallery.png", "gallery-true.png", "deletion_curves.png", "per_image.csv"):
         assert (out / name).stat().st_size > 0
-    with pytest.raises(SystemExit):  # an unknown fill is a usage error before anything runs
-        main([*argv, "--substrate", "black,grey"])
+    # an unknown fill is a usage error (exit 2) before anything runs
+    assert main([*argv, "--substrate", "black,grey"]) == 2
 
     # A changed test image: the split no longer describes the data, so every image is evaluated.
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(data / "notumor" / "notumor_0.png")

@@ -1,4 +1,5 @@
-"""Pipeline runs on the demo data get the demo recipe (run-local and submit alike); options are checked."""
+"""Pipeline runs on the demo data get the demo recipe (`neurovit pipeline run` and submit alike);
+options are checked."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from training import pipeline, submit
-from training.cli import DEMO_TRAINING
+from training.cli import main as neurovit
+from training.train import DEMO_TRAINING
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 
 def test_demo_run_trains_with_the_demo_recipe(submitted: list[dict], tmp_path: Path) -> None:
-    assert pipeline.main(["run-local", "--store", str(tmp_path)]) == 0
+    assert neurovit(["pipeline", "run", "--store", str(tmp_path)]) == 0
     (call,) = submitted
     assert call["data_uri"] == "demo"
     for name in ("epochs", "batch_size", "patience", "intensity_window"):
@@ -32,7 +34,9 @@ def test_demo_run_trains_with_the_demo_recipe(submitted: list[dict], tmp_path: P
 
 
 def test_other_data_keeps_the_default_window(submitted: list[dict], tmp_path: Path) -> None:
-    assert pipeline.main(["run-local", "--store", str(tmp_path), "--data-uri", str(tmp_path / "slices")]) == 0
+    assert (
+        neurovit(["pipeline", "run", "--store", str(tmp_path), "--data-uri", str(tmp_path / "slices")]) == 0
+    )
     (call,) = submitted
     # Not passed, so the pipeline's default applies: TrainConfig's percentile window.
     assert "intensity_window" not in call
@@ -40,8 +44,17 @@ def test_other_data_keeps_the_default_window(submitted: list[dict], tmp_path: Pa
 
 
 def test_options_override_the_recipe(submitted: list[dict], tmp_path: Path) -> None:
-    argv = ["run-local", "--store", str(tmp_path), "--intensity-window", "percentile", "--patience", "3"]
-    assert pipeline.main(argv) == 0
+    argv = [
+        "pipeline",
+        "run",
+        "--store",
+        str(tmp_path),
+        "--intensity-window",
+        "percentile",
+        "--patience",
+        "3",
+    ]
+    assert neurovit(argv) == 0
     (call,) = submitted
     assert call["intensity_window"] == "percentile"
     assert call["patience"] == 3
@@ -50,9 +63,7 @@ def test_options_override_the_recipe(submitted: list[dict], tmp_path: Path) -> N
 def test_unknown_window_is_refused_before_anything_runs(
     submitted: list[dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        pipeline.main(["run-local", "--store", str(tmp_path), "--intensity-window", "median"])
-    assert exit_info.value.code == 2
+    assert neurovit(["pipeline", "run", "--store", str(tmp_path), "--intensity-window", "median"]) == 2
     assert "--intensity-window must be one of foreground_median, percentile" in capsys.readouterr().err
     assert submitted == []
 

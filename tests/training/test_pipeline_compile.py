@@ -23,7 +23,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     out = tmp_path_factory.mktemp("pipeline") / "pipeline.yaml"
     env = {k: v for k, v in os.environ.items() if k != "NEUROVIT_TRAINING_IMAGE"}
     subprocess.run(
-        [sys.executable, "-m", "training.pipeline", "compile", "--output", str(out)],
+        [sys.executable, "-m", "training.cli", "pipeline", "compile", "--output", str(out)],
         check=True,
         capture_output=True,
         env=env,
