@@ -28,7 +28,7 @@ from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.model import ModelConfig
 from training import flow
 from training.flow import run_main_job
-from training.guide import DEFAULT_GUIDE_WEIGHT, DEFAULT_LESION_HIDDEN_WEIGHT, GUIDE_FILE
+from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
 from training.train import TrainConfig, measure_step_ratio
 
 CPU_BENCH_IMAGE_SIZE = 96
@@ -51,7 +51,6 @@ def run(
     seed: int = TrainConfig.seed,
     guide_dir: Path | None = None,
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
-    lesion_hidden_weight: float = DEFAULT_LESION_HIDDEN_WEIGHT,
 ) -> dict:
     """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
@@ -67,7 +66,6 @@ def run(
         device=device,
         seed=seed,
         guide_weight=guide_weight if guide_dir is not None else 0.0,
-        lesion_hidden_weight=lesion_hidden_weight if guide_dir is not None else 0.0,
         channels_last=True,
         model=ModelConfig(image_size=image_size, stem_channels=stem_channels),
     )
@@ -114,7 +112,6 @@ def run(
         if guide_dir is None
         else len(json.loads((run_dir / GUIDE_FILE).read_text())["slices"]),
         "guide_weight": config.guide_weight,
-        "lesion_hidden_weight": config.lesion_hidden_weight,
     }
     print(json.dumps(summary), flush=True)
     return summary

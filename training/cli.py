@@ -286,7 +286,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     from training.bench_train import run
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
-    names += ("device", "seed", "guide_dir", "guide_weight", "lesion_hidden_weight")
+    names += ("device", "seed", "guide_dir", "guide_weight")
     return run(args.data_dir, args.store, **_given(args, *names))
 
 
@@ -534,11 +534,6 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         "towards the tumour during training (training.guide); the other half is left for eval-explain",
     )
     p.add_argument("--guide-weight", type=float, help="weight of the guidance loss")
-    p.add_argument(
-        "--lesion-hidden-weight",
-        type=float,
-        help="weight of the counterfactual loss: a guide slice with its tumour hidden should lose its class",
-    )
     p.set_defaults(func=cmd_bench_train, interrupt_hint=RESUME_HINT)
 
     p = bench.add_parser("analyze", parents=result, help="time the analysis of 10,000 images")

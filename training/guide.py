@@ -6,20 +6,14 @@ that always peaks at the centre (docs/explainability.md). Ross et al. (IJCAI 201
 explanation with expert annotations during training; guided attention (Li et al., CVPR 2018) does it for an
 attention map. Here the map constrained is the one the service shows: the CLS row of attention rollout
 (``neurovit.explain.rollout_relevance``), whose share on the tumour's patch-grid cells is pushed up on
-the few training slices that carry a mask. Whether the maps are then faithful is for deletion to show, on
-slices never used here.
+the few training slices that carry a mask. The classifier reads the CLS token, so a rollout that flows from
+the tumour makes the prediction depend on it; whether the maps are then faithful is for deletion to show,
+on slices never used here.
 
 The masked slices come from a folder in the project's mask convention (``<class>/<id>.png`` beside
 ``<class>/<id>.mask.png``). ``in_guide_half`` keeps a deterministic half of them (by content hash) for
 training and leaves the other half for scoring; the published version lists the slices it used
 (``guide.json``), and ``make eval-explain`` leaves them out.
-
-Pointing the map at the tumour does not make the answer depend on it: on real slices, deleting the tumour
-mask's own cells lowered the answer's probability more slowly than deleting the centre, so the model read
-the class from the rest of the slice. ``hide_lesions`` and ``lesion_hidden_loss`` add a counterfactual, in
-the spirit of Teney et al. (ECCV 2020, "Learning what makes a difference from counterfactual examples"):
-the same slice with its tumour replaced by black or by a blur of its surroundings should not keep its
-tumour class with confidence.
 """
 
 from __future__ import annotations
@@ -44,12 +38,6 @@ GUIDE_FILE = "guide.json"
 # A tumour occupies a few of the 36-144 grid cells; the loss is -log of rollout's share on them, so a map
 # already on the tumour costs nothing and one elsewhere costs a lot. Weighted against the cross-entropy.
 DEFAULT_GUIDE_WEIGHT = 0.5
-# Weight of ``lesion_hidden_loss`` (bench-train's default with a guide; 0 leaves training as it was).
-DEFAULT_LESION_HIDDEN_WEIGHT = 0.5
-# The hidden region: the mask grown by this share of the image side, so a tumour's rim goes with it.
-_GROW_SHARE = 0.03
-# The blur fill's sigma as a share of the side (8 px at 224 px, the blur substrate of eval-explain).
-_BLUR_SHARE = 8 / 224
 
 
 def in_guide_half(sha256: str) -> bool:
@@ -118,55 +106,4 @@ def guide_loss(attentions: list[torch.Tensor], masks: torch.Tensor, start_layer:
     return -torch.log(share + 1e-6).mean()  # + not clamp: a map wholly off the mask still gets a gradient
 
 
-def hide_lesions(
-    images: torch.Tensor, masks: torch.Tensor, black: float, generator: torch.Generator
-) -> torch.Tensor:
-    """``images`` (N, C, H, W, standardised) with each mask's region (grown a little) replaced, per image at
-    random, by ``black`` (the standardised value of a black pixel) or by a Gaussian blur of the image.
-
-    Two fills, so that the model learns "no tumour tissue here", not "a black hole means no tumour".
-    """
-    side = images.shape[-1]
-    grow = 2 * max(1, round(_GROW_SHARE * side)) + 1
-    region = F.max_pool2d((masks.float() > 0.5).float(), grow, stride=1, padding=grow // 2)
-    blurred = _gaussian_blur(images, _BLUR_SHARE * side)
-    use_black = torch.rand(len(images), generator=generator, device=generator.device) < 0.5
-    fill = torch.where(
-        use_black.to(images.device)[:, None, None, None], torch.full_like(images, black), blurred
-    )
-    return images * (1 - region) + fill * region
-
-
-def lesion_hidden_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean ``-log(1 - p)``, ``p`` the probability the slice with its tumour hidden keeps its tumour class.
-
-    Asks only that the class not survive without its evidence; it does not call the slice healthy.
-    """
-    kept = logits.float().softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
-    return -torch.log1p(-kept.clamp(max=1 - 1e-6)).mean()
-
-
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    rows = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    padded = F.pad(images, (0, 0, radius, radius), mode="replicate")
-    blurred = F.conv2d(padded, rows, groups=channels)
-    padded = F.pad(blurred, (radius, radius, 0, 0), mode="replicate")
-    return F.conv2d(padded, rows.transpose(2, 3), groups=channels)
-
-
-__all__ = [
-    "DEFAULT_GUIDE_WEIGHT",
-    "DEFAULT_LESION_HIDDEN_WEIGHT",
-    "GUIDE_FILE",
-    "GuideSet",
-    "guide_loss",
-    "hide_lesions",
-    "in_guide_half",
-    "lesion_hidden_loss",
-    "load_guide_set",
-]
+__all__ = ["DEFAULT_GUIDE_WEIGHT", "GUIDE_FILE", "GuideSet", "guide_loss", "in_guide_half", "load_guide_set"]

@@ -28,7 +28,7 @@ from neurovit.explain import ROLLOUT_START_LAYER
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
 from training.augment import AugmentConfig, augment_batch
-from training.guide import GuideSet, guide_loss, hide_lesions, lesion_hidden_loss
+from training.guide import GuideSet, guide_loss
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,6 @@ class TrainConfig:
     # Weight of the tumour-mask guidance (``training.guide``) on the training slices that carry a mask; 0
     # (the default) trains exactly as before, masks or not.
     guide_weight: float = 0.0
-    # Weight of the counterfactual on those slices (``training.guide.lesion_hidden_loss``): the slice with
-    # its tumour hidden should not keep its class. 0 (the default) trains exactly as before.
-    lesion_hidden_weight: float = 0.0
     time_budget_s: float | None = None  # wall-clock budget for the epochs; the schedule is fitted to it
     class_balanced: bool = True
     # CPU only: train in channels_last memory layout (see ``place_for_training``). Off by default so that
@@ -271,8 +268,7 @@ def train(
     """Train and keep the EMA weights with the best validation accuracy in ``run_dir/best``.
 
     ``guide`` (masked slices, ``training.guide``) joins the training images; with ``config.guide_weight``
-    above 0 their masks guide the rollout map (``guide_loss``); with ``config.lesion_hidden_weight`` above 0
-    each also trains against itself with the tumour hidden (``lesion_hidden_loss``).
+    above 0 their masks guide the rollout map (``guide_loss``).
 
     With ``resume`` and a checkpoint in ``run_dir`` from the same config, training continues where it
     stopped (model, optimiser, EMA, schedule, RNG and early-stopping state are all restored).
@@ -298,8 +294,6 @@ def train(
             np.concatenate([train_data[1], guide.labels]),
         )
     guided = masks is not None and config.guide_weight > 0
-    hiding = masks is not None and config.lesion_hidden_weight > 0
-    black = float(standardise(torch.zeros(()), preprocessing))  # a black pixel, as the model sees it
     train_loader = BatchLoader(
         *train_data, config.batch_size, preprocessing, device, config.augment, masks=masks
     )
@@ -361,27 +355,20 @@ def train(
             leave=False,
         )
         for images, targets, *batch_masks in bar:
-            with_mask = batch_masks[0].flatten(1).amax(dim=1) > 0 if batch_masks else None
-            inputs = images
-            if hiding and with_mask.any():  # one forward for the batch and its counterfactuals
-                hidden = hide_lesions(images[with_mask], batch_masks[0][with_mask], black, generator)
-                inputs = torch.cat([images, hidden])
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                outputs = model(inputs, output_attentions=guided)
-            logits = outputs.logits[: len(images)]
+                outputs = model(images, output_attentions=guided)
+            logits = outputs.logits
             loss = F.cross_entropy(
                 logits.float(), targets, weight=class_weights, label_smoothing=config.label_smoothing
             )
-            if guided and with_mask.any():
-                attentions = [attention[: len(images)][with_mask].float() for attention in outputs.attentions]
-                loss = loss + config.guide_weight * guide_loss(
-                    attentions, batch_masks[0][with_mask], ROLLOUT_START_LAYER
-                )
-            if len(inputs) > len(images):
-                hidden_logits = outputs.logits[len(images) :]
-                loss = loss + config.lesion_hidden_weight * lesion_hidden_loss(
-                    hidden_logits, targets[with_mask]
-                )
+            if guided:
+                with_mask = batch_masks[0].flatten(1).amax(dim=1) > 0
+                if with_mask.any():
+                    attentions = [attention[with_mask].float() for attention in outputs.attentions]
+                    start = ROLLOUT_START_LAYER
+                    loss = loss + config.guide_weight * guide_loss(
+                        attentions, batch_masks[0][with_mask], start
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
