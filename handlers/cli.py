@@ -18,34 +18,34 @@ MODEL_HELP = "'latest' (default), a version id, a version folder or an s3:// URI
 
 
 def cmd_serve(args: argparse.Namespace) -> dict | None:
-    from training import serve
+    from handlers import local_service
 
     if args.demo:
-        serve.demo(args.store, port=args.port)
+        local_service.demo(args.store, port=args.port)
         return None
-    return serve.serve(args.model, args.store, port=args.port)
+    return local_service.serve(args.model, args.store, port=args.port)
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
-    from training.serve import predict
+    from handlers.local_service import predict
 
     return predict(args.image, args.explain, out_dir=args.out)
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    from training.monitor import stop_all
+    from monitoring.local_stack import stop_all
 
     stop_all()
 
 
 def cmd_package(args: argparse.Namespace) -> dict:
-    from training.package import package_version
+    from handlers.package import package_version
 
     return package_version(args.model, args.store, args.out)
 
 
 def cmd_deploy(args: argparse.Namespace) -> dict:
-    from training.deploy import rollout
+    from handlers.kserve_rollout import rollout
 
     storage_uri = getattr(args, "storage_uri", "")
     percent = getattr(args, "percent", 10)
@@ -53,13 +53,13 @@ def cmd_deploy(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> dict:
-    from training.bench_serve import run
+    from handlers.benchmarks.latency import run
 
     return run(args.model, args.store, args.data_dir, args.requests, args.clients, args.seconds, args.port)
 
 
 def cmd_bench_load(args: argparse.Namespace) -> dict:
-    from training.bench_load import run
+    from handlers.benchmarks.capacity import run
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop TorchServe (finally) when killed
     return run(

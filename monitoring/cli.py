@@ -12,7 +12,7 @@ from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 
 
 def cmd_start(args: argparse.Namespace) -> dict:
-    from training.monitor import monitor
+    from monitoring.local_stack import monitor
 
     return monitor(
         args.model, args.store, args.data_dir, args.port, args.prometheus_port, requests=args.requests
@@ -20,7 +20,7 @@ def cmd_start(args: argparse.Namespace) -> dict:
 
 
 def cmd_drift_demo(args: argparse.Namespace) -> dict:
-    from training.monitor import drift_demo
+    from monitoring.local_stack import drift_demo
 
     return drift_demo(
         args.model,
@@ -37,13 +37,13 @@ def cmd_drift_demo(args: argparse.Namespace) -> dict:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    from training.monitor import stop_all
+    from monitoring.local_stack import stop_all
 
     stop_all()
 
 
 def cmd_sync_k8s(args: argparse.Namespace) -> dict:
-    from training.k8s_monitoring import sync
+    from monitoring.k8s_sync import sync
 
     return sync(check=args.check)
 

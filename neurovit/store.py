@@ -361,7 +361,7 @@ class ArtifactStore(ABC):
         """Remove the oldest complete versions beyond ``keep`` (>= 1) and interrupted publishes; return them.
 
         Versions named in ``protect`` (what a cluster serves or would roll back to, as `make deploy` records
-        it: ``training.deploy.recorded_versions``) are never removed, and do not count toward ``keep``.
+        it: ``handlers.kserve_rollout.recorded_versions``) are never removed, nor counted toward ``keep``.
         Interrupted publishes younger than ``stale_after_s`` are left alone: they may be in progress.
         """
         if keep < 1:

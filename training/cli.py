@@ -94,16 +94,16 @@ def cmd_data_demo(args: argparse.Namespace) -> dict:
 
 
 def cmd_data_analyze(args: argparse.Namespace) -> dict:
-    from training import flow
+    from training import stages
 
     out = Path(args.out or OUTPUT_DIR / "analysis" / timestamp())
-    report = flow.analyze_stage(args.data_dir, out, workers=args.workers)
+    report = stages.analyze_stage(args.data_dir, out, workers=args.workers)
     summary = {
         "dataset": report["dataset"],
         "counts": report["counts"]["per_split_class"] or report["counts"]["per_class"],
     }
     print(json.dumps(summary, indent=2))
-    print(flow.report_line(report))
+    print(stages.report_line(report))
     for group in report["leaks"]["cross_split_groups"][:20]:
         print(f"  leak ({group['kind']}): {', '.join(group['members'])}")
     print(f"report: {out / 'report.json'}\n        {out / 'report.html'}")
@@ -111,7 +111,7 @@ def cmd_data_analyze(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from training.flow import run_main_job
+    from training.stages import run_main_job
 
     run_dir = Path(args.run_dir or OUTPUT_DIR / "runs" / timestamp())
     summary = run_main_job(Path(args.data_dir), args.store, train_config(args), run_dir, seed=args.seed or 0)
@@ -123,11 +123,11 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     from neurovit import RESEARCH_DISCLAIMER
     from neurovit.data.demo import generate_demo_dataset
     from neurovit.store import resolve
-    from training.flow import run_main_job
+    from training.stages import run_main_job
     from training.train import DEMO_TRAINING
 
     if args.serve:
-        from training.torchserve_launcher import check_java
+        from handlers.torchserve_launcher import check_java
 
         check_java()  # before minutes of training, not after
     data_dir = OUTPUT_DIR / "demo-data"
@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     print(f"manifest verified: every file of {summary['version']} matches its sha256")
     print(RESEARCH_DISCLAIMER)
     if args.serve:
-        from training.serve import demo
+        from handlers.local_service import demo
 
         demo(args.store, data_dir, port=args.port)
     return _job_result(summary)
@@ -150,13 +150,13 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from neurovit.data.split import load_split
     from neurovit.store import resolve_version
-    from training import flow
+    from training import stages
 
     store, model, version = resolve_version(args.model, args.store, model=MODEL_NAME)
     out = Path(args.out or OUTPUT_DIR / "evaluations" / f"{version}-{timestamp()}")
     local = store.fetch(model, version, out / "fetched")
-    only = load_split(local / flow.SPLIT_FILE) if args.held_out else None
-    metrics = flow.evaluate_model_stage(local / "model", args.data_dir, out, only=only)
+    only = load_split(local / stages.SPLIT_FILE) if args.held_out else None
+    metrics = stages.evaluate_model_stage(local / "model", args.data_dir, out, only=only)
     print(f"model {model}/{version} on {metrics['n']} images of {args.data_dir} ({metrics['images']})")
     headline = {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_before_calibration")}
     print(json.dumps(headline, indent=2))
@@ -165,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_explain_eval(args: argparse.Namespace) -> dict:
-    from training.eval_explain import ExplainEvalOptions, run
+    from training.evaluations.explanations import ExplainEvalOptions, run
 
     names = ExplainEvalOptions.__dataclass_fields__
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
@@ -173,7 +173,7 @@ def cmd_explain_eval(args: argparse.Namespace) -> dict:
 
 
 def cmd_ood_eval(args: argparse.Namespace) -> dict:
-    from training.eval_ood import run
+    from training.evaluations.ood import run
 
     return run(args.model, args.data_dir, args.store, args.out, args.non_mri_dir)
 
@@ -219,8 +219,8 @@ def cmd_versions_prune(args: argparse.Namespace) -> dict:
 
 
 def _protected_versions(model: str, named: list[str]) -> set[str]:
-    """--protect versions plus those `make deploy` recorded as serving or rollback (training/deploy.py)."""
-    from training.deploy import recorded_versions, records_dir
+    """--protect versions plus those `make deploy` recorded as serving or rollback (kserve_rollout)."""
+    from handlers.kserve_rollout import recorded_versions, records_dir
 
     try:
         recorded = recorded_versions(model)
@@ -272,7 +272,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> dict:
 
 
 def cmd_pipeline_submit(args: argparse.Namespace) -> dict:
-    from training.submit import submit_from_env
+    from training.pipeline_submit import submit_from_env
 
     return submit_from_env(args.param, **({"pipeline_file": args.pipeline} if args.pipeline else {}))
 
@@ -283,7 +283,7 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> dict:
-    from training.bench_train import run
+    from training.benchmarks.recipe import run
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight")
@@ -291,13 +291,13 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench_analyze(args: argparse.Namespace) -> dict:
-    from training.bench_analyze import run
+    from training.benchmarks.analysis_speed import run
 
     return run(args.images, args.workers, args.source)
 
 
 def cmd_duplicate_threshold(args: argparse.Namespace) -> dict:
-    from training.validate_duplicates import run
+    from training.experiments.duplicate_threshold import run
 
     names = ("sample", "seed", "max_threshold", "hash_size", "same_correlation", "pairs_out")
     return run(args.data_dir, **_given(args, *names))
@@ -410,14 +410,14 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--steps", type=int, help="deletion steps (default: one patch-grid cell per step)")
     p.add_argument(
         "--substrate",
-        type=_lazy_type("training.eval_explain", "substrates_arg"),
+        type=_lazy_type("training.evaluations.explanations", "substrates_arg"),
         help="what removed cells become, comma-separated to score several: black (the scan's background, "
         "default), mean, blur, road (ROAD's noisy linear imputation, 16 steps unless --steps), "
         "healthy (demo set, lesion slices only: the slice's healthy twin)",
     )
     p.add_argument(
         "--explained-class",
-        type=_lazy_type("training.eval_explain", "explained_arg"),
+        type=_lazy_type("training.evaluations.explanations", "explained_arg"),
         help="the class the maps explain and deletion follows: predicted, true, or both (default)",
     )
     p.add_argument("--seed", type=int, default=0, help="random baseline and bootstrap")

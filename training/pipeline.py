@@ -1,6 +1,6 @@
 """The main job as a Kubeflow Pipelines v2 pipeline, ``neurovit-training``.
 
-One lightweight Python component per stage of ``training.flow``, wired by typed artifacts::
+One lightweight Python component per stage of ``training.stages``, wired by typed artifacts::
 
     prepare_data -> analyze -> split -> train (GPU) -> evaluate -> publish
 
@@ -135,9 +135,9 @@ def analyze(dataset: Input[Dataset], report: Output[HTML], analysis: Output[Arti
     import shutil
     from pathlib import Path
 
-    from training import flow
+    from training import stages
 
-    summary = flow.analyze_stage(dataset.path, analysis.path)
+    summary = stages.analyze_stage(dataset.path, analysis.path)
     shutil.copyfile(Path(analysis.path) / "report.html", report.path)
     analysis.metadata.update(
         {
@@ -153,9 +153,9 @@ def analyze(dataset: Input[Dataset], report: Output[HTML], analysis: Output[Arti
 @neurovit_component
 def split(dataset: Input[Dataset], analysis: Input[Artifact], split_plan: Output[Artifact], seed: int):
     """Leak-free train/val/test split (split.json), reusing the analysis' fingerprints."""
-    from training import flow
+    from training import stages
 
-    plan = flow.split_stage(dataset.path, analysis.path, split_plan.path, seed=seed)
+    plan = stages.split_stage(dataset.path, analysis.path, split_plan.path, seed=seed)
     split_plan.metadata.update(
         {
             "fingerprint": plan.fingerprint,
@@ -190,7 +190,7 @@ def train(
 
     import torch
 
-    from training import flow
+    from training import stages
     from training.train import TrainConfig
 
     config = TrainConfig(
@@ -203,7 +203,9 @@ def train(
         seed=seed,
     )
     with tempfile.TemporaryDirectory(prefix="neurovit-train-") as work:
-        result = flow.train_stage(dataset.path, split_plan.path, Path(work) / "train", config, progress=False)
+        result = stages.train_stage(
+            dataset.path, split_plan.path, Path(work) / "train", config, progress=False
+        )
         shutil.copytree(result.best_dir, model.path, dirs_exist_ok=True)
     model.metadata.update(
         {
@@ -237,10 +239,10 @@ def evaluate(
     import tempfile
     from pathlib import Path
 
-    from training import flow
+    from training import stages
 
     with tempfile.TemporaryDirectory(prefix="neurovit-evaluate-") as work:
-        results = flow.calibrate_and_evaluate_stage(
+        results = stages.calibrate_and_evaluate_stage(
             dataset.path, split_plan.path, model.path, Path(work) / "evaluation", Path(work) / "model"
         )
         shutil.copytree(Path(work) / "evaluation", evaluation.path, dirs_exist_ok=True)
@@ -273,10 +275,10 @@ def publish(
     import tempfile
     from pathlib import Path
 
-    from training import flow
+    from training import stages
 
     with tempfile.TemporaryDirectory(prefix="neurovit-publish-") as work:
-        version_uri = flow.publish_stage(
+        version_uri = stages.publish_stage(
             store_uri,
             model_name,
             calibrated_model.path,

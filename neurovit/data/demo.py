@@ -375,7 +375,8 @@ def healthy_twin(data_dir: str | Path, relpath: str) -> np.ndarray | None:
     The twin is the image re-rendered with the same level, pose and scanner draws but no lesion painted:
     it differs from the image only where the lesion (and its oedema) is, so it is what the slice would look
     like healthy. Explanation scores use it as a deletion substrate and to ask whether a model's
-    prediction needs the lesion at all (``training.eval_explain``). Only original images of a dataset that
+    prediction needs the lesion at all (``training.evaluations.explanations``). Only original images of a
+    dataset that
     ``generate_demo_dataset`` wrote have one (not planted duplicates or other data). ``(H, W)`` uint8, like
     the image file; a DataError if the file on disk is not what the generator draws for it (edited data).
     """

@@ -1,5 +1,5 @@
-"""Run by test_rollout.py in .venv-tools (where the kserve SDK lives): training.deploy through the real
-kserve and kubernetes clients, with only the HTTP layer replaced. Prints the requests as JSON lines."""
+"""Run by test_rollout.py in .venv-tools (where the kserve SDK lives): handlers.kserve_rollout through the
+real kserve and kubernetes clients, with only the HTTP layer replaced. Prints the requests as JSON lines."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ rest.RESTClientObject.request = fake_request
 
 from kserve import KServeClient  # noqa: E402
 
-from training import deploy  # noqa: E402
+from handlers import kserve_rollout  # noqa: E402
 
 kubeconfig = {
     "apiVersion": "v1",
@@ -49,7 +49,7 @@ kubeconfig = {
 }
 client = KServeClient(config_dict=kubeconfig)
 action = sys.argv[1]
-deploy.apply(
-    client, deploy.Target("neurovit", "neurovit"), action,
+kserve_rollout.apply(
+    client, kserve_rollout.Target("neurovit", "neurovit"), action,
     new_uri="s3://neurovit/neurovit/v20261125-160000-ab12cd", percent=10,
 )  # fmt: skip

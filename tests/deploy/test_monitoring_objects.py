@@ -10,7 +10,7 @@ import shutil
 import yaml
 from k8s_render import CHART, MANIFESTS, by_kind, chart_values, kustomize, manifests_copy, render_chart
 
-from training import k8s_monitoring
+from monitoring import k8s_sync
 
 RULES = """groups:
   - name: fixture.rules
@@ -26,7 +26,7 @@ RULES = """groups:
 
 
 def test_generated_copies_are_in_sync_with_monitoring() -> None:
-    stale = k8s_monitoring.stale_files(k8s_monitoring.read_sources())
+    stale = k8s_sync.stale_files(k8s_sync.read_sources())
     assert not stale, f"run `make kube-monitoring`: {stale}"
 
 
@@ -58,11 +58,11 @@ def test_rule_and_dashboards_come_from_any_sources(tmp_path) -> None:
     chart = tmp_path / "chart"
     shutil.copytree(CHART, chart)
     shutil.rmtree(chart / "files", ignore_errors=True)
-    found = k8s_monitoring.read_sources(sources)
+    found = k8s_sync.read_sources(sources)
     assert list(found.rules) == ["fixture.yaml"]
     monitoring_dir = manifests / "base" / "monitoring"
-    k8s_monitoring.write(found, monitoring_dir, chart / "files" / "monitoring")
-    assert not k8s_monitoring.stale_files(found, monitoring_dir, chart / "files" / "monitoring")
+    k8s_sync.write(found, monitoring_dir, chart / "files" / "monitoring")
+    assert not k8s_sync.stale_files(found, monitoring_dir, chart / "files" / "monitoring")
 
     built = kustomize(manifests / "overlays" / "knative")
     assert built.returncode == 0, built.stderr
@@ -77,8 +77,8 @@ def test_rule_and_dashboards_come_from_any_sources(tmp_path) -> None:
         assert json.loads(dashboard["data"]["NeuroViT Drift.json"])["title"] == "Drift"
 
     (sources / "dashboards" / "NeuroViT Drift.json").unlink()
-    stale = k8s_monitoring.stale_files(
-        k8s_monitoring.read_sources(sources), monitoring_dir, chart / "files" / "monitoring"
+    stale = k8s_sync.stale_files(
+        k8s_sync.read_sources(sources), monitoring_dir, chart / "files" / "monitoring"
     )
     assert any(path.name == "NeuroViT Drift.json" for path in stale), "a deleted source must be noticed"
     assert MANIFESTS.exists()

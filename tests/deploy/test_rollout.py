@@ -13,7 +13,8 @@ import pytest
 import yaml
 from k8s_render import ROOT, tools_bin
 
-from training import deploy, submit
+from handlers import kserve_rollout
+from training import pipeline_submit
 from training.cli import main as neurovit
 from training.pipeline import PIPELINE_FILE, STORE_CONFIG, STORE_SECRET
 
@@ -45,21 +46,21 @@ class FakeClient:
 
 
 def test_canary_points_a_share_of_traffic_at_the_new_version_and_remembers_the_old() -> None:
-    patch = deploy.canary_patch(isvc(), NEW, 10)
+    patch = kserve_rollout.canary_patch(isvc(), NEW, 10)
     assert patch["spec"]["predictor"] == {"canaryTrafficPercent": 10, "model": {"storageUri": NEW}}
-    assert patch["metadata"]["annotations"][deploy.PREVIOUS_URI_ANNOTATION] == OLD
+    assert patch["metadata"]["annotations"][kserve_rollout.PREVIOUS_URI_ANNOTATION] == OLD
 
 
 def test_promote_and_rollback() -> None:
-    assert deploy.promote_patch(isvc())["spec"]["predictor"] == {"canaryTrafficPercent": 100}
-    rolled = deploy.rollback_patch(
-        isvc(annotations={deploy.PREVIOUS_URI_ANNOTATION: "s3://neurovit/neurovit/v0"})
+    assert kserve_rollout.promote_patch(isvc())["spec"]["predictor"] == {"canaryTrafficPercent": 100}
+    rolled = kserve_rollout.rollback_patch(
+        isvc(annotations={kserve_rollout.PREVIOUS_URI_ANNOTATION: "s3://neurovit/neurovit/v0"})
     )
     assert rolled["spec"]["predictor"] == {
         "canaryTrafficPercent": 100,
         "model": {"storageUri": "s3://neurovit/neurovit/v0"},
     }
-    assert rolled["metadata"]["annotations"][deploy.PREVIOUS_URI_ANNOTATION] == OLD
+    assert rolled["metadata"]["annotations"][kserve_rollout.PREVIOUS_URI_ANNOTATION] == OLD
 
 
 @pytest.mark.parametrize(
@@ -72,14 +73,17 @@ def test_promote_and_rollback() -> None:
     ],
 )
 def test_bad_rollouts_are_refused(current, uri, percent, message) -> None:
-    with pytest.raises(deploy.DeployError, match=message):
-        deploy.canary_patch(current, uri, percent)
-    with pytest.raises(deploy.DeployError, match="nothing to roll back"):
-        deploy.rollback_patch(isvc())
+    with pytest.raises(kserve_rollout.DeployError, match=message):
+        kserve_rollout.canary_patch(current, uri, percent)
+    with pytest.raises(kserve_rollout.DeployError, match="nothing to roll back"):
+        kserve_rollout.rollback_patch(isvc())
 
 
 def test_standard_mode_takes_a_rolling_update() -> None:
-    assert deploy.canary_patch(isvc("Standard"), NEW, 100)["spec"]["predictor"]["canaryTrafficPercent"] == 100
+    assert (
+        kserve_rollout.canary_patch(isvc("Standard"), NEW, 100)["spec"]["predictor"]["canaryTrafficPercent"]
+        == 100
+    )
 
 
 @pytest.mark.parametrize("action", ["canary", "promote", "rollback"])
@@ -169,7 +173,7 @@ def test_pipeline_submit_sends_the_compiled_pipeline(monkeypatch) -> None:
         "KFP_NAMESPACE": "team",
         "NEUROVIT_STORE_URI": "s3://neurovit",
     }
-    assert submit.submit_from_env(["epochs=3", "train_gpus=0"], env)["run_id"] == "r-1"
+    assert pipeline_submit.submit_from_env(["epochs=3", "train_gpus=0"], env)["run_id"] == "r-1"
     assert calls[0] == ("client", {"host": "http://kfp", "existing_token": "t", "namespace": "team"})
     _, pipeline_file, kwargs = calls[1]
     assert pipeline_file == str(PIPELINE_FILE)
@@ -202,14 +206,18 @@ def test_store_tasks_get_the_cluster_store_settings() -> None:
 
 def test_deploy_records_what_the_live_service_serves_and_rolls_back_to(tmp_path, monkeypatch, capsys) -> None:
     live = isvc(
-        annotations={deploy.PREVIOUS_URI_ANNOTATION: "s3://neurovit/neurovit/v20261001-000000-bbbbbb"}
+        annotations={kserve_rollout.PREVIOUS_URI_ANNOTATION: "s3://neurovit/neurovit/v20261001-000000-bbbbbb"}
     )
-    monkeypatch.setattr(deploy, "connect", lambda: FakeClient(live))
-    monkeypatch.setattr(deploy, "as_inference_service", lambda patch: patch)  # the SDK is in .venv-tools
-    monkeypatch.setenv(deploy.RECORDS_ENV, str(tmp_path / "records"))
+    monkeypatch.setattr(kserve_rollout, "connect", lambda: FakeClient(live))
+    # the SDK is in .venv-tools
+    monkeypatch.setattr(kserve_rollout, "as_inference_service", lambda patch: patch)
+    monkeypatch.setenv(kserve_rollout.RECORDS_ENV, str(tmp_path / "records"))
     assert neurovit(["deploy", "promote"]) == 0
     assert "recorded for `neurovit versions prune`" in capsys.readouterr().out
     record = json.loads((tmp_path / "records" / "neurovit.neurovit.json").read_text())
     assert record["serving"] == OLD and record["rollback"].endswith("v20261001-000000-bbbbbb")
-    assert deploy.recorded_versions("neurovit") == {"v20261101-000000-aaaaaa", "v20261001-000000-bbbbbb"}
-    assert deploy.recorded_versions("other-model") == set()
+    assert kserve_rollout.recorded_versions("neurovit") == {
+        "v20261101-000000-aaaaaa",
+        "v20261001-000000-bbbbbb",
+    }
+    assert kserve_rollout.recorded_versions("other-model") == set()

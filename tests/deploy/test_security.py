@@ -119,7 +119,7 @@ def test_predictor_is_reachable_only_from_the_ingress_path_and_prometheus(render
         assert all("podSelector" not in peer for rule in policy["spec"]["ingress"] for peer in rule["from"])
 
 
-# TorchServe's own APIs in the pod (training/package.py): inference, management, gRPC. They listen on
+# TorchServe's own APIs in the pod (handlers/package.py): inference, management, gRPC. They listen on
 # loopback; no policy may admit them either (management unregisters the model or scales it to zero).
 TORCHSERVE_API_PORTS = {8085, 8086, 7070, 7071}
 # Knative: queue-proxy's serving ports (HTTP/1, h2c) and its autoscaling metrics; Standard: the model server.

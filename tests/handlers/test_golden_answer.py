@@ -4,7 +4,7 @@ to 1e-4.
 
 The fixed version is built as the integration tests build theirs, with nothing random left: the project's
 model builder from a seeded init (``save_tiny_model``: seed 0, BatchNorm statistics moved, temperature
-1.7, the drift reference and OOD scorer fitted on seeded blobs), packaged with training/package.py into a
+1.7, the drift reference and OOD scorer fitted on seeded blobs), packaged with handlers/package.py into a
 .mar, published to a local store and fetched back. The handler loads the archive's files as TorchServe
 extracts them, under TorchServe's own Context (fixtures.handler_harness); the serving core
 (neurovit.serving.Predictor) answers the same images as the handler does. Overlay PNGs are not compared
@@ -36,8 +36,8 @@ import yaml
 from fixtures.handler_harness import handler_for, request, run
 from fixtures.serving_samples import MODEL, VERSION, encode, published_copy, save_tiny_model
 
+from handlers.package import MODEL_CONFIG_FILE, MODEL_STORE, package_stage
 from neurovit.serving import Predictor, ServingOptions, parse_item
-from training.package import MODEL_CONFIG_FILE, MODEL_STORE, package_stage
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "served_answer.json"
 REGENERATE = "NEUROVIT_REGENERATE_GOLDEN"

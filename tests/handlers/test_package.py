@@ -1,4 +1,4 @@
-"""Packaging a version for TorchServe and KServe (training/package.py): the archive, the KServe config and
+"""Packaging a version for TorchServe and KServe (handlers/package.py): the archive, the KServe config and
 token authorisation."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fixtures.serving_samples import VERSION, save_tiny_model
 
-from training.package import ServerSettings, config_properties, package_stage
+from handlers.package import ServerSettings, config_properties, package_stage
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from handlers.local_service import ServeError, demo_slices, lesion_verdict
 from neurovit.data.split import SplitEntry, SplitPlan
 from neurovit.store import LocalStore
-from training.serve import ServeError, demo_slices, lesion_verdict
 
 
 def _publish(tmp_path, entries, classes):

@@ -1,4 +1,4 @@
-"""A real TorchServe for the serving tests: a tiny model packaged with training/package.py, started on free
+"""A real TorchServe for the serving tests: a tiny model packaged with handlers/package.py, started on free
 ports in a temporary folder with token authorisation on (as ``make serve`` does), always stopped."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, published_copy, save_tiny_model
 
-from training.package import MODEL_STORE, ServerSettings, package_stage
-from training.torchserve_launcher import running
+from handlers.package import MODEL_STORE, ServerSettings, package_stage
+from handlers.torchserve_launcher import running
 
 
 def free_ports(count: int) -> list[int]:
@@ -116,7 +116,7 @@ def running_torchserve(
     **other_settings: object,
 ) -> Iterator[TorchServe]:
     """Start TorchServe in ``workdir`` (its own process group and pid file), yield it, stop it: the project's
-    launcher (training.torchserve_launcher) with the KServe-like settings (environment overrides on).
+    launcher (handlers.torchserve_launcher) with the KServe-like settings (environment overrides on).
     ``other_settings``: more ServerSettings fields (the load tests set ``job_queue_size``)."""
     inference, management, metrics, grpc, grpc_management = free_ports(5)
     settings = ServerSettings(

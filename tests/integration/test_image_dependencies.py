@@ -179,7 +179,8 @@ TRAINING_PROBE = """
 import json, importlib.util, subprocess, sys
 
 import kfp, sklearn, minio  # the training image holds what serving leaves out
-import training.cli, training.evaluate, training.flow, training.package, training.pipeline, training.train
+import training.cli, training.evaluation_report, training.stages, training.pipeline, training.train
+import handlers.package
 from training import pipeline
 
 components = sorted(

@@ -10,8 +10,8 @@ import pytest
 
 from neurovit.data.split import load_split
 from neurovit.store import resolve
-from training import eval_ood
 from training.cli import main as neurovit
+from training.evaluations import ood as ood_eval
 from training.pipeline import run_local
 
 pytestmark = [
@@ -85,10 +85,10 @@ def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None
         ]
     )
     assert code == 0
-    result = json.loads((out / eval_ood.RESULTS_FILE).read_text())
+    result = json.loads((out / ood_eval.RESULTS_FILE).read_text())
     summary = result["summary"]
     assert {"mri (held-out)", "photo", "noise", "other", "all non-MRI"} <= set(summary)
     held_out = load_split(store.root / model / version / "split.json").entries_in("test")
     assert summary["mri (held-out)"]["images"] == len(held_out) > 0
     assert all(0 <= row["flagged_rate"] <= 1 for row in summary.values())
-    assert (out / eval_ood.PLOT_FILE).stat().st_size > 0
+    assert (out / ood_eval.PLOT_FILE).stat().st_size > 0

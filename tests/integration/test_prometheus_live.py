@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from fixtures.serving_samples import MODEL, VERSION, assert_answer, b64, good_images
 
+from monitoring import local_prometheus
+from monitoring.local_stack import missing_from_scrape
 from monitoring.queries import all_queries
 from neurovit.drift import psi
-from training import prometheus
-from training.monitor import missing_from_scrape
-from training.ood_samples import non_mri_samples
+from training.evaluations.ood_samples import non_mri_samples
 
 pytestmark = pytest.mark.integration
 PREDICT, EXPLAIN = f"/predictions/{MODEL}", f"/explanations/{MODEL}"
@@ -27,16 +27,16 @@ PREDICT, EXPLAIN = f"/predictions/{MODEL}", f"/explanations/{MODEL}"
 def prometheus_url(torchserve, tmp_path_factory):
     if shutil.which("prometheus") is None:
         if os.environ.get("CI"):  # `make test` installs it first: in CI a missing binary is a failure
-            pytest.fail(prometheus.INSTALL_HINT)
-        pytest.skip(prometheus.INSTALL_HINT)
+            pytest.fail(local_prometheus.INSTALL_HINT)
+        pytest.skip(local_prometheus.INSTALL_HINT)
     out = tmp_path_factory.mktemp("prometheus")
     target = torchserve.metrics_url.split("//", 1)[1]
     with socket.socket() as probe:  # a free port for Prometheus's web API
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url = prometheus.start(out, target, port=port, interval="1s")
+    url = local_prometheus.start(out, target, port=port, interval="1s")
     yield url
-    prometheus.stop(out)
+    local_prometheus.stop(out)
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,10 @@ def eventually(check, timeout_s: float = 60.0):
 def test_every_rule_alert_and_dashboard_query_returns_data(prometheus_url, traffic):
     queries = all_queries(MODEL, VERSION)
     assert len(queries) > 30
-    prometheus.wait_for_scrape(prometheus_url, "neurovit_model_info")
+    local_prometheus.wait_for_scrape(prometheus_url, "neurovit_model_info")
 
     def missing():
-        return [q for q in queries if not prometheus.query(prometheus_url, q.expr)]
+        return [q for q in queries if not local_prometheus.query(prometheus_url, q.expr)]
 
     left = eventually(lambda: missing() or None) or []  # retried while rate windows fill up
     assert not left, "queries without data:\n" + "\n".join(f"{q.source}: {q.expr}" for q in left)
@@ -90,7 +90,7 @@ def test_the_rules_psi_is_the_python_formula_on_the_scraped_counts(prometheus_ur
     def scraped(expr):
         return {
             (r["metric"].get("feature"), r["metric"].get("bin")): float(r["value"][1])
-            for r in prometheus.query(prometheus_url, expr)
+            for r in local_prometheus.query(prometheus_url, expr)
         }
 
     selector = f'{{model_name="{MODEL}", model_version="{VERSION}", feature="contrast"}}'

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from training.serve import ServeError
+from handlers.local_service import ServeError
 
 pytestmark = pytest.mark.integration
 

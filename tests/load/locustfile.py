@@ -41,7 +41,7 @@ from payloads import ENVELOPES, Call, Protocol, bad_inputs, load_images  # noqa:
 
 from neurovit.config import MODEL_NAME, OUTPUT_DIR  # noqa: E402
 
-SERVE_STATE = OUTPUT_DIR / "serve" / "serve.json"  # written by `make serve` (training/serve.py)
+SERVE_STATE = OUTPUT_DIR / "serve" / "serve.json"  # written by `make serve` (handlers/local_service.py)
 DEMO_IMAGES = OUTPUT_DIR / "demo-data"
 BAD_INPUT = "bad input (4xx expected)"
 log = logging.getLogger("neurovit.load")

@@ -8,7 +8,7 @@ import pytest
 
 from neurovit.errors import StoreError
 from neurovit.store import open_store, resolve_version
-from training import flow
+from training import stages
 from training.cli import build_parser, command_tree, main, train_config
 from training.train import DEMO_TRAINING
 
@@ -61,23 +61,23 @@ def test_unwritable_store_is_found_before_training(one_class_folder, tmp_path, c
 def test_the_demo_recipe_trains_with_the_head_median_intensity_window(monkeypatch, tmp_path):
     """The recipe's window reaches the model's PreprocessConfig; the demo picks the median window."""
     seen = []
-    monkeypatch.setattr(flow.split, "load_split", lambda path: argparse.Namespace(classes=["a", "b"]))
+    monkeypatch.setattr(stages.split, "load_split", lambda path: argparse.Namespace(classes=["a", "b"]))
     monkeypatch.setattr(
-        flow, "split_arrays", lambda data, plan, part, preprocessing, cache: seen.append(preprocessing)
+        stages, "split_arrays", lambda data, plan, part, preprocessing, cache: seen.append(preprocessing)
     )
-    monkeypatch.setattr(flow, "train", lambda *args, **kwargs: args[3])
+    monkeypatch.setattr(stages, "train", lambda *args, **kwargs: args[3])
     args = argparse.Namespace(image_size=128)
     demo = train_config(args, DEMO_TRAINING)
-    assert flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", demo).intensity_window == (
-        "foreground_median"
-    )
-    plain = flow.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", train_config(args))
+    assert stages.train_stage(
+        tmp_path, tmp_path / "split.json", tmp_path / "train", demo
+    ).intensity_window == ("foreground_median")
+    plain = stages.train_stage(tmp_path, tmp_path / "split.json", tmp_path / "train", train_config(args))
     assert plain.intensity_window == "percentile"  # everything else keeps the default window
     assert [config.intensity_window for config in seen] == ["foreground_median"] * 2 + ["percentile"] * 2
 
 
 def test_prune_keeps_what_make_deploy_recorded_and_what_is_protected(tmp_path, monkeypatch, capsys):
-    from training.deploy import Target, record_deployment
+    from handlers.kserve_rollout import Target, record_deployment
 
     source = tmp_path / "model"
     source.mkdir()

@@ -1,6 +1,6 @@
-"""`neurovit eval-explain` (training/eval_explain.py) end to end on a tiny random model: masks through the
-image geometry, bad masks left out and counted, every method scored and written, lesion reliance against the
-healthy twins."""
+"""`neurovit explain-eval` (training/evaluations/explanations.py) end to end on a tiny random model: masks
+through the image geometry, bad masks left out and counted, every method scored and written, lesion
+reliance against the healthy twins."""
 
 import hashlib
 import json
@@ -17,7 +17,7 @@ from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, sav
 from neurovit.preprocessing import PreprocessConfig, canonicalise, to_tensor
 from neurovit.store import LocalStore
 from training.cli import main as neurovit
-from training.eval_explain import ROAD_STEPS, lesion_reliance, load_mask, load_slices
+from training.evaluations.explanations import ROAD_STEPS, lesion_reliance, load_mask, load_slices
 
 # ---- the evaluation command, end to end on a tiny random model -------------------------------------------
 

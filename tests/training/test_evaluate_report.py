@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from training.evaluate import (
+from training.evaluation_report import (
     CONFUSION_MATRIX_PLOT,
     METRICS_FILE,
     RELIABILITY_PLOT,

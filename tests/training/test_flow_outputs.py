@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neurovit.errors import NeuroVitError, OutputError
-from training import flow
+from training import stages
 
 
 @pytest.fixture()
@@ -46,7 +46,7 @@ def test_disk_full_during_the_publish_copy_is_clear_and_leaves_nothing(
     monkeypatch.setattr(shutil, "copyfile", copy_until_the_disk_is_full)
     staging = tmp_path / "work" / "staging"
     with pytest.raises(OutputError, match="no space left on the device") as caught:
-        flow.publish_stage(
+        stages.publish_stage(
             str(tmp_path / "store"),
             "neurovit",
             run_outputs["model"],
@@ -64,9 +64,9 @@ def test_disk_full_during_the_publish_copy_is_clear_and_leaves_nothing(
 
 def test_built_in_place_replaces_the_destination_only_on_success(tmp_path: Path) -> None:
     dest = tmp_path / "out"
-    with flow.built_in_place(dest, "test output") as building:
+    with stages.built_in_place(dest, "test output") as building:
         (building / "a.txt").write_text("first")
-    with pytest.raises(RuntimeError), flow.built_in_place(dest, "test output") as building:
+    with pytest.raises(RuntimeError), stages.built_in_place(dest, "test output") as building:
         (building / "a.txt").write_text("second")
         raise RuntimeError("the stage failed")
     assert (dest / "a.txt").read_text() == "first"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training import pipeline, submit
+from training import pipeline, pipeline_submit
 from training.cli import main as neurovit
 from training.train import DEMO_TRAINING
 
@@ -73,7 +73,10 @@ def test_unknown_window_is_refused_before_anything_runs(
 )
 def test_submitted_runs_get_the_window_their_data_calls_for(data_uri: str, window: str | None) -> None:
     env = {"NEUROVIT_STORE_URI": "s3://neurovit", "NEUROVIT_DATA_URI": data_uri}
-    arguments = submit.run_arguments(env, {"epochs": 3})
+    arguments = pipeline_submit.run_arguments(env, {"epochs": 3})
     assert arguments.get("intensity_window") == window
     # A --param still wins over what the data calls for.
-    assert submit.run_arguments(env, {"intensity_window": "percentile"})["intensity_window"] == "percentile"
+    assert (
+        pipeline_submit.run_arguments(env, {"intensity_window": "percentile"})["intensity_window"]
+        == "percentile"
+    )

@@ -5,8 +5,8 @@ published version (checksums verified) and sends two sets through the same path 
 (``Predictor.prepare`` then ``predict``; the images as encoded bytes):
 - MRI: the version's held-out test slices under ``--data-dir`` (every image there when the data no longer
   matches the version's split), which the threshold never saw;
-- not MRI: photographs, noise and other pictures (``training.ood_samples``), the files of ``--data-dir``
-  that the version's analysis found not to be MRI (the split left them out), and every image of
+- not MRI: photographs, noise and other pictures (``training.evaluations.ood_samples``), the files of
+  ``--data-dir`` that the version's analysis found not to be MRI (the split left them out), and every image of
   ``--non-mri-dir`` if given.
 Goals: MRI flagged at most 5%, each non-MRI group flagged at least 95%. Writes ``ood_eval.json`` and
 ``ood_scores.png`` (score histograms per group, with the threshold) to ``outputs/ood-eval/<version>/`` and
@@ -28,7 +28,7 @@ from neurovit.data.split import select_test_images
 from neurovit.errors import DataError
 from neurovit.serving import ImageRequest, InvalidInput, Predictor
 from neurovit.store import resolve_version
-from training.ood_samples import non_mri_samples
+from training.evaluations.ood_samples import non_mri_samples
 
 MRI_GOAL, NON_MRI_GOAL = 0.05, 0.95
 RESULTS_FILE, PLOT_FILE = "ood_eval.json", "ood_scores.png"

@@ -30,9 +30,9 @@ from neurovit.errors import DataError, OutputError
 from neurovit.model import ModelInfo, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig
 from neurovit.store import new_version_id, open_store
-from training.evaluate import write_evaluation
+from training.evaluation_report import write_evaluation
 from training.guide import GUIDE_FILE, GuideSet, load_guide_set
-from training.reference import write_monitoring_reference
+from training.monitoring_reference import write_monitoring_reference
 from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def calibrate_and_evaluate_stage(
     """Fit the temperature on val, evaluate on test (val when there is no test), save the calibrated model.
 
     ``model_out`` receives a copy of the model whose neurovit.json carries the fitted temperature, plus the
-    monitoring reference (drift bins, class mix, OOD scorer and threshold: ``training.reference``).
+    monitoring reference (drift bins, class mix, OOD scorer and threshold: ``training.monitoring_reference``).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     plan = split.load_split(split_path)
@@ -349,7 +349,7 @@ def publish_stage(
     With ``package`` the archive and config.properties (KServe's layout) are built first under the new
     version id, which they record. ``extra_files`` (``{relpath: file}``) join the version too.
     """
-    from training.package import package_stage  # packaging needs torch-model-archiver only here
+    from handlers.package import package_stage  # packaging needs torch-model-archiver only here
 
     version = version or new_version_id()
     staging = Path(staging_dir)

@@ -5,7 +5,8 @@
 (slices, explanations, a few bad inputs) and prints the Prometheus URL and queries to try.
 
 ``drift-demo`` (``make drift-demo``) does the same with the rules time-compressed (every window 2 minutes,
-every ``for`` 10 seconds: ``training.prometheus.compress_rules``), then sends in-distribution traffic (the
+every ``for`` 10 seconds: ``monitoring.local_prometheus.compress_rules``), then sends in-distribution
+traffic (the
 served version's held-out slices as they are) followed by a shifted stream (slices of one class with a
 different contrast curve), samples each feature's PSI and the class-mix PSI every few seconds, writes
 ``outputs/drift-demo/psi.png`` (PSI over time with the 0.1 and 0.25 thresholds and the moment the stream
@@ -29,14 +30,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from handlers.local_service import SERVE_DIR, is_running, serve, server_state
+from handlers.torchserve_launcher import api_key
+from monitoring import local_prometheus
 from monitoring.queries import EVENT_ONLY_METRICS, metrics_used
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.data.split import load_split
 from neurovit.errors import CheckFailedError, NeuroVitError
-from training import prometheus
-from training.ood_samples import noise
-from training.serve import SERVE_DIR, is_running, serve, server_state
-from training.torchserve_launcher import api_key
+from training.evaluations.ood_samples import noise
 
 MONITOR_DIR = OUTPUT_DIR / "monitor"
 DRIFT_DIR = OUTPUT_DIR / "drift-demo"
@@ -97,7 +98,7 @@ def ensure_served(store: str, model: str, port: int) -> dict:
 
 
 def metrics_target(state: dict) -> str:
-    """host:port of TorchServe's metrics API (inference port + 2, see training.serve.local_settings)."""
+    """host:port of TorchServe's metrics API (inference port + 2: handlers.local_service.local_settings)."""
     host, port = state["url"].rsplit(":", 1)
     return f"{host.split('//')[-1]}:{int(port) + 2}"
 
@@ -145,7 +146,7 @@ def monitor(
     """TorchServe (``make serve``'s, or a new one) and Prometheus with monitoring/rules, a little traffic;
     prints the URLs and queries to try. Returns the URLs, the answers' statuses and the metrics missing."""
     state = ensure_served(store, model, port)
-    url = prometheus.start(MONITOR_DIR, metrics_target(state), port=prometheus_port)
+    url = local_prometheus.start(MONITOR_DIR, metrics_target(state), port=prometheus_port)
     client, slices = Client(state), demo_slices(data_dir)
     statuses = []
     for i, path in enumerate(itertools.islice(itertools.cycle(_interleave(slices)), requests)):
@@ -153,7 +154,7 @@ def monitor(
     statuses += [client.send(b""), client.send(b"not an image", "text/plain")]
     statuses += [client.send(sample.png, "image/png") for sample in list(noise(count_per_kind=1))[:2]]
     statuses.append(client.image(next(iter(slices.values()))[0].read_bytes(), "all"))
-    prometheus.wait_for_scrape(url, "neurovit_predictions_total")
+    local_prometheus.wait_for_scrape(url, "neurovit_predictions_total")
     missing = missing_from_scrape(f"http://{metrics_target(state)}/metrics")
     print(
         f"sent {len(statuses)} requests: "
@@ -232,15 +233,15 @@ def _interleave(slices: dict[str, list[Path]]) -> list[Path]:
 
 
 def _sample(url: str) -> dict[str, float]:
-    values = {r["metric"]["feature"]: float(r["value"][1]) for r in prometheus.query(url, FEATURE_PSI)}
-    for result in prometheus.query(url, CLASS_PSI):  # one series per model version; the demo serves one
+    values = {r["metric"]["feature"]: float(r["value"][1]) for r in local_prometheus.query(url, FEATURE_PSI)}
+    for result in local_prometheus.query(url, CLASS_PSI):  # one series per model version; the demo serves one
         values["class mix"] = float(result["value"][1])
     return values
 
 
 def _alert_states(url: str) -> dict[str, str]:
     states: dict[str, str] = {}
-    for alert in prometheus.alerts(url):
+    for alert in local_prometheus.alerts(url):
         name = alert["labels"]["alertname"]
         if name in DRIFT_ALERTS:
             key = f"{name}{{{alert['labels'].get('feature', 'class mix')}}}"
@@ -265,8 +266,8 @@ def drift_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = ensure_served(store, model, port)
-    rules = prometheus.compress_rules(out / "rules", window="2m", hold="10s")
-    url = prometheus.start(out / "prometheus", metrics_target(state), port=prometheus_port, rules=rules)
+    rules = local_prometheus.compress_rules(out / "rules", window="2m", hold="10s")
+    url = local_prometheus.start(out / "prometheus", metrics_target(state), port=prometheus_port, rules=rules)
     client, slices = Client(state), held_out_slices(state, data_dir)
     print(f"Prometheus {url}; rules time-compressed (windows 2m, for 10s) in {out / 'rules'}")
     print(f"in-distribution traffic: the version's {sum(map(len, slices.values()))} held-out slices")
@@ -352,9 +353,9 @@ def plot_timeline(timeline: list[dict], shift_at: float | None, path: Path) -> N
 
 def stop_all() -> None:
     """Stop the Prometheus of ``monitor`` and ``drift_demo`` and the local TorchServe."""
-    from training.serve import stop
+    from handlers.local_service import stop
 
     for folder in (MONITOR_DIR, DRIFT_DIR / "prometheus"):
-        if prometheus.stop(folder):
+        if local_prometheus.stop(folder):
             print(f"Prometheus stopped ({folder})")
     stop(SERVE_DIR)

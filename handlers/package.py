@@ -130,7 +130,7 @@ def config_properties(model_name: str, version: str, settings: ServerSettings) -
         },
     }
     lines = [
-        f"# TorchServe settings for {model_name} {version}, written by training/package.py.",
+        f"# TorchServe settings for {model_name} {version}, written by handlers/package.py.",
         f"inference_address={settings.inference_address}",
         f"management_address={settings.management_address}",
         f"metrics_address={settings.metrics_address}",

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from handlers import torchserve_launcher as launcher
+from handlers.package import METRICS_CONFIG, MODEL_STORE, ServerSettings, package_stage
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.store import resolve_version
-from training import torchserve_launcher as launcher
-from training.package import METRICS_CONFIG, MODEL_STORE, ServerSettings, package_stage
 
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "tests" / "load" / "locustfile.py"
 SCENARIOS = {"predict": "PredictUser", "mixed": "MixedUser"}
@@ -156,7 +156,7 @@ def capacity(steps: list[Step]) -> dict | None:
 
 def sizing(capacities: dict, objective_ms: float, queue: int) -> dict:
     """KServe settings from the mixed scenario with batching off: what a KServe replica runs (batch size 1,
-    see training/package.py) under the realistic traffic mix.
+    see handlers/package.py) under the realistic traffic mix.
 
     scaleTarget is the concurrency at which the replica reached its capacity: more in flight adds waiting,
     not throughput, so the autoscaler should add replicas around there (Knative starts at 70 % of it).

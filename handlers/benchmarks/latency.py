@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from handlers import local_service as local_server
+from handlers.torchserve_launcher import api_key
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.data.imageio import read_image
 from neurovit.model import load_model
 from neurovit.preprocessing import preprocess
-from training import serve as local_server
-from training.torchserve_launcher import api_key
 
 REAL_SLICES = Path("../shared/data/brain-tumor-mri/validation")
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 from neurovit.errors import NeuroVitError
 from neurovit.integrity import VERSION_DIR_ENV
 
-if TYPE_CHECKING:  # training.package imports torch: not for `neurovit predict` and `stop`
-    from training.package import ServerSettings
+if TYPE_CHECKING:  # handlers.package imports torch: not for `neurovit predict` and `stop`
+    from handlers.package import ServerSettings
 
 KEY_FILE = "key_file.json"
 CONFIG_FILE = "config.properties"
@@ -80,7 +80,7 @@ def local_settings(
 ) -> ServerSettings:
     """Loopback addresses from ``port`` (inference), ``port+1`` (management), ``port+2`` (metrics), ``port+3``
     and ``port+4`` (gRPC); token authorisation on. ``other_settings``: further ServerSettings fields."""
-    from training.package import ServerSettings
+    from handlers.package import ServerSettings
 
     values: dict = {
         "inference_address": f"http://127.0.0.1:{port}",
@@ -162,7 +162,7 @@ def _prepare(
     workdir: Path, model: str, version: str, settings: ServerSettings, version_dir: Path, envelope: str | None
 ) -> tuple[list[str], dict[str, str]]:
     """config.properties in ``workdir``; the command (without --start/--foreground) and its environment."""
-    from training.package import config_properties
+    from handlers.package import config_properties
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)

@@ -26,9 +26,9 @@ import torch
 
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.model import ModelConfig
-from training import flow
-from training.flow import run_main_job
+from training import stages
 from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
+from training.stages import run_main_job
 from training.train import TrainConfig, measure_step_ratio
 
 CPU_BENCH_IMAGE_SIZE = 96
@@ -83,7 +83,7 @@ def run(
     plan, result, metrics = job["plan"], job["train"], job["metrics"]
     print(f"leaking held-out images dropped: {plan.dropped}", flush=True)
     # Measured after training, on the arrays the run cached: same loader, same data, same machine.
-    train_arrays = flow.split_arrays(data_dir, plan, "train", preprocessing, run_dir / "cache")
+    train_arrays = stages.split_arrays(data_dir, plan, "train", preprocessing, run_dir / "cache")
     ratio = measure_step_ratio(train_arrays, plan.classes, preprocessing, config)
     print(f"step ratio: {json.dumps(ratio)}", flush=True)
     summary = {

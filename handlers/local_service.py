@@ -7,7 +7,7 @@
 overlays and the full answer go to ``outputs/predictions/`` (never beside the image: a dataset folder would
 read them back as images). ``stop`` stops it. ``demo`` (``neurovit serve --demo``) serves the latest
 version, predicts one demo slice with both maps and stops. TorchServe itself is started and stopped by
-``training.torchserve_launcher``.
+``handlers.torchserve_launcher``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from handlers import torchserve_launcher as launcher
+from handlers.torchserve_launcher import KEY_FILE, ServeError, api_key
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.masks import read_mask
 from neurovit.data.split import load_split
 from neurovit.explain_metrics import DEFAULT_TOLERANCE_PX, TOLERANCE_SIDE_PX, lesion_hit
 from neurovit.store import resolve_version
-from training import torchserve_launcher as launcher
-from training.torchserve_launcher import KEY_FILE, ServeError, api_key
 
 SERVE_DIR = OUTPUT_DIR / "serve"
 PREDICTIONS_DIR = OUTPUT_DIR / "predictions"
@@ -42,7 +42,7 @@ def serve(
     batch_size: int = 4,
 ) -> dict:
     """Fetch ``model`` (a version folder, s3:// URI or "latest"), start TorchServe on it, wait for it."""
-    from training.package import METRICS_CONFIG, MODEL_STORE, package_stage
+    from handlers.package import METRICS_CONFIG, MODEL_STORE, package_stage
 
     launcher.check_java()
     serve_dir = Path(serve_dir).resolve()

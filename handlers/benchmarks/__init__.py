@@ -1,0 +1,1 @@
+"""Benchmarks of the running service: latency against the bare model, capacity of one replica under locust."""

@@ -1,0 +1,1 @@
+"""Evaluations of a published version beyond its test metrics: explanation maps, the OOD flag."""

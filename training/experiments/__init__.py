@@ -1,0 +1,1 @@
+"""One-off measurements behind a setting (for example the near-duplicate threshold)."""
