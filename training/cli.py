@@ -23,7 +23,9 @@ from neurovit.errors import NeuroVitError, StoreError
 from neurovit.model import ModelConfig
 from neurovit.store import open_store, resolve
 from training import flow
+from training.evaluate import PREDICTIONS_FILE
 from training.guide import GUIDE_FILE, load_guide_set
+from training.model_card import MODEL_CARD_MARKDOWN
 from training.train import TrainConfig
 
 log = logging.getLogger("neurovit")
@@ -133,7 +135,7 @@ def run_main_job(
         run_dir / "publish",
         extra_files=extra_files,
     )
-    print(f"      published {version_uri}")
+    print(f"      published {version_uri} (model card: {MODEL_CARD_MARKDOWN} in the version)")
     return {
         "version": version_uri,
         "metrics": metrics,
@@ -201,7 +203,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_before_calibration")}, indent=2
         )
     )
+    if "ood" in metrics:
+        ood = metrics["ood"]
+        print(f"out of distribution: {ood['flagged_rate']:.1%} flagged (threshold {ood['threshold']:.3f})")
     print(f"metrics: {out / 'metrics.json'}\nplots:   {out}/{{confusion_matrix,roc_curves,reliability}}.png")
+    print(f"per image: {out / PREDICTIONS_FILE}")
 
 
 def cmd_versions(args: argparse.Namespace) -> None:

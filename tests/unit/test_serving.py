@@ -44,6 +44,7 @@ from neurovit.explain import explain
 from neurovit.preprocessing import to_tensor
 from neurovit.serving import (
     EXPLAIN_HEADER,
+    MODEL_CARD_FILE,
     InvalidInput,
     Predictor,
     ServingOptions,
@@ -422,6 +423,27 @@ def test_package_holds_the_archive_and_the_kserve_config(model_dir, tmp_path):
     snapshot = json.loads(properties["model_snapshot"])
     entry = snapshot["models"]["neurovit"][VERSION]
     assert entry["marName"] == "neurovit.mar" and entry["batchSize"] == 1  # KServe's envelopes cannot batch
+
+
+def test_the_describe_call_returns_the_model_card_packed_in_the_archive(model_dir, tmp_path):
+    """``GET /models/neurovit?customized=true``: TorchServe unpacks the .mar into the worker's model_dir
+    and sends the describe job to the handler, which answers with the card the archive carries."""
+    card = {"name": "neurovit", "version": VERSION, "intended_use": "research", "research_use_only": True}
+    card_file = tmp_path / MODEL_CARD_FILE
+    card_file.write_text(json.dumps(card))
+    files = package_stage(model_dir, tmp_path / "package", "neurovit", VERSION, extra_files=[card_file])
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(files["model-store/neurovit.mar"]) as archive:
+        archive.extractall(unpacked)
+    assert json.loads((unpacked / MODEL_CARD_FILE).read_text()) == card
+    (text,), _ = run(handler_for(unpacked), [describe_job()])
+    described = json.loads(text)
+    assert described["model_card"] == card and described["model"]["version"] == VERSION
+
+
+def test_a_version_without_a_model_card_describes_itself_without_one(handler_and_context):
+    (text,), _ = run(handler_and_context, [describe_job()])
+    assert json.loads(text)["model_card"] is None
 
 
 def test_config_properties_switches_token_authorisation():
