@@ -28,6 +28,12 @@ SCHEMA_VERSION = 1
 EXPLAIN_RESULTS = "explain_eval.json"  # what `make eval-explain` writes (training.eval_explain)
 # Fewer training slices than this is small data for a ViT, and the card says so.
 _SMALL_DATA = 10_000
+_REMOVED = {
+    "corrupt_files": "corrupt files",
+    "not_mri_files": "files that are not MRI (noise-like or flat)",
+    "leaking_images_dropped": "images leaking across splits dropped",
+    "leaking_images_moved_to_train": "leaking images moved to train",
+}
 
 INTENDED_USE = (
     "Research on classifying single 2-D brain MRI slices into the classes below, and on explaining those "
@@ -63,7 +69,7 @@ def _input_contract(preprocessing: PreprocessConfig) -> dict:
         "num_channels": 1,
         "colour": "converted to grey (luma); the model reads one channel",
         "spatial_shape": [preprocessing.image_size, preprocessing.image_size],
-        "resize": "longer side to the model size, aspect kept, centred on a zero square",
+        "resize": f"longer side to {preprocessing.image_size} pixels, aspect kept, centred on a zero square",
         "intensity": f"{preprocessing.intensity_window} window: {window}; then (x - {preprocessing.mean}) / "
         f"{preprocessing.std}",
         "preprocessing": asdict(preprocessing),
@@ -248,6 +254,10 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def _with_interval(entry: dict) -> str:
     if entry["value"] is None:
         return "n/a"
@@ -272,9 +282,9 @@ def render_markdown(card: dict) -> str:
         "",
         "## Input",
         "",
-        f"- Modality: {image['modality']}: {image['description']}.",
+        f"- Modality: {image['modality']} ({image['description']}).",
         f"- Formats: {', '.join(image['formats'])}; {image['colour']}.",
-        f"- Size: any; {image['resize']} of {size} pixels.",
+        f"- Size: any; the model sees {size} pixels ({image['resize']}).",
         f"- Intensity: {image['intensity']}.",
         f"- Output: probabilities of {', '.join(card['network_data_format']['outputs']['pred']['classes'])}.",
         "",
@@ -282,8 +292,8 @@ def render_markdown(card: dict) -> str:
         "",
         f"- Fingerprint: `{data['fingerprint']}`",
         "- Images: " + ", ".join(f"{name} {n}" for name, n in data["images_per_split"].items()),
-        "- Removed before training: "
-        + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in data["removed"].items()),
+        "- Left out or moved by the split: "
+        + ", ".join(f"{_REMOVED[name]} {n}" for name, n in data["removed"].items()),
     ]
     analysis = data["analysis"]
     if analysis is not None:
@@ -329,7 +339,7 @@ def render_markdown(card: dict) -> str:
         lines.append(
             f"Score: {ood['score']}. An answer is flagged above {ood['threshold']:.3f}, set to flag "
             f"{ood['target_false_positive_rate']:.0%} of validation slices; real slices of the "
-            f"{ood['held_out_split']} split flagged: {_number(ood['false_positive_rate_held_out'], 3)}."
+            f"{ood['held_out_split']} split flagged: {_percent(ood['false_positive_rate_held_out'])}."
         )
     lines += ["", "## Explanations", ""]
     explanations = card["explanations"]
