@@ -6,7 +6,8 @@ that holds both)::
     config/config.properties   TorchServe settings, model_snapshot naming the model
     config/metrics.yaml        TorchServe's metrics config (global to the server, so it lives here too)
     model-store/<model>.mar    handler, weights, config.json, preprocessing.json, neurovit.json (labels and
-                               temperature), model-config.yaml (handler limits), metrics.yaml, the schema
+                               temperature), model-config.yaml (handler limits), metrics.yaml, the schema,
+                               and the version's model_card.json when given (the describe call returns it)
 
 The main job packages before it publishes, so both files belong to the published version and its manifest.
 ``neurovit package --model <version|latest>`` packages a published version into
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from neurovit.errors import NeuroVitError
 from neurovit.model import MODEL_INFO_FILE
 from neurovit.ood import OOD_FILE
 from neurovit.preprocessing import PREPROCESSING_FILE
-from neurovit.serving import ServingOptions
+from neurovit.serving import MODEL_CARD_FILE, ServingOptions
 
 HANDLERS_DIR = Path(__file__).resolve().parents[1] / "handlers"
 HANDLER_FILE = HANDLERS_DIR / "neurovit_handler.py"
@@ -159,8 +161,10 @@ def build_archive(
     model_name: str,
     version: str,
     options: ServingOptions | None = None,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
-    """``<export_dir>/<model_name>.mar`` from a model folder written by ``save_model``."""
+    """``<export_dir>/<model_name>.mar`` from a model folder written by ``save_model``; ``extra_files`` (e.g.
+    the version's model card) join the archive's root."""
     model_dir, export_dir = Path(model_dir), Path(export_dir)
     missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
     if missing:
@@ -174,10 +178,10 @@ def build_archive(
             shutil.copy2(model_dir / name, staging / name)
         handler_options = asdict(options or ServingOptions())
         (staging / MODEL_CONFIG_FILE).write_text(yaml.safe_dump({"handler": handler_options}))
-        for source in (METRICS_FILE, SCHEMA_FILE):
-            shutil.copy2(source, staging / source.name)
+        for source in (METRICS_FILE, SCHEMA_FILE, *extra_files):
+            shutil.copy2(source, staging / Path(source).name)
         extra = [staging / name for name in present if name != "model.safetensors"]
-        extra += [staging / METRICS_FILE.name, staging / SCHEMA_FILE.name]
+        extra += [staging / Path(source).name for source in (METRICS_FILE, SCHEMA_FILE, *extra_files)]
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", model_name,
@@ -206,11 +210,13 @@ def package_stage(
     version: str,
     settings: ServerSettings | None = None,
     options: ServingOptions | None = None,
+    extra_files: Sequence[Path] = (),
 ) -> dict[str, Path]:
-    """Archive and TorchServe config in ``out_dir``; returns ``{relpath in the version: file}``."""
+    """Archive and TorchServe config in ``out_dir``; returns ``{relpath in the version: file}``.
+    ``extra_files`` go into the archive (``build_archive``)."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
-    archive = build_archive(model_dir, out_dir / MODEL_STORE, model_name, version, options)
+    archive = build_archive(model_dir, out_dir / MODEL_STORE, model_name, version, options, extra_files)
     (out_dir / "config").mkdir(parents=True)
     properties = out_dir / CONFIG_PROPERTIES
     properties.write_text(config_properties(model_name, version, settings or ServerSettings()))
@@ -232,7 +238,8 @@ def package_version(model: str = "latest", store: str = DEFAULT_STORE, out: Path
     out = Path(out or OUTPUT_DIR / "package" / version)
     with tempfile.TemporaryDirectory(prefix="neurovit-fetch-") as scratch:
         fetched = store_.fetch(name, version, Path(scratch) / "version")
-        files = package_stage(fetched / "model", out, name, version)
+        card = [fetched / MODEL_CARD_FILE] if (fetched / MODEL_CARD_FILE).is_file() else []
+        files = package_stage(fetched / "model", out, name, version, extra_files=card)
     for relpath in files:
         print(f"{out / relpath}")
     print(f"serve it with KServe: storageUri = the folder {out} (config/ and model-store/)")

@@ -75,6 +75,8 @@ EXPLAIN_CHOICES = ("none", "rollout", "heatmap", "all")
 # Where raw bodies name their explanation on TorchServe's /predictions route, which drops query strings.
 EXPLAIN_HEADER = "x-neurovit-explain"
 IMAGE_FIELDS = ("data", "file", "image")
+# The version's model card (training.model_card), packed into the archive beside the weights.
+MODEL_CARD_FILE = "model_card.json"
 JSON_FIELDS = ("data", "explain")
 _GRID_DECIMALS = 4
 # Our bodies nest 4 deep at most (a v2 body's inputs -> tensor -> parameters); Python's json raises
@@ -453,6 +455,12 @@ def status_phrase(message: str, limit: int = 200) -> str:
     return text[: limit - 3] + "..." if len(text) > limit else text
 
 
+def load_model_card(model_dir: str | Path) -> dict | None:
+    """The folder's ``model_card.json``, or None when it has none."""
+    path = Path(model_dir) / MODEL_CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class Predictor:
     """A loaded model with its preprocessing, labels and temperature, answering batches of images."""
 
@@ -464,8 +472,10 @@ class Predictor:
         options: ServingOptions | None = None,
         reference: MonitoringReference | None = None,
         ood_scorer: OODScorer | None = None,
+        model_card: dict | None = None,
     ) -> None:
         self.loaded = loaded
+        self.model_card = model_card  # None for a version published before model cards
         self.model = loaded.model.eval()
         self.name, self.version = name, version
         self.options = options or ServingOptions()
@@ -496,6 +506,7 @@ class Predictor:
             options,
             reference=MonitoringReference.load(model_dir),
             ood_scorer=OODScorer.load(model_dir),
+            model_card=load_model_card(model_dir),
         )
 
     @property
@@ -503,7 +514,8 @@ class Predictor:
         return self.loaded.class_names
 
     def describe(self) -> dict:
-        """What the service answers with: model, classes, calibration, preprocessing, limits, maps."""
+        """What the service answers with: model, classes, calibration, preprocessing, limits, maps, and the
+        version's model card (``model_card``: None when the version has none)."""
         return {
             "model": {"name": self.name, "version": self.version},
             "class_names": self.class_names,
@@ -512,6 +524,7 @@ class Predictor:
             "limits": asdict(self.options),
             "explanations": list(EXPLANATIONS),
             "disclaimer": RESEARCH_DISCLAIMER,
+            "model_card": self.model_card,
         }
 
     def prepare(self, request: ImageRequest) -> PreparedImage:
@@ -660,6 +673,7 @@ __all__ = [
     "EXPLAIN_HEADER",
     "EXPLANATIONS",
     "MAX_JSON_DEPTH",
+    "MODEL_CARD_FILE",
     "NO_IMAGE",
     "ImageRequest",
     "InvalidInput",
@@ -673,6 +687,7 @@ __all__ = [
     "error_body",
     "json_depth",
     "load_json",
+    "load_model_card",
     "parse_explain",
     "parse_item",
     "split_batch",

@@ -151,6 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from neurovit.data.split import load_split
     from neurovit.store import resolve_version
     from training import stages
+    from training.evaluation_report import PREDICTIONS_FILE
 
     store, model, version = resolve_version(args.model, args.store, model=MODEL_NAME)
     out = Path(args.out or OUTPUT_DIR / "evaluations" / f"{version}-{timestamp()}")
@@ -160,7 +161,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     print(f"model {model}/{version} on {metrics['n']} images of {args.data_dir} ({metrics['images']})")
     headline = {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_before_calibration")}
     print(json.dumps(headline, indent=2))
+    if "ood" in metrics:
+        ood = metrics["ood"]
+        print(f"out of distribution: {ood['flagged_rate']:.1%} flagged (threshold {ood['threshold']:.3f})")
     print(f"metrics: {out / 'metrics.json'}\nplots:   {out}/{{confusion_matrix,roc_curves,reliability}}.png")
+    print(f"per image: {out / PREDICTIONS_FILE}")
     return {"model": model, "version": version, "metrics": metrics, "out": str(out)}
 
 

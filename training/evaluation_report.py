@@ -1,4 +1,5 @@
-"""Write the evaluation of a trained model from its logits: ``metrics.json`` and three PNG plots.
+"""Write the evaluation of a trained model from its logits: ``metrics.json``, three PNG plots and, given the
+images' paths, ``predictions.csv`` (one row per image).
 
 The inference loop lives elsewhere; this module only turns (labels, logits) into the report. The
 temperature is fitted on validation logits (``fit_on``), never on the test logits being reported, so the
@@ -10,7 +11,9 @@ to call from a server thread.
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +22,16 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from neurovit.calibration import apply_temperature, fit_temperature
-from neurovit.metrics import DEFAULT_ECE_BINS, classification_metrics, reliability_bins, roc_curves
+from neurovit.metrics import (
+    DEFAULT_ECE_BINS,
+    classification_metrics,
+    per_class_intervals,
+    reliability_bins,
+    roc_curves,
+)
 
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
 ROC_CURVES_PLOT = "roc_curves.png"
 RELIABILITY_PLOT = "reliability.png"
@@ -154,7 +164,9 @@ def write_evaluation(
     Returns:
         The dict written to ``metrics.json``: the calibrated metrics of ``classification_metrics`` at top
         level plus ``temperature``, ``temperature_source``, ``ece_before_calibration``,
-        ``ece_after_calibration``, ``nll_before_calibration`` and ``nll_after_calibration``.
+        ``ece_after_calibration``, ``nll_before_calibration``, ``nll_after_calibration`` and
+        ``per_class_intervals`` (bootstrap 95 % intervals of each class' sensitivity, specificity and AUC
+        after calibration, seeded: ``neurovit.metrics.per_class_intervals``).
     """
     out_path = Path(out_dir)
     labels = np.asarray(y_true)
@@ -172,6 +184,7 @@ def write_evaluation(
         "ece_after_calibration": after["ece"],
         "nll_before_calibration": before["nll"],
         "nll_after_calibration": after["nll"],
+        "per_class_intervals": per_class_intervals(labels, probs_after, class_names),
     }
 
     out_path.mkdir(parents=True, exist_ok=True)
@@ -187,13 +200,60 @@ def write_evaluation(
     return metrics
 
 
+def write_predictions(
+    out_dir: str | Path,
+    relpaths: Sequence[str],
+    y_true: np.ndarray,
+    logits: np.ndarray,
+    class_names: list[str],
+    temperature: float,
+    ood_scores: np.ndarray | None = None,
+    ood_threshold: float | None = None,
+) -> Path:
+    """``predictions.csv`` in ``out_dir``: one row per image, in the order given.
+
+    Columns: ``path`` (relative to the data folder: the file name is the only thing about a patient it
+    carries), ``true_class``, ``predicted_class``, ``p_<class>`` (temperature-calibrated probability, one
+    column per class), ``ood_score`` and ``ood_flagged`` (score above the version's threshold; both empty
+    for a model without an OOD scorer).
+    """
+    labels = np.asarray(y_true)
+    probs = apply_temperature(np.asarray(logits), temperature)
+    if not len(relpaths) == len(labels) == len(probs):
+        raise ValueError(f"{len(relpaths)} paths, {len(labels)} labels and {len(probs)} rows of logits")
+    if (ood_scores is None) != (ood_threshold is None):
+        raise ValueError("pass both ood_scores and ood_threshold, or neither")
+    if ood_scores is not None and len(ood_scores) != len(labels):
+        raise ValueError(f"{len(ood_scores)} OOD scores for {len(labels)} images")
+    path = Path(out_dir) / PREDICTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["path", "true_class", "predicted_class", *(f"p_{name}" for name in class_names)]
+            + ["ood_score", "ood_flagged"]
+        )
+        for i, relpath in enumerate(relpaths):
+            ood = ["", ""]
+            if ood_scores is not None:
+                ood = [f"{float(ood_scores[i]):.4f}", str(bool(ood_scores[i] > ood_threshold)).lower()]
+            writer.writerow(
+                [relpath, class_names[labels[i]], class_names[int(probs[i].argmax())]]
+                + [f"{p:.6f}" for p in probs[i]]
+                + ood
+            )
+    return path
+
+
 __all__ = [
     "CONFUSION_MATRIX_PLOT",
     "METRICS_FILE",
+    "PREDICTIONS_FILE",
     "RELIABILITY_PLOT",
     "ROC_CURVES_PLOT",
     "plot_confusion_matrix",
     "plot_reliability",
     "plot_roc_curves",
     "write_evaluation",
+    "write_predictions",
 ]

@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 PIPELINE_NAME = "neurovit-training"
 PIPELINE_FILE = Path(__file__).with_name("pipeline.yaml")
@@ -203,9 +203,8 @@ def train(
         seed=seed,
     )
     with tempfile.TemporaryDirectory(prefix="neurovit-train-") as work:
-        result = stages.train_stage(
-            dataset.path, split_plan.path, Path(work) / "train", config, progress=False
-        )
+        # One line per epoch in the task log (a bar only on a terminal: neurovit.progress).
+        result = stages.train_stage(dataset.path, split_plan.path, Path(work) / "train", config)
         shutil.copytree(result.best_dir, model.path, dirs_exist_ok=True)
     model.metadata.update(
         {
@@ -270,12 +269,16 @@ def publish(
     analysis: Input[Artifact],
     store_uri: str,
     model_name: str,
+    model_card: Output[Markdown],
 ) -> str:
-    """Publish model, evaluation, split and analysis as one checksummed version; returns its URI."""
+    """Publish model, evaluation, split, analysis and the model card as one checksummed version; returns its
+    URI. The card (MODEL_CARD.md of the version) is also this task's Markdown artifact, shown in the UI."""
+    import shutil
     import tempfile
     from pathlib import Path
 
     from training import stages
+    from training.model_card import MODEL_CARD_MARKDOWN
 
     with tempfile.TemporaryDirectory(prefix="neurovit-publish-") as work:
         version_uri = stages.publish_stage(
@@ -287,6 +290,8 @@ def publish(
             analysis.path,
             Path(work) / "staging",
         )
+        shutil.copyfile(Path(work) / "staging" / MODEL_CARD_MARKDOWN, model_card.path)
+    model_card.metadata.update({"version_uri": version_uri})
     print(f"published {version_uri}")
     return version_uri
 
@@ -390,7 +395,7 @@ def training_pipeline(
     # Publishing is a side effect: every run must publish its own version.
     published.set_caching_options(enable_caching=False)
     _with_store_access(published, store_secret, store_config)
-    return published.output
+    return published.outputs["Output"]
 
 
 def compile_pipeline(output: str | Path = PIPELINE_FILE) -> Path:

@@ -24,14 +24,18 @@ import torch
 import neurovit
 from neurovit.config import MODEL_NAME
 from neurovit.data import analysis, split
-from neurovit.data.arrays import load_arrays
+from neurovit.data.arrays import load_arrays_kept
 from neurovit.data.layout import discover
+from neurovit.drift import MonitoringReference
 from neurovit.errors import DataError, OutputError
 from neurovit.model import ModelInfo, load_model, save_model
+from neurovit.ood import OODScorer, capture_features, stack_features
 from neurovit.preprocessing import PreprocessConfig
+from neurovit.serving import MODEL_CARD_FILE
 from neurovit.store import new_version_id, open_store
-from training.evaluation_report import write_evaluation
+from training.evaluation_report import write_evaluation, write_predictions
 from training.guide import GUIDE_FILE, GuideSet, load_guide_set
+from training.model_card import MODEL_CARD_MARKDOWN, build_card, write_card
 from training.monitoring_reference import write_monitoring_reference
 from training.train import BatchLoader, TrainConfig, TrainResult, pick_device, predict_logits, train
 
@@ -151,17 +155,30 @@ def split_arrays(
     cache_dir=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Canonical uint8 images and label indices of one split."""
+    images, labels, _ = named_split_arrays(data_dir, plan, split_name, preprocessing, cache_dir)
+    return images, labels
+
+
+def named_split_arrays(
+    data_dir: str | Path,
+    plan: split.SplitPlan,
+    split_name: str,
+    preprocessing: PreprocessConfig,
+    cache_dir=None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``split_arrays`` plus each image's path relative to the data folder."""
     root = Path(data_dir).resolve()
     entries = [e for e in plan.entries if e.split == split_name]
     if not entries:
         raise DataError(f"split {split_name!r} is empty")
-    return load_arrays(
+    images, labels, kept = load_arrays_kept(
         [root / e.relpath for e in entries],
         [plan.classes.index(e.label) for e in entries],
         [e.sha256 for e in entries],
         preprocessing,
         cache_dir=cache_dir,
     )
+    return images, labels, [entries[i].relpath for i in kept]
 
 
 def train_stage(
@@ -185,7 +202,10 @@ def train_stage(
     )
 
 
-def _logits(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _logits(
+    model_dir: Path, images: np.ndarray, labels: np.ndarray, progress: str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Logits, labels and the OOD features (``neurovit.ood.FEATURES``) of the images, in one pass."""
     loaded = load_model(model_dir, device=pick_device("auto"))
     loader = BatchLoader(
         images,
@@ -196,7 +216,18 @@ def _logits(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[np
         shuffle=False,
         drop_last=False,
     )
-    return predict_logits(loaded.model, loader)
+    with capture_features(loaded.model) as captured:  # read-only hooks: the logits are the same
+        logits, labels = predict_logits(loaded.model, loader, progress)
+    return logits, labels, stack_features(captured)
+
+
+def _ood_scores(model_dir: Path, features: dict[str, np.ndarray]) -> tuple[np.ndarray, float] | None:
+    """OOD scores of the features by the model folder's scorer (the one served) and its threshold; None for
+    a model published without them."""
+    scorer, reference = OODScorer.load(model_dir), MonitoringReference.load(model_dir)
+    if scorer is None or reference is None or reference.ood_threshold is None:
+        return None
+    return scorer.score(features), float(reference.ood_threshold)
 
 
 def calibrate_and_evaluate_stage(
@@ -210,20 +241,25 @@ def calibrate_and_evaluate_stage(
 
     ``model_out`` receives a copy of the model whose neurovit.json carries the fitted temperature, plus the
     monitoring reference (drift bins, class mix, OOD scorer and threshold: ``training.monitoring_reference``).
+    ``out_dir`` gets the report (``training.evaluation_report``) and ``predictions.csv`` of the evaluated
+    images, whose OOD flag rate (real MRI the threshold never saw, when there is a test split) joins the
+    metrics.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     plan = split.load_split(split_path)
     loaded = load_model(model_dir)
     cache = out_dir.parent / "cache"  # shared with the train stage of the same run
-    val_images, val_labels = split_arrays(data_dir, plan, "val", loaded.preprocessing, cache)
-    val_logits, val_labels = _logits(model_dir, val_images, val_labels)
+    val_images, val_labels, val_paths = named_split_arrays(data_dir, plan, "val", loaded.preprocessing, cache)
+    val_logits, val_labels, val_features = _logits(model_dir, val_images, val_labels)
     has_test = any(e.split == "test" for e in plan.entries)
     if has_test:
-        test_images, test_labels = split_arrays(data_dir, plan, "test", loaded.preprocessing, cache)
-        test_logits, test_labels = _logits(model_dir, test_images, test_labels)
+        test_images, test_labels, test_paths = named_split_arrays(
+            data_dir, plan, "test", loaded.preprocessing, cache
+        )
+        test_logits, test_labels, test_features = _logits(model_dir, test_images, test_labels, "evaluating")
     else:
         log.warning("no test split: reporting on val, which also chose the checkpoint (optimistic)")
-        test_logits, test_labels = val_logits, val_labels
+        test_logits, test_labels, test_paths, test_features = val_logits, val_labels, val_paths, val_features
     metrics = write_evaluation(
         out_dir, test_labels, test_logits, plan.classes, fit_on=(val_logits, val_labels)
     )
@@ -238,6 +274,11 @@ def calibrate_and_evaluate_stage(
     save_model(loaded.model, model_out, loaded.preprocessing, info)
     train_data = split_arrays(data_dir, plan, "train", loaded.preprocessing, cache)
     metrics["monitoring"] = write_monitoring_reference(model_out, train_data, (val_images, val_labels))
+    scores, threshold = _ood_scores(model_out, test_features)
+    metrics["monitoring"]["ood_evaluated_flagged_rate"] = float(np.mean(scores > threshold))
+    write_predictions(
+        out_dir, test_paths, test_labels, test_logits, plan.classes, info.temperature, scores, threshold
+    )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -248,7 +289,8 @@ def evaluate_model_stage(
     out_dir: str | Path,
     only: split.SplitPlan | None = None,
 ) -> dict:
-    """Evaluate a saved model on the readable images of ``data_dir`` with its stored temperature.
+    """Evaluate a saved model on the readable images of ``data_dir`` with its stored temperature: the report
+    and ``predictions.csv`` (one row per image, with its OOD score and flag when the model has a scorer).
 
     ``only``: restrict to the test entries of this split plan (the version's own held-out images), so
     images seen in training, leaked duplicates and non-MRI files stay out of the figures.
@@ -263,18 +305,26 @@ def evaluate_model_stage(
     unknown = sorted(set(index.classes) - set(loaded.class_names))
     if unknown:
         raise DataError(f"classes {unknown} in {data_dir} are unknown to the model ({loaded.class_names})")
-    images, labels = load_arrays(
+    images, labels, kept = load_arrays_kept(
         [r.path for r in index.records],
         [loaded.class_names.index(r.label) for r in index.records],
         [r.relpath for r in index.records],  # no cache, so the key need not be a content hash
         loaded.preprocessing,
     )
-    logits, labels = _logits(Path(model_dir), images, labels)
+    logits, labels, features = _logits(Path(model_dir), images, labels, "evaluating")
     metrics = write_evaluation(
         out_dir, labels, logits, loaded.class_names, temperature=loaded.info.temperature
     )
     metrics["data_dir"] = str(Path(data_dir).resolve())
     metrics["images"] = "held-out test split of the version" if only is not None else "all readable"
+    ood = _ood_scores(Path(model_dir), features)
+    scores, threshold = ood if ood is not None else (None, None)
+    if ood is not None:
+        metrics["ood"] = {"threshold": threshold, "flagged_rate": float(np.mean(scores > threshold))}
+    relpaths = [index.records[i].relpath for i in kept]
+    write_predictions(
+        out_dir, relpaths, labels, logits, loaded.class_names, loaded.info.temperature, scores, threshold
+    )
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -343,22 +393,36 @@ def publish_stage(
     version: str | None = None,
     package: bool = True,
 ) -> str:
-    """Package for TorchServe/KServe, then publish model, evaluation, split, analysis and the package as
-    one version; returns the version's URI.
+    """Write the model card, package for TorchServe/KServe, then publish model, evaluation, split,
+    analysis, the card and the package as one version; returns the version's URI.
 
-    With ``package`` the archive and config.properties (KServe's layout) are built first under the new
-    version id, which they record. ``extra_files`` (``{relpath: file}``) join the version too.
+    The card (``training.model_card``: ``MODEL_CARD.md`` and ``model_card.json`` at the version's root) is
+    built from these same files. With ``package`` the archive (which carries ``model_card.json``) and
+    config.properties (KServe's layout) are built next under the new version id, which they record.
+    ``extra_files`` (``{relpath: file}``) join the version too.
     """
     from handlers.package import package_stage  # packaging needs torch-model-archiver only here
 
     version = version or new_version_id()
     staging = Path(staging_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    if package:
-        packaged = package_stage(model_dir, staging.with_name(staging.name + "-package"), model_name, version)
-        extra_files = {**packaged, **(extra_files or {})}
-    with built_in_place(staging, "publish staging folder") as building:
-        _stage_version_files(building, model_dir, eval_dir, split_path, analysis_dir, extra_files or {})
+    card = build_card(
+        model_name, version, model_dir, eval_dir, split_path, analysis_dir, code_version=code_version()
+    )
+    with tempfile.TemporaryDirectory(prefix="neurovit-card-") as card_dir:
+        card_files = write_card(card, card_dir)
+        extra_files = {**card_files, **(extra_files or {})}
+        if package:
+            packaged = package_stage(
+                model_dir,
+                staging.with_name(staging.name + "-package"),
+                model_name,
+                version,
+                extra_files=[card_files[MODEL_CARD_FILE]],
+            )
+            extra_files = {**packaged, **extra_files}
+        with built_in_place(staging, "publish staging folder") as building:
+            _stage_version_files(building, model_dir, eval_dir, split_path, analysis_dir, extra_files)
 
     metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
     info = ModelInfo.load(model_dir)
@@ -380,9 +444,10 @@ def publish_stage(
         "data_fingerprint": split.load_split(split_path).fingerprint,
         "preprocessing": json.loads((Path(model_dir) / "preprocessing.json").read_text()),
         "class_names": info.class_names,
-        "code_version": code_version(),
+        "code_version": card["code_version"],
         "torch_version": torch.__version__,
         "disclaimer": neurovit.RESEARCH_DISCLAIMER,
+        "model_card": sorted(card_files),  # the card's files, at the version's root
     }
     store = open_store(store_uri)
     version = store.publish(model_name, staging, metadata=metadata, version=version)
@@ -470,7 +535,7 @@ def run_main_job(
         run_dir / "publish",
         extra_files=extra_files,
     )
-    print(f"      published {version_uri}")
+    print(f"      published {version_uri} (model card: {MODEL_CARD_MARKDOWN} in the version)")
     return {
         "version": version_uri,
         "metrics": metrics,

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, update_bn
-from tqdm.auto import tqdm
 
 from neurovit.explain import ROLLOUT_START_LAYER
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
+from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
 from training.guide import GuideSet, guide_loss
 
@@ -224,14 +224,31 @@ class WarmupCosine:
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, loader: BatchLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels for every image of an unshuffled, un-augmented loader."""
+def predict_logits(
+    model: torch.nn.Module, loader: BatchLoader, progress: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every image of an unshuffled, un-augmented loader.
+
+    ``progress``: the label of a per-batch bar (drawn on a terminal only, ``neurovit.progress``); None
+    draws none (validation inside a training epoch).
+    """
     model.eval()
     logits, labels = [], []
-    for images, targets in loader.batches():
+    batches = progress_bar(
+        loader.batches(), enabled=progress is not None, total=len(loader), desc=progress, leave=False
+    )
+    for images, targets in batches:
         logits.append(model(images).logits.float().cpu())
         labels.append(targets.cpu())
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def epoch_line(record: dict) -> str:
+    """The one line a training epoch writes: epoch, loss, accuracy, validation accuracy and seconds."""
+    return (
+        f"epoch {record['epoch']}: loss {record['train_loss']:.3f} train acc {record['train_accuracy']:.3f}"
+        f" val acc {record['val_accuracy']:.3f} ({record['seconds']:.0f}s)"
+    )
 
 
 def _save_atomically(state: dict, path: Path) -> None:
@@ -346,10 +363,11 @@ def train(
         model.train()
         started = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(
+        # A bar per batch on a terminal only; a log (kfp, CI, a file) gets the one line per epoch below.
+        bar = progress_bar(
             train_loader.batches(generator),
+            enabled=progress,
             total=steps_per_epoch,
-            disable=not progress,
             desc=f"epoch {epoch}/{state['planned_epochs']}",
             mininterval=2.0,
             leave=False,
@@ -402,10 +420,7 @@ def train(
         state["history"].append(record)
         log.info("epoch %d: %s", epoch, json.dumps(record))
         if progress:
-            tqdm.write(
-                f"epoch {epoch}: loss {record['train_loss']:.3f} train acc {record['train_accuracy']:.3f}"
-                f" val acc {val_accuracy:.3f} ({epoch_seconds:.0f}s)"
-            )
+            print(epoch_line(record), flush=True)
         if val_accuracy > state["best_accuracy"]:
             state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch
             _save_best(ema.module, run_dir, preprocessing, info)
@@ -504,4 +519,12 @@ def measure_step_ratio(
     return {"loader_step_s": loader_step, "bare_step_s": bare_step, "step_ratio": loader_step / bare_step}
 
 
-__all__ = ["BatchLoader", "TrainConfig", "TrainResult", "measure_step_ratio", "predict_logits", "train"]
+__all__ = [
+    "BatchLoader",
+    "TrainConfig",
+    "TrainResult",
+    "epoch_line",
+    "measure_step_ratio",
+    "predict_logits",
+    "train",
+]

@@ -37,6 +37,7 @@ from neurovit.data.duplicates import (
 from neurovit.data.imageio import decode_image, read_image
 from neurovit.data.layout import SPLIT_ORDER, DatasetIndex, ImageRecord, discover
 from neurovit.errors import UnreadableImageError
+from neurovit.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +132,19 @@ def scan(index: DatasetIndex, *, workers: int = 2) -> list[ImageFingerprint]:
     """Fingerprint every record of ``index`` (same order), decoding each file once.
 
     ``workers`` > 1 uses a process pool. It starts through a fork server, so a caller that already
-    runs threads (torch does) cannot deadlock the workers.
+    runs threads (torch does) cannot deadlock the workers. A bar counts the files on a terminal
+    (``neurovit.progress``); the summary is the caller's line.
     """
     records = index.records
+    bar = {"total": len(records), "desc": "analysing", "unit": "file", "leave": False, "mininterval": 1.0}
     if workers <= 1 or len(records) < 2 * workers:
-        fingerprints = [fingerprint_file(record) for record in records]
+        fingerprints = [fingerprint_file(record) for record in progress_bar(records, **bar)]
     else:
         chunksize = max(1, min(64, len(records) // (workers * 8)))
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            fingerprints = list(pool.map(fingerprint_file, records, chunksize=chunksize))
+            results = pool.map(fingerprint_file, records, chunksize=chunksize)
+            fingerprints = list(progress_bar(results, **bar))
     corrupt = sum(not fingerprint.readable for fingerprint in fingerprints)
     logger.info(
         "scanned %d files: %d readable, %d corrupt", len(fingerprints), len(fingerprints) - corrupt, corrupt

@@ -62,13 +62,31 @@ def load_arrays(
     Raises:
         MissingFileError: a listed file is gone or unreadable (a vanished file is not skipped).
     """
+    images, label_array, _ = load_arrays_kept(paths, labels, content_hashes, config, cache_dir, workers)
+    return images, label_array
+
+
+def load_arrays_kept(
+    paths: list[Path],
+    labels: list[int],
+    content_hashes: list[str],
+    config: PreprocessConfig,
+    cache_dir: str | Path | None = None,
+    workers: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``load_arrays`` plus the (N,) indices into ``paths`` of the images kept, so each row can be named."""
     key = hashlib.sha256(
         json.dumps([content_hashes, labels, asdict(config)], sort_keys=True).encode()
     ).hexdigest()[:24]
     cache = Path(cache_dir) / f"arrays-{key}.npz" if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache) as stored:
-            return stored["images"], stored["labels"]
+            images, label_array = stored["images"], stored["labels"]
+            kept = stored["kept"] if "kept" in stored else None
+        if kept is None and len(images) == len(paths):  # cached before "kept" was: nothing was skipped
+            kept = np.arange(len(paths))
+        if kept is not None:
+            return images, label_array, kept
 
     decoded = decode_all(paths, config, workers)
     keep = [i for i, image in enumerate(decoded) if image is not None]
@@ -78,9 +96,10 @@ def load_arrays(
         raise DataError("none of the images in this split could be decoded")
     images = np.stack([decoded[i] for i in keep])
     label_array = np.asarray([labels[i] for i in keep], dtype=np.int64)
+    kept = np.asarray(keep, dtype=np.int64)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial.npz")
-        np.savez(partial, images=images, labels=label_array)
+        np.savez(partial, images=images, labels=label_array, kept=kept)
         os.replace(partial, cache)  # atomic: a crash never leaves a truncated cache behind
-    return images, label_array
+    return images, label_array, kept

@@ -426,3 +426,8 @@ def test_one_bad_v2_input_beside_a_good_one_is_refused_alone(handler_and_context
     first, second = (json.loads(output["data"][0]) for output in response["outputs"])
     assert_answer(first)
     assert second["code"] == 400 and "disagrees" in second["error"]
+
+
+def test_a_version_without_a_model_card_describes_itself_without_one(handler_and_context):
+    (text,), _ = run(handler_and_context, [describe_job()])
+    assert json.loads(text)["model_card"] is None

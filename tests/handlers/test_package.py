@@ -8,9 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fixtures.handler_harness import handler_for, request, run
 from fixtures.serving_samples import VERSION, save_tiny_model
 
 from handlers.package import ServerSettings, config_properties, package_stage
+from neurovit.serving import MODEL_CARD_FILE
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +53,20 @@ def test_config_properties_switches_token_authorisation():
     on = config_properties("m", "v1", ServerSettings(token_authorization=True))
     assert "disable_token_authorization=false" in on and "enable_model_api=false" in on
     assert "disable_token_authorization=true" in config_properties("m", "v1", ServerSettings())
+
+
+def test_the_describe_call_returns_the_model_card_packed_in_the_archive(model_dir, tmp_path):
+    """``GET /models/neurovit?customized=true``: TorchServe unpacks the .mar into the worker's model_dir
+    and sends the describe job to the handler, which answers with the card the archive carries."""
+    card = {"name": "neurovit", "version": VERSION, "intended_use": "research", "research_use_only": True}
+    card_file = tmp_path / MODEL_CARD_FILE
+    card_file.write_text(json.dumps(card))
+    files = package_stage(model_dir, tmp_path / "package", "neurovit", VERSION, extra_files=[card_file])
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(files["model-store/neurovit.mar"]) as archive:
+        archive.extractall(unpacked)
+    assert json.loads((unpacked / MODEL_CARD_FILE).read_text()) == card
+    describe = request(form={}, headers={"describe": "True"})  # the management API's describe job
+    (text,), _ = run(handler_for(unpacked), [describe])
+    described = json.loads(text)
+    assert described["model_card"] == card and described["model"]["version"] == VERSION

@@ -17,10 +17,13 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from fixtures.run_outputs import write_run_outputs
 from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, published_copy, save_tiny_model
 
 from handlers.package import MODEL_STORE, ServerSettings, package_stage
 from handlers.torchserve_launcher import running
+from neurovit.serving import MODEL_CARD_FILE
+from training.model_card import build_card, write_card
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,8 +95,8 @@ class TorchServe:
 
 @pytest.fixture(scope="session")
 def torchserve_package(tmp_path_factory) -> Path:
-    """A freshly packaged tiny model, published and fetched: ``config/``, ``model-store/`` and the
-    ``manifest.json`` the handler verifies, as KServe would mount them."""
+    """A freshly packaged tiny model with a model card, published and fetched: ``config/``,
+    ``model-store/`` and the ``manifest.json`` the handler verifies, as KServe would mount them."""
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         message = "TorchServe needs Java 17: `make java` (apt-get install -y openjdk-17-jre-headless)"
         if os.environ.get("CI"):  # `make test` installs Java first: in CI a missing JRE is a failure
@@ -101,7 +104,10 @@ def torchserve_package(tmp_path_factory) -> Path:
         pytest.skip(message)
     root = tmp_path_factory.mktemp("torchserve-package")
     model = save_tiny_model(root / "model")
-    package_stage(model, root / "package", MODEL, VERSION, options=TEST_OPTIONS)
+    run = write_run_outputs(root / "run")  # a card as the publish stage builds it (other run's figures)
+    card = build_card(MODEL, VERSION, run["model"], run["evaluation"], run["split"], run["analysis"])
+    card_file = write_card(card, root / "card")[MODEL_CARD_FILE]
+    package_stage(model, root / "package", MODEL, VERSION, options=TEST_OPTIONS, extra_files=[card_file])
     return published_copy(root / "package")
 
 

@@ -66,10 +66,16 @@ def test_local_run_publishes_a_complete_verified_version(tmp_path: Path) -> None
     assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == manifest["class_names"]
     assert sum(sum(row["row"]) for row in matrix["rows"]) == manifest["metrics"]["n"]
 
-    # The monitoring reference and the OOD scorer travel with the version, inside the archive too.
+    # The monitoring reference, the OOD scorer and the model card travel with the version, inside the
+    # archive too; the card is also the publish task's Markdown artifact, and the evaluation has one
+    # prediction per held-out image.
     assert {"model/monitoring.json", "model/ood.safetensors"} <= set(manifest["files"])
+    assert {"MODEL_CARD.md", "model_card.json", "evaluation/predictions.csv"} <= set(manifest["files"])
     with zipfile.ZipFile(store.root / model / version / "model-store" / f"{model}.mar") as archive:
-        assert {"monitoring.json", "ood.safetensors"} <= set(archive.namelist())
+        assert {"monitoring.json", "ood.safetensors", "model_card.json"} <= set(archive.namelist())
+    card_page = (run_dir / "publish" / "model_card").read_text()
+    assert card_page == (store.root / model / version / "MODEL_CARD.md").read_text()
+    assert f"# Model card: {model} {version}" in card_page
 
     # make eval-ood on the published version: held-out slices vs the built-in non-MRI images.
     out = tmp_path / "ood-eval"

@@ -154,7 +154,7 @@ def test_prometheus_metrics_count_answers_and_refusals(torchserve, png):
     assert 'reason="empty_body"' in text and 'feature="ood_score"' in text
 
 
-def test_the_management_api_describes_the_model_through_the_handler(torchserve):
+def test_the_management_api_describes_the_model_and_its_card_through_the_handler(torchserve):
     request = urllib.request.Request(
         f"{torchserve.management_url}/models/{MODEL}?customized=true",
         headers={"Authorization": f"Bearer {torchserve.management_key}"},
@@ -164,6 +164,9 @@ def test_the_management_api_describes_the_model_through_the_handler(torchserve):
     custom = description["customizedMetadata"]
     custom = json.loads(custom) if isinstance(custom, str) else custom
     assert custom["class_names"] == CLASS_NAMES and custom["model"]["version"] == VERSION
+    card = custom["model_card"]  # the version's model_card.json, from the archive
+    assert card["version"] == VERSION and card["research_use_only"] is True
+    assert card["network_data_format"]["inputs"]["image"]["modality"] == "MR"
 
 
 # ---- hostile input (issue 18) ------------------------------------------------------------------------------

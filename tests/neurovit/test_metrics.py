@@ -5,10 +5,13 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from neurovit.metrics import (
     classification_metrics,
     expected_calibration_error,
+    per_class_intervals,
+    rank_auc,
     reliability_bins,
     roc_curves,
 )
@@ -210,3 +213,38 @@ def test_report_is_json_serialisable(report):
 def test_bad_inputs_raise_clear_value_errors(y_true, probs, names, message):
     with pytest.raises(ValueError, match=message):
         classification_metrics(y_true, probs, names)
+
+
+# ---- bootstrap intervals (the model card's) -----------------------------------------------------------
+
+
+def test_rank_auc_is_scikit_learns_auc_ties_included():
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random((5, 40)), 1)  # rounded: many ties
+    positive = rng.random((5, 40)) < 0.4
+    expected = [roc_auc_score(p, s) for s, p in zip(scores, positive, strict=True)]
+    assert rank_auc(scores, positive) == pytest.approx(expected)
+
+
+def test_per_class_intervals_are_seeded_and_bracket_the_point_estimates():
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), labels] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    first = per_class_intervals(labels, probs, NAMES, resamples=400, seed=7)
+    assert per_class_intervals(labels, probs, NAMES, resamples=400, seed=7) == first
+    assert per_class_intervals(labels, probs, NAMES, resamples=400, seed=8) != first
+    points = classification_metrics(labels, probs, NAMES)["per_class"]
+    for name in NAMES:
+        for statistic in ("sensitivity", "specificity", "auc"):
+            bounds = first["per_class"][name][statistic]
+            assert bounds["ci_low"] < points[name][statistic] < bounds["ci_high"]
+            assert bounds["ci_high"] - bounds["ci_low"] < 0.25
+    json.dumps(first, allow_nan=False)
+
+
+def test_per_class_intervals_of_an_absent_class_are_none():
+    intervals = per_class_intervals(np.array([0, 0, 1, 1]), PROBS[:4], NAMES, resamples=50)
+    assert intervals["per_class"]["C"]["sensitivity"] is None and intervals["per_class"]["C"]["auc"] is None
+    assert intervals["per_class"]["C"]["specificity"] == {"ci_low": 1.0, "ci_high": 1.0}

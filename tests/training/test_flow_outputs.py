@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from fixtures.run_outputs import write_run_outputs
 
 from neurovit.errors import NeuroVitError, OutputError
 from training import stages
@@ -15,20 +15,10 @@ from training import stages
 
 @pytest.fixture()
 def run_outputs(tmp_path: Path) -> dict[str, Path]:
-    model = tmp_path / "model"
-    model.mkdir()
-    for name in ("config.json", "model.safetensors", "preprocessing.json"):
-        (model / name).write_bytes(b"x" * 4096)
-    evaluation = tmp_path / "evaluation"
-    (evaluation / "cache").mkdir(parents=True)
-    (evaluation / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
-    (evaluation / "cache" / "arrays.npz").write_bytes(b"big")
-    split_file = tmp_path / "split.json"
-    split_file.write_text("{}")
-    analysis = tmp_path / "analysis"
-    analysis.mkdir()
-    (analysis / "report.json").write_text("{}")
-    return {"model": model, "evaluation": evaluation, "split": split_file, "analysis": analysis}
+    outputs = write_run_outputs(tmp_path)
+    (outputs["evaluation"] / "cache").mkdir()
+    (outputs["evaluation"] / "cache" / "arrays.npz").write_bytes(b"big")
+    return outputs
 
 
 def test_disk_full_during_the_publish_copy_is_clear_and_leaves_nothing(

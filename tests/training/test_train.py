@@ -1,6 +1,9 @@
 """The training loop: it learns, it resumes exactly, it respects a time budget, it stops early."""
 
 import copy
+import io
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import torch
 import training.train as train_module
 from neurovit.model import ModelConfig, ModelInfo, build_model, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
+from neurovit.progress import on_terminal
 from training.augment import AugmentConfig, augment_batch
 from training.train import TrainConfig, measure_step_ratio, place_for_training, train
 
@@ -181,3 +185,48 @@ def test_cpu_training_layout_changes_memory_not_values(tmp_path):
     with torch.no_grad():
         reloaded = load_model(tmp_path).model(images).logits
     torch.testing.assert_close(reloaded, expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- progress output ---------------------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, as a developer's shell would."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def train_with_output(data, tmp_path, monkeypatch, epochs: int = 3) -> str:
+    """Stdout and stderr of a progress-reporting training run whose stderr is a terminal."""
+    stdout, stderr = io.StringIO(), Terminal()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    train(*data, CLASSES, PREPROCESSING, tiny_config(epochs=epochs), tmp_path, progress=True)
+    return stdout.getvalue() + stderr.getvalue()
+
+
+def test_under_ci_training_writes_one_line_per_epoch_and_no_bar(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    output = train_with_output(data, tmp_path, monkeypatch)
+    assert "\r" not in output
+    lines = output.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    shape = re.compile(r"epoch \d: loss [\d.]+ train acc [\d.]+ val acc [\d.]+ \(\d+s\)")
+    assert all(shape.fullmatch(text) for text in lines)
+
+
+def test_on_a_terminal_the_bar_is_drawn(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    output = train_with_output(data, tmp_path, monkeypatch, epochs=1)
+    assert "\r" in output and "epoch 1/1" in output  # tqdm's bar, then the epoch's line
+    assert output.count("epoch 1: loss") == 1
+
+
+@pytest.mark.parametrize(
+    ("ci", "tty", "drawn"), [("", True, True), ("true", True, False), ("1", True, False), ("", False, False)]
+)
+def test_bars_are_drawn_on_a_terminal_outside_ci_only(monkeypatch, ci, tty, drawn):
+    monkeypatch.setenv("CI", ci)
+    stream = Terminal() if tty else io.StringIO()
+    assert on_terminal(stream) is drawn
