@@ -133,7 +133,7 @@ monitor: venv java prometheus ## TorchServe + Prometheus with monitoring/rules, 
 drift-demo: venv java prometheus ## In-distribution then shifted traffic: PSI plot and a firing drift alert (outputs/drift-demo)
 	$(NEUROVIT) monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
 
-# ---- LOAD TESTS (locust; scenarios in tests/load/locustfile.py) ---------------------------------
+# ---- LOAD TESTS (locust; scenarios in handlers/benchmarks/load/locustfile.py) ---------------------------------
 LOAD_TIME    ?= 60s
 LOAD_USERS   ?= 8
 LOAD_USER    ?= MixedUser
@@ -142,7 +142,7 @@ LOAD_P95_MS  ?= 500
 .PHONY: load-test
 load-test: venv ## Locust against `make serve` (LOAD_USERS users, LOAD_TIME); CSV + HTML report in outputs/load/<time>/
 	@out=$(OUTPUT_DIR)/load/$$(date +%Y%m%d-%H%M%S); mkdir -p $$out; \
-	$(VENV_BIN)/locust -f tests/load/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
+	$(VENV_BIN)/locust -f handlers/benchmarks/load/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
 	    --p95-objective-ms $(LOAD_P95_MS) --csv $$out/load --html $$out/report.html \
 	    --summary-file $$out/summary.json $(LOAD_ARGS) $(LOAD_USER); status=$$?; \
 	echo "load test report: $$out/report.html (CSV $$out/load_*.csv, summary $$out/summary.json)"; exit $$status

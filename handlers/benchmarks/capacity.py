@@ -3,9 +3,9 @@
 Serves a published version (``--model``, default the latest) with TorchServe on free local ports, packaged
 afresh with the handler in this tree (what the next deployment ships), and steps the number of locust users
 up (each keeps one request in flight, so users = concurrency) until the p95 latency breaks the objective or
-a request fails. It does that for the plain-prediction and the mixed scenario (``tests/load/locustfile.py``),
-with TorchServe batching on (batch 4) and off (batch 1, what KServe's envelopes need), restarting TorchServe
-with the changed config.
+a request fails. It does that for the plain-prediction and the mixed scenario
+(``handlers/benchmarks/load/locustfile.py``), with TorchServe batching on (batch 4) and off (batch 1, what
+KServe's envelopes need), restarting TorchServe with the changed config.
 
 Prints one JSON line per step and a final JSON line with the capacity per replica (requests/s at
 p95 <= objective) and the KServe sizing it implies; writes ``capacity.png`` (throughput and p95 against
@@ -33,7 +33,7 @@ from handlers.package import METRICS_CONFIG, MODEL_STORE, ServerSettings, packag
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.store import resolve_version
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "tests" / "load" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parent / "load" / "locustfile.py"
 SCENARIOS = {"predict": "PredictUser", "mixed": "MixedUser"}
 BATCH_SIZES = {"on": 4, "off": 1}
 USER_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)

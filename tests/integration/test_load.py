@@ -27,7 +27,7 @@ from fixtures.serving_samples import MODEL, validator
 
 pytestmark = pytest.mark.integration
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "load" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "handlers" / "benchmarks" / "load" / "locustfile.py"
 PREDICT = f"/predictions/{MODEL}"
 QUEUE = 4  # job_queue_size of conftest's torchserve_small_queue: a burst of BURST requests overflows it
 BURST = 48

@@ -1,7 +1,8 @@
 """Locust scenarios for the NeuroViT service (headless, or locust's web UI on http://127.0.0.1:8089).
 
-    locust -f tests/load/locustfile.py MixedUser                 # web UI, against `make serve`
-    locust -f tests/load/locustfile.py --headless -u 8 -r 8 -t 60s --p95-objective-ms 500 MixedUser
+    locust -f handlers/benchmarks/load/locustfile.py MixedUser      # web UI, against `make serve`
+    locust -f handlers/benchmarks/load/locustfile.py --headless -u 8 -r 8 -t 60s --p95-objective-ms 500 \
+        MixedUser
     make load-test                                               # the same, with CSV + HTML report
 
 User classes (name one or more; with none, every class runs):
