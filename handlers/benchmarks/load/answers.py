@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jsonschema
 
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "handlers" / "response.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "response.schema.json"  # handlers/
 MAPS = {"none": (), "rollout": ("rollout",), "heatmap": ("heatmap",), "all": ("heatmap", "rollout")}
 
 
