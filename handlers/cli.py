@@ -75,7 +75,8 @@ def cmd_bench_load(args: argparse.Namespace) -> dict:
     )
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
+def model_options(p: argparse.ArgumentParser) -> None:
+    """--model and --store: which published version (``neurovit.store.resolve_version``)."""
     p.add_argument("--model", default="latest", help=MODEL_HELP)
     p.add_argument("--store", default=DEFAULT_STORE, help="the store 'latest' and a version id refer to")
 
@@ -88,7 +89,7 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
         parents=result,
         help="start TorchServe on a published version (token auth on; key file in outputs/serve/)",
     )
-    _model_options(p)
+    model_options(p)
     p.add_argument("--port", type=int, default=default_port, help="inference; management +1, metrics +2")
     p.add_argument(
         "--demo",
@@ -109,7 +110,7 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "package", parents=result, help="build a version's TorchServe archive and KServe config"
     )
-    _model_options(p)
+    model_options(p)
     p.add_argument("--out", type=Path, help="default outputs/package/<version>")
     p.set_defaults(func=cmd_package)
 
@@ -141,7 +142,7 @@ def add_benchmarks(bench, result: list[argparse.ArgumentParser]) -> None:
         parents=result,
         help="latency of predict/rollout/heatmap against the bare forward; requests/s, batching on and off",
     )
-    _model_options(p)
+    model_options(p)
     p.add_argument("--data-dir", type=Path, help="images to send (default: real slices, else demo)")
     p.add_argument("--requests", type=int, default=40, help="sequential requests per measurement")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for requests/s")
@@ -152,7 +153,7 @@ def add_benchmarks(bench, result: list[argparse.ArgumentParser]) -> None:
     p = bench.add_parser(
         "load", parents=result, help="capacity per replica: locust users stepped up to the p95 objective"
     )
-    _model_options(p)
+    model_options(p)
     p.add_argument("--images", type=Path, default=OUTPUT_DIR / "demo-data", help="images to send")
     p.add_argument("--objective-ms", type=float, default=500.0, help="p95 latency objective")
     p.add_argument("--step-seconds", type=int, default=10, help="seconds per load level")

@@ -346,15 +346,6 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or auto (default)")
 
 
-MODEL_HELP = "'latest' (default), a version id, a version folder or an s3:// URI (docs/cli.md)"
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    """--model and --store: which published version (``neurovit.store.resolve_version``)."""
-    p.add_argument("--model", default="latest", help=MODEL_HELP)
-    p.add_argument("--store", default=DEFAULT_STORE, help="the store 'latest' and a version id refer to")
-
-
 def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     default_port = int(os.environ.get("NEUROVIT_SERVE_PORT", "8080"))
     p = sub.add_parser(
@@ -389,7 +380,7 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_train, interrupt_hint=RESUME_HINT)
 
     p = sub.add_parser("evaluate", parents=result, help="evaluate a published version on a data folder")
-    _model_options(p)
+    serving_cli.model_options(p)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", type=Path)
     p.add_argument(
@@ -404,7 +395,7 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
         parents=result,
         help="score a version's explanation maps against lesion masks (pointing game, deletion AUC)",
     )
-    _model_options(p)
+    serving_cli.model_options(p)
     p.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data")
     p.add_argument("--out", type=Path, help="default outputs/explain-eval/<version>")
     p.add_argument(
@@ -435,7 +426,7 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "ood-eval", parents=result, help="flag rate of a version's OOD score: held-out MRI vs non-MRI images"
     )
-    _model_options(p)
+    serving_cli.model_options(p)
     p.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data", help="MRI slices")
     p.add_argument("--non-mri-dir", type=Path, help="a folder of further images that are not brain MRI")
     p.add_argument("--out", type=Path, help="default outputs/ood-eval/<version>")
@@ -452,7 +443,7 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
         p.add_argument("--store", default=DEFAULT_STORE)
         p.add_argument("--model-name", default=MODEL_NAME)
         if name in ("show", "verify"):
-            p.add_argument("--version", default="latest", help=MODEL_HELP)
+            p.add_argument("--version", default="latest", help=serving_cli.MODEL_HELP)
         if name == "prune":
             p.add_argument("--keep", type=int, default=5, help="complete versions to keep")
             p.add_argument(
