@@ -24,6 +24,13 @@ class AugmentConfig:
     max_translate: float = 0.06  # fraction of the image side
     brightness: float = 0.1  # additive, in [0, 1] intensity units
     contrast: float = 0.15  # multiplicative around the image mean
+    # Token-cell erasing ("counterfactual training", Hase, Xie & Bansal, NeurIPS 2021): with this
+    # probability an image gets some of its token cells set to black (intensity 0, the substrate of the
+    # deletion score), label unchanged, so that a slice with missing cells is not out of distribution and
+    # deletion measures lost evidence rather than the shock of a black hole. 0 (the default) draws nothing:
+    # the random stream, and `make demo`, stay as they were.
+    erase_prob: float = 0.0
+    erase_max_fraction: float = 0.5  # of the cells, drawn uniformly up to this
 
 
 def augment_batch(
@@ -31,11 +38,14 @@ def augment_batch(
     config: AugmentConfig,
     generator: torch.Generator,
     masks: torch.Tensor | None = None,
+    cell: int = 16,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Randomly flip, rotate, scale, shift and jitter a float batch (N, 1, H, W) with values in [0, 1].
+    """Randomly flip, rotate, scale, shift and jitter a float batch (N, 1, H, W) with values in [0, 1],
+    then (``erase_prob`` > 0) black out token cells of ``cell`` pixels (the model's patch size).
 
     With ``masks`` (N, 1, H, W), each mask gets its image's flip, rotation, scale and shift (not the
-    intensity jitter) and ``(images, masks)`` is returned; the random draws are the same either way.
+    intensity jitter) and loses its erased cells (the guide must not ask for attention on a black cell);
+    ``(images, masks)`` is returned; the random draws are the same either way.
     """
     n = images.shape[0]
     device = images.device
@@ -68,4 +78,46 @@ def augment_batch(
     contrast = uniform(1 - config.contrast, 1 + config.contrast).view(n, 1, 1, 1)
     brightness = uniform(-config.brightness, config.brightness).view(n, 1, 1, 1)
     jittered = ((warped - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    if config.erase_prob > 0:
+        kept = erase_cells_mask(n, images.shape[-2:], cell, config, generator).to(device)
+        jittered = jittered * kept
+        if warped_masks is not None:
+            warped_masks = warped_masks * kept
     return jittered if warped_masks is None else (jittered, warped_masks)
+
+
+def erase_cells_mask(
+    n: int, size: tuple[int, int], cell: int, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """(N, 1, H, W) of 1 (kept) and 0 (erased): for each image picked with ``erase_prob``, a fraction of its
+    token cells drawn uniformly in [0, ``erase_max_fraction``], half the time as scattered cells (the
+    order of a patchy map) and half as one rectangle (the order of a blob, as a centred prior deletes)."""
+    height, width = size
+    rows, cols = math.ceil(height / cell), math.ceil(width / cell)
+    on = generator.device
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=on)
+
+    picked = draw(n) < config.erase_prob
+    fraction = draw(n) * config.erase_max_fraction
+    as_block = draw(n) < 0.5
+    scattered = draw(n, rows, cols) < fraction.view(n, 1, 1)
+    # A rectangle of about ``fraction`` of the cells: random aspect, random place, clipped to the grid.
+    aspect = torch.exp((draw(n) - 0.5) * 2 * math.log(2.0))  # width / height in [1/2, 2]
+    area = fraction * rows * cols
+    block_rows = (area / aspect).sqrt().round().clamp(0, rows)
+    block_cols = (area * aspect).sqrt().round().clamp(0, cols)
+    top = (draw(n) * (rows - block_rows + 1)).floor()
+    left = (draw(n) * (cols - block_cols + 1)).floor()
+    r = torch.arange(rows, device=on).view(1, rows, 1)
+    c = torch.arange(cols, device=on).view(1, 1, cols)
+    block = (
+        (r >= top.view(n, 1, 1))
+        & (r < (top + block_rows).view(n, 1, 1))
+        & (c >= left.view(n, 1, 1))
+        & (c < (left + block_cols).view(n, 1, 1))
+    )
+    erased = torch.where(as_block.view(n, 1, 1), block, scattered) & picked.view(n, 1, 1)
+    pixels = erased.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :height, :width]
+    return (~pixels).float().unsqueeze(1)

@@ -291,7 +291,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     from training.benchmarks.recipe import run
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
-    names += ("device", "seed", "guide_dir", "guide_weight")
+    names += ("device", "seed", "guide_dir", "guide_weight", "erase_prob")
     return run(args.data_dir, args.store, **_given(args, *names))
 
 
@@ -510,7 +510,7 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--time-budget", type=float, help="training seconds (default 1800: 30 min)")
-    p.add_argument("--epochs", type=int, help="at most (default 100); the time budget fits the rest")
+    p.add_argument("--epochs", type=int, help="at most this many (default: as many as the time budget fits)")
     p.add_argument("--image-size", type=int, help="model input side (px; default the CPU recipe's, 96)")
     p.add_argument(
         "--stem-channels",
@@ -530,6 +530,11 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         "towards the tumour during training (training.guide); the other half is left for eval-explain",
     )
     p.add_argument("--guide-weight", type=float, help="weight of the guidance loss")
+    p.add_argument(
+        "--erase-prob",
+        type=float,
+        help="share of training slices that lose random token cells to black (default 0.5; 0: none)",
+    )
     p.set_defaults(func=cmd_bench_train, interrupt_hint=RESUME_HINT)
 
     p = bench.add_parser("analyze", parents=result, help="time the analysis of 10,000 images")
