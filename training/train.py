@@ -467,9 +467,8 @@ def train(
             affordable = epoch + max(0, int(remaining // per_epoch))
             if config.epochs is not None:
                 affordable = min(config.epochs, affordable)
-            if epoch == 1 or abs(affordable - state["planned_epochs"]) >= 5:
-                # The plan is printed after the first epoch and when it moves by 5 or more; each epoch
-                # line shows the current one as "epoch k/planned".
+            if abs(affordable - state.get("announced_epochs", -10)) >= 5:
+                # The plan is printed after the first epoch and whenever it has moved by 5 or more since.
                 message = (
                     f"time budget {config.time_budget_s:.0f} s at {per_epoch:.1f} s per epoch "
                     f"(validation included): {affordable} epochs planned"
@@ -478,6 +477,7 @@ def train(
                 log.info(message)
                 if progress:
                     print(message, flush=True)
+                state["announced_epochs"] = affordable
             state["planned_epochs"] = affordable
             schedule.total_steps = max(affordable * steps_per_epoch, schedule.warmup_steps + 1)
         state["epoch"] = epoch

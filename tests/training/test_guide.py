@@ -5,6 +5,7 @@ masks than the same run unguided."""
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -151,3 +152,24 @@ def test_eval_explain_never_scores_a_slice_that_guided_training(tmp_path, capsys
     assert result["left_out"]["used to guide training (guide.json)"]["relpaths"] == used
     assert result["n_slices"] == 6 - len(used)
     assert "used to guide training" in capsys.readouterr().out
+
+
+def test_erasing_blacks_out_whole_token_cells_and_the_masks_lose_them():
+    images = torch.rand(64, 1, 32, 32) * 0.8 + 0.2  # nothing black before erasing
+    masks = torch.ones(64, 1, 32, 32)
+    plain = AugmentConfig(brightness=0.0, contrast=0.0, max_rotation_deg=0, max_translate=0, hflip=False)
+    plain = replace(plain, scale_range=(1.0, 1.0))
+    # erase_prob 0 draws nothing: the stream, and so every earlier model, is unchanged
+    untouched = augment_batch(images, plain, torch.Generator().manual_seed(0), cell=8)
+    assert torch.allclose(untouched, images, atol=1e-5)
+
+    erased, erased_masks = augment_batch(
+        images, replace(plain, erase_prob=1.0), torch.Generator().manual_seed(0), masks, cell=8
+    )
+    black = erased == 0
+    cells = black.view(64, 1, 4, 8, 4, 8).float().mean(dim=(3, 5))
+    assert set(cells.unique().tolist()) <= {0.0, 1.0}  # whole 8-px cells or nothing
+    assert torch.equal(erased_masks == 0, black)  # the guide never asks for a black cell
+    share = cells.mean(dim=(1, 2, 3))
+    assert share.max() <= 0.5 + 3 / 16  # up to erase_max_fraction, a rectangle's rounding aside
+    assert (share > 0).float().mean() > 0.6  # most images lose something (fraction ~ U(0, 0.5))

@@ -230,3 +230,32 @@ def test_bars_are_drawn_on_a_terminal_outside_ci_only(monkeypatch, ci, tty, draw
     monkeypatch.setenv("CI", ci)
     stream = Terminal() if tty else io.StringIO()
     assert on_terminal(stream) is drawn
+
+
+def test_without_an_epoch_count_the_budget_plans_the_epochs_and_the_last_weights_are_kept(data, tmp_path):
+    train_data, val_data = data
+    # A budget of a few tiny epochs: the plan comes from the first epoch's time, not from a cap.
+    probe = train(train_data, val_data, CLASSES, PREPROCESSING, tiny_config(epochs=1), tmp_path / "probe")
+    budget = 3.5 * probe.train_seconds + 0.5
+    config = tiny_config(epochs=None, time_budget_s=budget, keep="last")
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "run", progress=False)
+    assert result.epochs_run == result.epochs_planned >= 2
+    assert result.best_epoch == result.epochs_run  # the last EMA weights, whatever validation said
+    assert result.best_val_accuracy == result.history[-1]["val_accuracy"]
+    assert load_model(result.best_dir).class_names == CLASSES
+
+
+def test_an_open_schedule_needs_a_budget_and_keep_is_checked():
+    with pytest.raises(ValueError, match="time budget"):
+        tiny_config(epochs=None)
+    with pytest.raises(ValueError, match="keep"):
+        tiny_config(keep="median")
+
+
+def test_cpu_bf16_training_learns_and_saves_fp32_weights(data, tmp_path):
+    train_data, val_data = data
+    config = tiny_config(cpu_bf16=True, augment=AugmentConfig(max_rotation_deg=5, erase_prob=0.5))
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    assert result.best_val_accuracy >= 0.9
+    loaded = load_model(result.best_dir)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
