@@ -533,7 +533,7 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--erase-prob",
         type=float,
-        help="share of training slices that lose random token cells to black (default 0.5; 0: none)",
+        help="share of training slices that lose random token cells to black (default 0: none)",
     )
     p.set_defaults(func=cmd_bench_train, interrupt_hint=RESUME_HINT)
 
