@@ -109,3 +109,12 @@ def runtime_of(objects: list[dict]) -> str:
     runtime = name.rsplit("-", 1)[-1]
     assert runtime in RUNTIMES, name
     return runtime
+
+
+def scraped_port(endpoint: dict) -> int:
+    """The port Prometheus scrapes for a PodMonitor endpoint: the declared port, unless a relabelling moves
+    the address to another (TorchServe's metrics port is not declared: Knative allows one)."""
+    for relabeling in endpoint.get("relabelings", []):
+        if relabeling.get("targetLabel") == "__address__":
+            return int(relabeling["replacement"].rsplit(":", 1)[1])
+    return endpoint["portNumber"]
