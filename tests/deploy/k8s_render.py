@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-OVERLAYS = ("knative", "standard", "gpu", "v2")
+OVERLAYS = ("knative", "standard", "gpu", "v2", "kserve")
 CHART = ROOT / "helm" / "neurovit"
 CHART_VARIANTS = tuple(
     sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml"))
@@ -24,6 +24,10 @@ BIN = Path(sys.executable).parent
 TOOLS_BIN = ROOT / ".venv-tools" / "bin"
 RELEASE = "neurovit"
 NAMESPACE = "neurovit"
+# The two model servers, and the port each serves its Prometheus metrics on: TorchServe's metrics address
+# (handlers/package.py's config.properties); KServe's model server, beside its API (Dockerfile.kserve).
+RUNTIMES = ("torchserve", "kserve")
+METRICS_PORT = {"torchserve": 8082, "kserve": 8080}
 
 
 def tools_bin() -> Path:
@@ -97,3 +101,20 @@ def one(objects: list[dict], kind: str) -> dict:
     found = by_kind(objects, kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def runtime_of(objects: list[dict]) -> str:
+    """The model server a rendering runs, "torchserve" or "kserve": the runtime its InferenceService names."""
+    name = one(objects, "InferenceService")["spec"]["predictor"]["model"]["runtime"]
+    runtime = name.rsplit("-", 1)[-1]
+    assert runtime in RUNTIMES, name
+    return runtime
+
+
+def scraped_port(endpoint: dict) -> int:
+    """The port Prometheus scrapes for a PodMonitor endpoint: the declared port, unless a relabelling moves
+    the address to another (TorchServe's metrics port is not declared: Knative allows one)."""
+    for relabeling in endpoint.get("relabelings", []):
+        if relabeling.get("targetLabel") == "__address__":
+            return int(relabeling["replacement"].rsplit(":", 1)[1])
+    return endpoint["portNumber"]

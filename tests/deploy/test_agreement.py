@@ -4,8 +4,15 @@ Each overlay is compared with the chart variant that documents the same setting.
 from __future__ import annotations
 
 import pytest
+from k8s_render import scraped_port
 
-PAIRS = [("knative", "knative-scale-to-zero"), ("standard", "standard"), ("gpu", "gpu"), ("v2", "v2")]
+PAIRS = [
+    ("knative", "knative-scale-to-zero"),
+    ("standard", "standard"),
+    ("gpu", "gpu"),
+    ("v2", "v2"),
+    ("kserve", "kserve"),
+]
 
 
 def inventory(objects: list[dict]) -> set[tuple[str, str]]:
@@ -47,7 +54,7 @@ def ports(objects: list[dict]) -> set[tuple]:
             }
         if obj["kind"] == "PodMonitor":
             for endpoint in spec["podMetricsEndpoints"]:
-                found.add(("PodMonitor", endpoint["portNumber"], endpoint["relabelings"][0]["replacement"]))
+                found.add(("PodMonitor", endpoint["portNumber"], scraped_port(endpoint)))
         if obj["kind"] == "NetworkPolicy":
             found |= {
                 ("NetworkPolicy", obj["metadata"]["name"], p["port"])

@@ -8,7 +8,18 @@ import json
 import shutil
 
 import yaml
-from k8s_render import CHART, MANIFESTS, by_kind, chart_values, kustomize, manifests_copy, render_chart
+from k8s_render import (
+    CHART,
+    MANIFESTS,
+    METRICS_PORT,
+    by_kind,
+    chart_values,
+    kustomize,
+    manifests_copy,
+    render_chart,
+    runtime_of,
+    scraped_port,
+)
 
 from monitoring import k8s_sync
 
@@ -30,7 +41,7 @@ def test_generated_copies_are_in_sync_with_monitoring() -> None:
     assert not stale, f"run `make kube-monitoring`: {stale}"
 
 
-def test_podmonitor_scrapes_torchserve_metrics_of_predictor_pods(rendered) -> None:
+def test_podmonitor_scrapes_the_runtimes_metrics_of_predictor_pods(rendered) -> None:
     for name, objects in rendered.items():
         monitors = by_kind(objects, "PodMonitor")
         if name == "helm/parts-off":
@@ -42,7 +53,8 @@ def test_podmonitor_scrapes_torchserve_metrics_of_predictor_pods(rendered) -> No
             "component": "predictor",
         }
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-        assert endpoint["path"] == "/metrics" and endpoint["relabelings"][0]["replacement"] == "$1:8082"
+        assert endpoint["path"] == "/metrics" and endpoint["portNumber"] == 8080, name  # the declared port
+        assert scraped_port(endpoint) == METRICS_PORT[runtime_of(objects)], name
 
 
 def test_rule_and_dashboards_come_from_any_sources(tmp_path) -> None:

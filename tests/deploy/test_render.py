@@ -11,21 +11,34 @@ from k8s_render import (
     CHART,
     CHART_VARIANTS,
     OVERLAYS,
+    RUNTIMES,
     chart_values,
     kustomize,
     manifests_copy,
     one,
     render_chart,
     render_error,
+    runtime_of,
 )
 
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]+[a-z0-9]/neurovit/\S+$")
 
 
 def test_every_overlay_and_variant_is_covered(rendered) -> None:
-    assert set(OVERLAYS) == {"knative", "standard", "gpu", "v2"}
-    assert {"default", "standard", "gpu", "v2", "external-s3", "parts-off"} <= set(CHART_VARIANTS)
+    assert set(OVERLAYS) == {"knative", "standard", "gpu", "v2", "kserve"}
+    assert {
+        "default",
+        "standard",
+        "gpu",
+        "v2",
+        "external-s3",
+        "parts-off",
+        "kserve",
+        "kserve-standard",
+    } <= set(CHART_VARIANTS)
     assert all(rendered.values())
+    for tool in ("kustomize/", "helm/"):
+        assert {runtime_of(o) for name, o in rendered.items() if name.startswith(tool)} == set(RUNTIMES), tool
 
 
 @pytest.mark.parametrize("name", ["kustomize/" + o for o in OVERLAYS] + ["helm/" + v for v in CHART_VARIANTS])
@@ -35,8 +48,19 @@ def test_inference_service_is_autoscaled_bounded_on_s3(rendered, name) -> None:
     assert predictor["scaleMetric"] in {"concurrency", "rps", "cpu", "memory"}
     assert predictor["scaleTarget"] >= 1
     assert S3_URI.match(predictor["model"]["storageUri"])
-    assert predictor["model"]["runtime"].endswith("-torchserve")
     assert predictor["serviceAccountName"].endswith("-predictor")
+
+
+@pytest.mark.parametrize("name", ["kustomize/" + o for o in OVERLAYS] + ["helm/" + v for v in CHART_VARIANTS])
+def test_the_named_runtime_serves_the_model_format_and_protocol(rendered, name) -> None:
+    """What KServe's controller checks before it builds a predictor: the runtime the InferenceService names
+    exists beside it, supports its model format and protocol; it is the only one, and never auto-selected."""
+    model = one(rendered[name], "InferenceService")["spec"]["predictor"]["model"]
+    runtime = one(rendered[name], "ServingRuntime")
+    assert runtime["metadata"]["name"] == model["runtime"] == f"neurovit-{runtime_of(rendered[name])}"
+    (served,) = runtime["spec"]["supportedModelFormats"]
+    assert served["name"] == model["modelFormat"]["name"] and served["autoSelect"] is False
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
 
 
 def test_modes_and_variants(overlays, charts) -> None:
@@ -61,6 +85,15 @@ def test_modes_and_variants(overlays, charts) -> None:
         model = one(objects, "InferenceService")["spec"]["predictor"]["model"]
         assert model["protocolVersion"] == "v2"
         assert {"name": "TS_SERVICE_ENVELOPE", "value": "kservev2"} in model["env"]
+    for objects in (overlays["kserve"], charts["kserve"], charts["kserve-standard"]):
+        model = one(objects, "InferenceService")["spec"]["predictor"]["model"]
+        (container,) = one(objects, "ServingRuntime")["spec"]["containers"]
+        assert (model["runtime"], model["modelFormat"]["name"]) == ("neurovit-kserve", "neurovit")
+        assert "/neurovit/neurovit-serve-kserve:" in model.get("image", container["image"])
+        assert "TS_SERVICE_ENVELOPE" not in str(model) + str(container)  # no TorchServe envelope to choose
+    model = one(charts["kserve-standard"], "InferenceService")["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and model["image"].endswith("neurovit-serve-kserve:0.1.0-gpu")
+    assert model["readinessProbe"]["httpGet"]["path"] == "/v2/models/neurovit/ready"
     assert not [o for o in charts["external-s3"] if "minio" in o["metadata"]["name"]]
     assert {o["kind"] for o in charts["parts-off"]}.isdisjoint({"PodMonitor", "PrometheusRule", "Role"})
 
@@ -103,6 +136,8 @@ def test_kustomize_build_fails_without_the_credentials_file(tmp_path) -> None:
         ({"inferenceService": {"deploymentMode": "Serverful"}}, "/inferenceService/deploymentMode"),
         ({"model": {"storageUri": "gs://bucket/neurovit/v1"}}, "/model/storageUri"),
         ({"model": {"protocolVersion": "v3"}}, "/model/protocolVersion"),
+        ({"runtime": "triton"}, "/runtime"),
+        ({"image": {"kserveRepository": ""}}, "/image/kserveRepository"),
         ({"s3": {"endpoint": "https://minio:9000"}}, "/s3/endpoint"),
         ({"gpu": {"enabled": "yes"}}, "/gpu/enabled"),
         ({"monitoring": {"enable": True}}, "enable"),

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from k8s_render import ROOT, tools_bin
+from k8s_render import ROOT, one, tools_bin
 
 from handlers import kserve_rollout
 from training import pipeline_submit
@@ -77,6 +77,36 @@ def test_bad_rollouts_are_refused(current, uri, percent, message) -> None:
         kserve_rollout.canary_patch(current, uri, percent)
     with pytest.raises(kserve_rollout.DeployError, match="nothing to roll back"):
         kserve_rollout.rollback_patch(isvc())
+
+
+def merge_patch(target: dict, patch: dict) -> dict:
+    """RFC 7386, as the API server applies ``application/merge-patch+json``."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merged[key] = merge_patch(target[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("overlay", "runtime"), [("knative", "neurovit-torchserve"), ("kserve", "neurovit-kserve")]
+)
+def test_a_canary_changes_only_the_version_whichever_runtime_serves(overlays, overlay, runtime) -> None:
+    """Both runtimes read the same version folder: `make deploy`'s patch, applied to the InferenceService as
+    deployed, keeps its runtime and model format and splits the traffic to the new folder."""
+    live = one(overlays[overlay], "InferenceService")
+    newer = "s3://neurovit/neurovit/v20261201-000000-cd34ef/"
+    patched = merge_patch(live, kserve_rollout.canary_patch(live, newer, 10))
+    before, after = live["spec"]["predictor"], patched["spec"]["predictor"]
+    assert after["canaryTrafficPercent"] == 10 and after["model"]["storageUri"] == newer
+    assert {k: v for k, v in after["model"].items() if k != "storageUri"} == {
+        k: v for k, v in before["model"].items() if k != "storageUri"
+    }
+    assert after["model"]["runtime"] == runtime
 
 
 def test_standard_mode_takes_a_rolling_update() -> None:

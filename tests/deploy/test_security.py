@@ -6,8 +6,11 @@ model fields (the model's fields win), so that merge is what is checked."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
-from k8s_render import by_kind, one
+from k8s_render import METRICS_PORT, ROOT, by_kind, one, runtime_of
 
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 
@@ -119,12 +122,12 @@ def test_predictor_is_reachable_only_from_the_ingress_path_and_prometheus(render
         assert all("podSelector" not in peer for rule in policy["spec"]["ingress"] for peer in rule["from"])
 
 
-# TorchServe's own APIs in the pod (handlers/package.py): inference, management, gRPC. They listen on
-# loopback; no policy may admit them either (management unregisters the model or scales it to zero).
-TORCHSERVE_API_PORTS = {8085, 8086, 7070, 7071}
+# Ports in the pod no policy may admit: TorchServe's own APIs (handlers/package.py: inference, management,
+# gRPC; on loopback, management unregisters the model or scales it to zero) and KServe's gRPC port (off).
+PRIVATE_PORTS = {8085, 8086, 7070, 7071, 8081}
 # Knative: queue-proxy's serving ports (HTTP/1, h2c) and its autoscaling metrics; Standard: the model server.
 INGRESS_PORTS = {"Knative": {8012, 8013, 9090}, "Standard": {8080}}
-METRICS_PORTS = {8082, 9091}
+QUEUE_PROXY_METRICS = 9091
 
 
 def predictor_policy_ports(objects: list[dict]) -> dict[str, set[int]]:
@@ -144,13 +147,52 @@ def test_predictor_policy_admits_each_namespace_on_its_ports_only(rendered) -> N
     for name, objects in rendered.items():
         mode = one(objects, "InferenceService")["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
         admitted = predictor_policy_ports(objects)
+        metrics = {METRICS_PORT[runtime_of(objects)], QUEUE_PROXY_METRICS}
         for namespace, ports in admitted.items():
-            allowed = METRICS_PORTS if namespace == "monitoring" else INGRESS_PORTS[mode]
+            allowed = metrics if namespace == "monitoring" else INGRESS_PORTS[mode]
             assert ports <= allowed, f"{name}: {namespace} admitted on {sorted(ports - allowed)}"
-            assert not ports & TORCHSERVE_API_PORTS, f"{name}: {namespace} reaches TorchServe's own APIs"
+            assert not ports & PRIVATE_PORTS, f"{name}: {namespace} reaches a port private to the pod"
+        assert METRICS_PORT[runtime_of(objects)] in admitted["monitoring"], (
+            f"{name}: Prometheus cannot scrape"
+        )
         if mode == "Knative":
             assert admitted["knative-serving"] == {8012, 8013, 9090}, name
             assert admitted["istio-system"] == {8012, 8013}, name
+
+
+def dockerfile_instruction(text: str, instruction: str) -> str:
+    (value,) = re.findall(rf"^{instruction} (.+)$", text, flags=re.MULTILINE)
+    return value
+
+
+def test_kserve_runtime_runs_the_image_as_built(rendered) -> None:
+    """The ServingRuntime and handlers/Dockerfile.kserve agree: the image's non-root user, the entrypoint's
+    arguments (the storage initializer's mount, the model the probe asks about, the one port), gRPC off."""
+    dockerfile = (ROOT / "handlers" / "Dockerfile.kserve").read_text()
+    uid, gid = (int(part) for part in dockerfile_instruction(dockerfile, "USER").split(":"))
+    assert json.loads(dockerfile_instruction(dockerfile, "ENTRYPOINT")) == [
+        "python",
+        "-m",
+        "handlers.kserve_server",
+    ]
+    default_args = json.loads(dockerfile_instruction(dockerfile, "CMD"))
+    kserve = {name: objects for name, objects in rendered.items() if runtime_of(objects) == "kserve"}
+    assert kserve
+    for name, objects in kserve.items():
+        (container,) = one(objects, "ServingRuntime")["spec"]["containers"]
+        context = container["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid) and uid != 0, name
+        # The image's defaults, gRPC switched off (no port declared or admitted for it).
+        args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+        defaults = {
+            flag.removeprefix("--"): value
+            for flag, value in zip(default_args[::2], default_args[1::2], strict=True)
+        }
+        assert args == {**defaults, "enable_grpc": "false"}, name
+        assert args["model_dir"] == "/mnt/models", name  # where KServe's storage initializer puts storageUri
+        assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{args['model_name']}", name
+        assert {p["containerPort"] for p in container["ports"]} == {int(args["http_port"])}, name
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}, name
 
 
 def test_no_credentials_in_the_repository() -> None:

@@ -201,6 +201,7 @@ def test_each_dockerfile_installs_one_list_and_the_project_without_dependencies(
     """What the venvs above reproduce is what the Dockerfiles do: no other pip install of packages."""
     for dockerfile, extras in (
         ("handlers/Dockerfile", ["serve"]),
+        ("handlers/Dockerfile.kserve", ["serve-kserve"]),
         ("training/Dockerfile", ["serve", "train"]),
     ):
         path = ROOT / dockerfile

@@ -61,10 +61,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The serving image: the -gpu build on GPU predictors. */}}
+{{/* The model server: its ServingRuntime's name, the model format it declares, the port its metrics are on
+(TorchServe's own metrics port; KServe's model server serves /metrics beside the API). */}}
+{{- define "neurovit.runtimeName" -}}
+{{- include "neurovit.component" (dict "root" . "suffix" .Values.runtime) }}
+{{- end }}
+
+{{- define "neurovit.modelFormat" -}}
+{{- ternary "neurovit" "pytorch" (eq .Values.runtime "kserve") }}
+{{- end }}
+
+{{- define "neurovit.metricsPort" -}}
+{{- ternary 8080 8082 (eq .Values.runtime "kserve") }}
+{{- end }}
+
+{{/* The chosen runtime's image values: image.* with its repository. */}}
+{{- define "neurovit.runtimeImageValues" -}}
+{{- $repository := ternary .Values.image.kserveRepository .Values.image.repository (eq .Values.runtime "kserve") }}
+{{- toYaml (merge (dict "repository" $repository) .Values.image) }}
+{{- end }}
+
+{{/* The chosen runtime's image, CPU build: what its ServingRuntime names. */}}
+{{- define "neurovit.runtimeImage" -}}
+{{- include "neurovit.image" (dict "image" (include "neurovit.runtimeImageValues" . | fromYaml)) }}
+{{- end }}
+
+{{/* The serving image of the predictor: the -gpu build on GPU predictors. */}}
 {{- define "neurovit.servingImage" -}}
 {{- $suffix := ternary .Values.gpu.imageTagSuffix "" .Values.gpu.enabled }}
-{{- include "neurovit.image" (dict "image" .Values.image "suffix" $suffix) }}
+{{- include "neurovit.image" (dict "image" (include "neurovit.runtimeImageValues" . | fromYaml) "suffix" $suffix) }}
 {{- end }}
 
 {{/* Required: the published version to serve. */}}
