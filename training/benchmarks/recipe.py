@@ -51,6 +51,9 @@ def run(
     seed: int = TrainConfig.seed,
     guide_dir: Path | None = None,
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
+    amp: str = TrainConfig.amp,
+    base_model: str | None = None,
+    learning_rate: float = TrainConfig.learning_rate,
 ) -> dict:
     """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
@@ -68,6 +71,9 @@ def run(
         guide_weight=guide_weight if guide_dir is not None else 0.0,
         channels_last=True,
         model=ModelConfig(image_size=image_size, stem_channels=stem_channels),
+        amp=amp,
+        base_model=base_model,
+        learning_rate=learning_rate,
     )
     preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
 
@@ -103,8 +109,11 @@ def run(
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "image_size": image_size,
+        "image_size": preprocessing.image_size,
         "batch_size": batch_size,
+        "amp": amp,
+        "base_model": base_model,
+        "learning_rate": learning_rate,
         "stem_channels": list(stem_channels),
         "data_fingerprint": plan.fingerprint[:12],
         "seed": seed,
