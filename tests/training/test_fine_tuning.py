@@ -71,9 +71,7 @@ def test_the_fine_tuned_version_serves_and_explains(fine_tuned, make_slice) -> N
     assert_answer(answer, ("rollout", "heatmap"))
     assert answer["explanations"]["rollout"]["grid_size"] == IMAGE_SIZE // PATCH_SIZE
     assert answer["ood"] is not None and answer["ood"]["threshold"] > 0
-    described = predictor.describe()
-    assert described["preprocessing"]["image_size"] == IMAGE_SIZE
-    assert described["model_card"]["model"]["base_model"]["source"] == str(fine_tuned["checkpoint"])
+    assert predictor.describe()["preprocessing"]["image_size"] == IMAGE_SIZE
 
 
 def test_image_size_does_not_go_with_a_base_model(tmp_path, capsys) -> None:
