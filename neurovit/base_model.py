@@ -1,4 +1,4 @@
-"""Start training from a pretrained HF ViT checkpoint (``--base-model``) instead of from scratch.
+"""A pretrained ViT to fine-tune (``--base-model``): a HF checkpoint instead of training from scratch.
 
 A checkpoint is a folder written by ``save_pretrained`` (``config.json`` + weights, optionally the image
 processor's ``preprocessor_config.json``) or, where the model hub is reachable, a hub id resolved to such a
@@ -165,8 +165,7 @@ def load_base_model(source: str, class_names: list[str], preprocessing: Preproce
     folder = checkpoint_folder(source)
     model = NeuroViTForImageClassification.from_pretrained(
         folder,
-        num_labels=len(class_names),
-        id2label=dict(enumerate(class_names)),
+        id2label=dict(enumerate(class_names)),  # num_labels follows; given too, HF warns it disagrees
         label2id={name: i for i, name in enumerate(class_names)},
         ignore_mismatched_sizes=True,  # the checkpoint's head (its classes) gives way to ours
         attn_implementation="eager",  # rollout reads the attention probabilities

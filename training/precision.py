@@ -1,4 +1,4 @@
-"""Mixed precision for a training step: which autocast dtype, and a loss scaler where fp16 needs one.
+"""Mixed precision: the autocast dtype of a training step, and a loss scaler where fp16 needs one.
 
 ``amp`` (``TrainConfig.amp``): "auto" is bf16 on a CUDA device that has it (Ampere and later), fp16 with
 loss scaling on an older one (T4, V100), and fp32 on the CPU, where the recipes were measured; "bf16",

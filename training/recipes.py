@@ -1,4 +1,4 @@
-"""Named training recipes beside TrainConfig's defaults: the GPU recipe, and fine-tuning's learning rate.
+"""Named training recipes: the GPU recipe, and fine-tuning's learning rate (TrainConfig has the defaults).
 
 The GPU recipe (`neurovit bench train --recipe gpu`, the kfp pipeline's train task) is the run that reached
 held-out 0.961 on one H200 (docs/benchmarks.md: 128 px, the wide 32-64-128-192 stem and its 8x8 maps,

@@ -37,12 +37,12 @@ def fine_tuned(tmp_path_factory, write_slice) -> dict:
 
 def test_the_version_records_its_base_model_and_the_checkpoints_input_size(fine_tuned) -> None:
     manifest, version = fine_tuned["manifest"], fine_tuned["version"]
-    base = manifest["metadata"]["base_model"]
+    base = manifest["base_model"]
     assert base["source"] == str(fine_tuned["checkpoint"]) and base["patch_size"] == PATCH_SIZE
     assert base["input_normalisation"]["source"] == "preprocessor_config.json"
-    assert manifest["metadata"]["preprocessing"]["image_size"] == IMAGE_SIZE
+    assert manifest["preprocessing"]["image_size"] == IMAGE_SIZE
     config = json.loads((version / "model" / "config.json").read_text())
-    assert (config["num_channels"], config["patch_size"], config["num_labels"]) == (1, PATCH_SIZE, 4)
+    assert (config["num_channels"], config["patch_size"], len(config["id2label"])) == (1, PATCH_SIZE, 4)
     card = json.loads((version / "model_card.json").read_text())
     assert card["model"]["base_model"]["source"] == str(fine_tuned["checkpoint"])
     assert "fine-tuned from" in (version / "MODEL_CARD.md").read_text()
