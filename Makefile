@@ -149,7 +149,7 @@ load-test: venv ## Locust against `make serve` (LOAD_USERS users, LOAD_TIME); CS
 
 # ---- BENCHMARKS --------------------------------------------------------------------------------
 .PHONY: bench-train
-bench-train: venv ## Train the default recipe on real slices within a time budget; prints a JSON line
+bench-train: venv ## Train the default recipe on real slices within a time budget (BENCH_ARGS="--recipe gpu": the GPU recipe, needs CUDA); prints a JSON line
 	$(NEUROVIT) bench train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA) --guide-dir $(REAL_MASKS),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-serve

@@ -51,6 +51,11 @@ class VersionConflictError(StoreError):
     """Another publish holds the version id with other files (running, or interrupted and not yet pruned)."""
 
 
+class BaseModelError(NeuroVitError, RuntimeError):
+    """A pretrained checkpoint (``--base-model``) cannot be used: not a folder and not reachable on the model
+    hub, or not an architecture NeuroViT fine-tunes."""
+
+
 class UsageError(NeuroVitError, ValueError):
     """Options that do not fit together or a value out of range, found after the command line was parsed."""
 

@@ -70,15 +70,26 @@ def add_group(sub, name: str, help_text: str):
 
 def train_config(args: argparse.Namespace, defaults: dict | None = None):
     from neurovit.model import ModelConfig
+    from training.recipes import learning_rate_for
     from training.train import TrainConfig
 
     values = dict(defaults or {})
-    for name in ("epochs", "batch_size", "learning_rate", "seed", "patience", "patience_start", "device"):
+    names = ("epochs", "batch_size", "seed", "patience", "patience_start", "device", "amp", "base_model")
+    for name in names:
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if getattr(args, "time_budget", None):
         values["time_budget_s"] = args.time_budget
-    return TrainConfig(**values, model=ModelConfig(image_size=args.image_size))
+    base_model = values.get("base_model")
+    values["learning_rate"] = learning_rate_for(base_model, getattr(args, "learning_rate", None))
+    if base_model:
+        from neurovit.base_model import checkpoint_config
+
+        if args.image_size is not None:
+            raise UsageError("--image-size does not go with --base-model: the checkpoint's own size is used")
+        checkpoint_config(base_model)  # an unusable checkpoint fails now, not after the analysis
+    model = ModelConfig(image_size=args.image_size) if args.image_size else ModelConfig()
+    return TrainConfig(**values, model=model)
 
 
 def _job_result(summary: dict) -> dict:
@@ -265,6 +276,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> dict:
         "time_budget_s": args.time_budget,
         "seed": args.seed,
         "demo_images_per_class": args.demo_images_per_class,
+        "base_model": args.base_model,
     }
     arguments.update({name: value for name, value in optional.items() if value is not None})
     version_uri = pipeline.run_local(
@@ -289,10 +301,17 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 def cmd_bench_train(args: argparse.Namespace) -> dict:
     from training.benchmarks.recipe import run
+    from training.recipes import gpu_bench_options, learning_rate_for, require_cuda
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
-    names += ("device", "seed", "guide_dir", "guide_weight", "erase_prob")
-    return run(args.data_dir, args.store, **_given(args, *names))
+    names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
+    options = _given(args, *names)
+    if args.recipe == "gpu":
+        require_cuda("--recipe gpu")
+        options = {**gpu_bench_options(), **options}  # options given on the command line still win
+    if args.base_model or args.learning_rate is not None:
+        options["learning_rate"] = learning_rate_for(args.base_model, args.learning_rate)
+    return run(args.data_dir, args.store, **options)
 
 
 def cmd_bench_analyze(args: argparse.Namespace) -> dict:
@@ -342,8 +361,25 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--time-budget", type=float, help="training budget in seconds; the schedule fits it")
     p.add_argument("--seed", type=int)
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, help="model input side in px (default 128)")
     p.add_argument("--device", help="cpu, cuda or auto (default)")
+    _precision_and_base_model_options(p)
+
+
+def _precision_and_base_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "none"),
+        help="mixed precision (default auto: bf16 on a GPU that has it, fp16 on older GPUs; on the CPU fp32, "
+        "except bench train on a CPU with native bf16)",
+    )
+    p.add_argument(
+        "--base-model",
+        metavar="FOLDER_OR_HUB_ID",
+        help="fine-tune this pretrained HF ViT (a save_pretrained folder, or a hub id where the hub is "
+        "reachable) instead of training from scratch; its image size replaces --image-size, and the "
+        "learning rate defaults to 1e-4 (docs/training.md)",
+    )
 
 
 def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
@@ -476,6 +512,7 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--time-budget", type=float, help="training budget in seconds")
     p.add_argument("--seed", type=int)
     p.add_argument("--demo-images-per-class", type=int)
+    p.add_argument("--base-model", help="a pretrained HF ViT to fine-tune (a save_pretrained folder)")
     p.add_argument("--pipeline-root", type=Path, help="where task outputs go (default outputs/kfp-local)")
     p.set_defaults(func=cmd_pipeline_run)
     p = pipeline.add_parser(
@@ -535,6 +572,15 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         type=float,
         help="share of training slices that lose random token cells to black (default 0: none)",
     )
+    p.add_argument(
+        "--recipe",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu (default): the 30-minute CPU recipe; gpu: 128 px, the wide stem, 230 epochs, mixed "
+        "precision, no time budget (needs CUDA; training.recipes). Options given here override either",
+    )
+    p.add_argument("--learning-rate", type=float, help="default 1e-3, or 1e-4 with --base-model")
+    _precision_and_base_model_options(p)
     p.set_defaults(func=cmd_bench_train, interrupt_hint=RESUME_HINT)
 
     p = bench.add_parser("analyze", parents=result, help="time the analysis of 10,000 images")

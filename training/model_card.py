@@ -76,6 +76,28 @@ def _input_contract(preprocessing: PreprocessConfig) -> dict:
     }
 
 
+def _origin(info: ModelInfo) -> dict:
+    """Where the weights started: from scratch, or the pretrained checkpoint (``neurovit.base_model``)."""
+    base = info.extra.get("base_model")
+    if base is None:
+        return {"kind": "from scratch", "base_model": None}
+    return {"kind": "fine-tuned from a pretrained checkpoint", "base_model": base}
+
+
+def _origin_line(origin: dict) -> str:
+    base = origin["base_model"]
+    if base is None:
+        return "- Weights: trained from scratch on the training data below."
+    normalisation = base["input_normalisation"]
+    where = "its image processor's" if normalisation["source"] != "neurovit" else "NeuroViT's"
+    return (
+        f"- Weights: fine-tuned from `{base['source']}` ({base['model_type']}, {base['layers']} layers, "
+        f"width {base['hidden_size']}, {base['patch_size']} px patches at {base['image_size']} px; grey "
+        f"input {base['grey_input']}, normalised with {where} mean {normalisation['mean']} and std "
+        f"{normalisation['std']})."
+    )
+
+
 def _training_data(split: dict, report: dict | None) -> dict:
     params, counts = split.get("params", {}), split.get("counts", {})
     data = {
@@ -234,6 +256,7 @@ def build_card(
                 }
             },
         },
+        "model": _origin(info),
         "training_data": _training_data(split, report),
         "performance": _performance(metrics),
         "calibration": {
@@ -290,6 +313,7 @@ def render_markdown(card: dict) -> str:
         "",
         "## Training data",
         "",
+        _origin_line(card["model"]),
         f"- Fingerprint: `{data['fingerprint']}`",
         "- Images: " + ", ".join(f"{name} {n}" for name, n in data["images_per_split"].items()),
         "- Left out or moved by the split: "

@@ -179,10 +179,14 @@ def train(
     intensity_window: str,
     time_budget_s: float,
     seed: int,
+    amp: str,
+    base_model: str,
 ):
     """Train on the split's train part and keep the weights with the best validation accuracy.
 
-    ``time_budget_s`` <= 0 means no budget. Uses CUDA when the task has a GPU.
+    The GPU recipe (``training.recipes.gpu_recipe``: 128 px, the wide stem) with the given schedule.
+    ``time_budget_s`` <= 0 means no budget; ``learning_rate`` <= 0 the recipe's (1e-3 from scratch, 1e-4
+    fine-tuning); ``base_model`` "" trains from scratch. Uses CUDA when the task has a GPU.
     """
     import shutil
     import tempfile
@@ -191,16 +195,18 @@ def train(
     import torch
 
     from training import stages
-    from training.train import TrainConfig
+    from training.recipes import gpu_recipe, learning_rate_for
 
-    config = TrainConfig(
+    config = gpu_recipe(
         epochs=epochs,
         batch_size=batch_size,
-        learning_rate=learning_rate,
+        learning_rate=learning_rate_for(base_model, learning_rate if learning_rate > 0 else None),
         patience=patience,
         intensity_window=intensity_window,
         time_budget_s=time_budget_s if time_budget_s > 0 else None,
         seed=seed,
+        amp=amp,
+        base_model=base_model or None,
     )
     with tempfile.TemporaryDirectory(prefix="neurovit-train-") as work:
         # One line per epoch in the task log (a bar only on a terminal: neurovit.progress).
@@ -215,6 +221,8 @@ def train(
             "epochs_run": result.epochs_run,
             "train_seconds": round(result.train_seconds, 1),
             "images_per_second": round(result.images_per_second, 1),
+            "amp": amp,
+            "base_model": base_model or None,
         }
     )
     print(
@@ -339,19 +347,24 @@ def training_pipeline(
     store_uri: str,
     data_uri: str = "demo",
     model_name: str = "neurovit",
-    epochs: int = 30,
+    epochs: int = 230,
     batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    patience: int = 8,
+    learning_rate: float = 0.0,
+    patience: int = 230,
     intensity_window: str = "percentile",
     time_budget_s: float = 0.0,
     seed: int = 0,
+    amp: str = "auto",
+    base_model: str = "",
     demo_images_per_class: int = 150,
     train_gpus: int = 1,
     store_secret: str = STORE_SECRET,
     store_config: str = STORE_CONFIG,
 ) -> str:
-    """Training defaults are TrainConfig's (a unit test keeps them equal); the output is the version URI."""
+    """Training defaults are the GPU recipe's (``training.recipes``; a unit test keeps them equal), for the
+    train task's GPU; with ``train_gpus=0`` pass a CPU-sized schedule. ``base_model``: a pretrained HF ViT
+    to fine-tune (a hub id, where the cluster reaches the hub, or a folder the task can read). The output is
+    the version URI."""
     data = _sized(
         prepare_data(data_uri=data_uri, demo_images_per_class=demo_images_per_class), "prepare-data"
     )
@@ -373,6 +386,8 @@ def training_pipeline(
             intensity_window=intensity_window,
             time_budget_s=time_budget_s,
             seed=seed,
+            amp=amp,
+            base_model=base_model,
         ),
         "train",
     )

@@ -444,6 +444,7 @@ def publish_stage(
         "data_fingerprint": split.load_split(split_path).fingerprint,
         "preprocessing": json.loads((Path(model_dir) / "preprocessing.json").read_text()),
         "class_names": info.class_names,
+        "base_model": info.extra.get("base_model"),  # None: trained from scratch
         "code_version": card["code_version"],
         "torch_version": torch.__version__,
         "disclaimer": neurovit.RESEARCH_DISCLAIMER,

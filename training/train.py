@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, update_bn
 
+from neurovit.base_model import checkpoint_image_size, load_base_model
 from neurovit.explain import ROLLOUT_START_LAYER
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
 from training.guide import GuideSet, guide_loss
+from training.precision import MixedPrecision
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +84,19 @@ class TrainConfig:
     # `make demo` keeps training, bit for bit, the model its explanation figures were measured on;
     # `bench-train` turns it on for the epochs.
     channels_last: bool = False
-    # CPU only: bfloat16 autocast for the training steps (fp32 weights, optimiser and validation). On a
-    # CPU with native bf16 (AVX512-BF16 or AMX) a 96 px step costs about 0.55 of fp32 (measured on 2 cores);
-    # elsewhere it is slower, so `bench-train` turns it on only where ``cpu_has_native_bf16``.
-    cpu_bf16: bool = False
     # The intensity window of the model's PreprocessConfig (neurovit.preprocessing.INTENSITY_WINDOWS). The
     # demo picks "foreground_median": its skull-stripped slices have the lesion as their brightest structure.
     intensity_window: str = "percentile"
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
+    # Mixed precision (training.precision.AMP_CHOICES): "auto" is bf16 on a GPU that has it, fp16 with loss
+    # scaling on an older one, fp32 on the CPU (so `make demo` trains bit for bit as measured). On a CPU
+    # with native bf16 (AVX512-BF16 or AMX) a 96 px bf16 step costs about 0.55 of fp32 (2 cores); elsewhere
+    # it is slower, so `bench-train` asks for "bf16" only where ``cpu_has_native_bf16``.
+    amp: str = "auto"
+    # A pretrained HF ViT to fine-tune (a save_pretrained folder, or a hub id where the hub is reachable;
+    # neurovit.base_model): its architecture and image size replace ``model``'s. None trains from scratch.
+    base_model: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -103,9 +109,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def input_size(self) -> int:
+        """The model's input side: the base model's own, else ``model.image_size``."""
+        return checkpoint_image_size(self.base_model) if self.base_model else self.model.image_size
+
     def preprocessing(self) -> PreprocessConfig:
         """The transform a model trained with this recipe is saved with and its arrays are cached by."""
-        return PreprocessConfig(image_size=self.model.image_size, intensity_window=self.intensity_window)
+        return PreprocessConfig(image_size=self.input_size(), intensity_window=self.intensity_window)
 
     @classmethod
     def from_dict(cls, payload: dict) -> TrainConfig:
@@ -196,6 +206,17 @@ class BatchLoader:
             if self.augment is not None:
                 images, masks = augment_batch(images, self.augment, generator, masks, cell=self.cell)
             yield standardise(images, self.preprocessing), self.labels[picked], masks
+
+
+def initial_model(
+    config: TrainConfig, class_names: list[str], preprocessing: PreprocessConfig
+) -> tuple[NeuroViTForImageClassification, dict]:
+    """The model training starts from, and what ``neurovit.json`` records of where it came from: a fresh
+    ``config.model``, or the pretrained ``config.base_model`` with a head for ``class_names``."""
+    if config.base_model is None:
+        return build_model(config.model, class_names), {}
+    start = load_base_model(config.base_model, class_names, preprocessing)
+    return start.model, {"base_model": start.facts}
 
 
 def place_for_training(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
@@ -316,15 +337,16 @@ def train(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if config.model.image_size != preprocessing.image_size:
+    if config.input_size() != preprocessing.image_size:
         raise ValueError(
-            f"model image_size {config.model.image_size} != preprocessing {preprocessing.image_size}"
+            f"model image_size {config.input_size()} != preprocessing {preprocessing.image_size}"
         )
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
-    model = place_for_training(build_model(config.model, class_names), device, config.channels_last)
+    start, origin = initial_model(config, class_names, preprocessing)
+    model = place_for_training(start, device, config.channels_last)
     ema = AveragedModel(model, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
     masks = None
@@ -389,8 +411,8 @@ def train(
         else:
             log.warning("checkpoint in %s is from another config: starting afresh", run_dir)
 
-    info = ModelInfo(class_names=list(class_names), extra={"train_config": config.to_dict()})
-    use_amp = device.type == "cuda" or (device.type == "cpu" and config.cpu_bf16)
+    info = ModelInfo(class_names=list(class_names), extra={"train_config": config.to_dict(), **origin})
+    precision = MixedPrecision(config.amp, device)
     while state["epoch"] < state["planned_epochs"]:
         epoch = state["epoch"] + 1
         model.train()
@@ -406,7 +428,7 @@ def train(
             leave=False,
         )
         for images, targets, *batch_masks in bar:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with precision.autocast():
                 outputs = model(images, output_attentions=guided)
             logits = outputs.logits
             loss = F.cross_entropy(
@@ -421,9 +443,10 @@ def train(
                         attentions, batch_masks[0][with_mask], start
                     )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            precision.backward(loss)
+            precision.unscale(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            precision.step(optimizer)
             scheduler.step()
             ema.update_parameters(model)
             loss_sum += loss.item() * len(targets)
@@ -527,7 +550,8 @@ def measure_step_ratio(
     gathering, augmentation, standardisation). Measured on a throwaway copy of a fresh model.
     """
     device = pick_device(config.device)
-    model = place_for_training(build_model(config.model, class_names), device, config.channels_last).train()
+    start, _ = initial_model(config, class_names, preprocessing)
+    model = place_for_training(start, device, config.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -572,6 +596,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "epoch_line",
+    "initial_model",
     "measure_step_ratio",
     "predict_logits",
     "train",

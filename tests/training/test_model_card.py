@@ -14,6 +14,7 @@ from fixtures.serving_samples import CLASS_NAMES, save_tiny_model
 
 from neurovit import RESEARCH_DISCLAIMER
 from neurovit.data.split import load_split
+from neurovit.model import ModelInfo
 from neurovit.preprocessing import PreprocessConfig
 from neurovit.serving import MODEL_CARD_FILE
 from neurovit.store import open_store, resolve
@@ -226,3 +227,28 @@ def test_evaluate_writes_predictions_for_every_readable_image_of_a_folder(evalua
     flagged = sum(row["ood_flagged"] == "true" for row in rows) / len(rows)
     assert metrics["ood"]["flagged_rate"] == pytest.approx(flagged)
     assert open_store(evaluated_run["root"] / "store").list_models() == ["neurovit"]
+
+
+def test_the_card_says_where_the_weights_started(outputs):
+    assert card_of(outputs)["model"] == {"kind": "from scratch", "base_model": None}
+    assert "- Weights: trained from scratch" in render_markdown(card_of(outputs))
+    info = ModelInfo.load(outputs["model"])
+    info.extra["base_model"] = {
+        "source": "google/vit-base-patch16-224",
+        "model_type": "vit",
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "layers": 12,
+        "heads": 12,
+        "checkpoint_channels": 3,
+        "grey_input": "repeated into the 3 channels, folded into the patch projection",
+        "input_normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3, "source": "preprocessor_config.json"},
+    }
+    info.save(outputs["model"])
+    card = card_of(outputs)
+    assert card["model"]["base_model"]["source"] == "google/vit-base-patch16-224"
+    assert "fine-tuned" in card["model"]["kind"]
+    markdown = render_markdown(card)
+    assert "- Weights: fine-tuned from `google/vit-base-patch16-224` (vit, 12 layers" in markdown
+    assert "normalised with its image processor's mean [0.5, 0.5, 0.5]" in markdown

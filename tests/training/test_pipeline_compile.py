@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
 from training.pipeline import DEFAULT_TRAINING_IMAGE, GPU_RESOURCE, PIPELINE_FILE, PIPELINE_NAME, RESOURCES
+from training.recipes import gpu_recipe
 from training.train import TrainConfig
 
 STAGES = ("prepare-data", "analyze", "split", "train", "evaluate", "publish")
@@ -91,12 +91,50 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(spec: dict) -> None:
         assert resources["memoryRequest"] <= resources["memoryLimit"], task
 
 
-def test_training_defaults_match_train_config(spec: dict) -> None:
+def test_training_defaults_are_the_gpu_recipe(spec: dict) -> None:
+    """The train task has a GPU by default, so its schedule is the GPU recipe's, not the CPU defaults."""
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    defaults = {field.name: field.default for field in fields(TrainConfig)}
-    for name in ("epochs", "batch_size", "learning_rate", "patience", "intensity_window", "seed"):
-        assert parameters[name]["defaultValue"] == defaults[name], name
+    recipe = gpu_recipe()
+    for name in ("epochs", "batch_size", "patience", "intensity_window", "seed", "amp"):
+        assert parameters[name]["defaultValue"] == getattr(recipe, name), name
+    assert recipe.epochs > TrainConfig().epochs and recipe.model.image_size == 128
+    # 0: the recipe's learning rate (learning_rate_for), so a base model gets fine-tuning's
+    assert parameters["learning_rate"]["defaultValue"] == 0.0
+    assert parameters["base_model"]["defaultValue"] == ""
     assert "defaultValue" not in parameters["store_uri"], "store_uri must be given for every run"
+
+
+def test_the_train_task_builds_the_gpu_recipe_with_the_runs_parameters(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from training import stages
+    from training.pipeline import train
+
+    seen = []
+
+    def fake_train_stage(dataset, split, run_dir, config):
+        seen.append(config)
+        (Path(run_dir) / "best").mkdir(parents=True)
+        return SimpleNamespace(
+            best_dir=Path(run_dir) / "best",
+            best_val_accuracy=0.5,
+            best_epoch=1,
+            epochs_run=1,
+            train_seconds=1.0,
+            images_per_second=1.0,
+        )
+
+    monkeypatch.setattr(stages, "train_stage", fake_train_stage)
+    model = SimpleNamespace(path=str(tmp_path / "model"), metadata={})
+    common = dict(dataset=SimpleNamespace(path="d"), split_plan=SimpleNamespace(path="s"), model=model)
+    schedule = dict(epochs=3, batch_size=8, patience=2, intensity_window="percentile", seed=0, amp="bf16")
+    train.python_func(**common, **schedule, learning_rate=0.0, time_budget_s=0.0, base_model="")
+    train.python_func(**common, **schedule, learning_rate=0.0, time_budget_s=60.0, base_model="ckpt")
+    scratch, tuned = seen
+    assert scratch.model == gpu_recipe().model and scratch.amp == "bf16" and scratch.epochs == 3
+    assert (scratch.learning_rate, scratch.base_model, scratch.time_budget_s) == (1e-3, None, None)
+    assert (tuned.learning_rate, tuned.base_model, tuned.time_budget_s) == (1e-4, "ckpt", 60.0)
+    assert model.metadata["base_model"] == "ckpt" and model.metadata["amp"] == "bf16"
 
 
 def test_a_data_uri_with_credentials_is_refused_and_not_printed(tmp_path, capsys) -> None:

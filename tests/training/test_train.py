@@ -254,7 +254,7 @@ def test_an_open_schedule_needs_a_budget_and_keep_is_checked():
 
 def test_cpu_bf16_training_learns_and_saves_fp32_weights(data, tmp_path):
     train_data, val_data = data
-    config = tiny_config(cpu_bf16=True, augment=AugmentConfig(max_rotation_deg=5, erase_prob=0.5))
+    config = tiny_config(amp="bf16", augment=AugmentConfig(max_rotation_deg=5, erase_prob=0.5))
     result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
     assert result.best_val_accuracy >= 0.9
     loaded = load_model(result.best_dir)

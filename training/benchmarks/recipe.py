@@ -31,6 +31,7 @@ from training import stages
 from training.augment import AugmentConfig
 from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
 from training.stages import run_main_job
+from training.precision import resolve_amp
 from training.train import TrainConfig, cpu_has_native_bf16, measure_step_ratio, pick_device
 
 CPU_BENCH_IMAGE_SIZE = 96
@@ -58,6 +59,9 @@ def run(
     guide_dir: Path | None = None,
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
     erase_prob: float = BENCH_ERASE_PROB,
+    amp: str = TrainConfig.amp,
+    base_model: str | None = None,
+    learning_rate: float = TrainConfig.learning_rate,
 ) -> dict:
     """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
@@ -65,11 +69,12 @@ def run(
         guide_dir = None
 
     run_dir = run_dir or OUTPUT_DIR / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    bf16 = pick_device(device).type == "cpu" and cpu_has_native_bf16()
+    if amp == "auto" and pick_device(device).type == "cpu":
+        amp = "bf16" if cpu_has_native_bf16() else "none"
+    bf16 = amp == "bf16"
     config = TrainConfig(
         epochs=epochs,
         keep="last",
-        cpu_bf16=bf16,
         augment=AugmentConfig(erase_prob=erase_prob),
         batch_size=batch_size,
         patience=patience,
@@ -79,13 +84,17 @@ def run(
         guide_weight=guide_weight if guide_dir is not None else 0.0,
         channels_last=True,
         model=ModelConfig(image_size=image_size, stem_channels=stem_channels),
+        amp=amp,
+        base_model=base_model,
+        learning_rate=learning_rate,
     )
     preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
     print(
         f"plan: {time_budget:.0f} s of training; epochs: "
         + ("as many as fit, refitted after every epoch" if epochs is None else f"at most {epochs}")
         + "; keep the last EMA weights (validation only calibrates); "
-        + ("bf16 autocast (this CPU runs bf16 natively)" if bf16 else "fp32 (no native bf16 on this device)")
+        + f"precision {resolve_amp(amp, pick_device(device))}"
+        + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}",
         flush=True,
     )
@@ -114,7 +123,6 @@ def run(
         "selection_val_accuracy": round(result.best_val_accuracy, 4),
         "epochs": result.epochs_run,
         "epochs_planned": result.epochs_planned,
-        "bf16": bf16,
         "erase_prob": erase_prob,
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.train_seconds, 1),
@@ -125,8 +133,11 @@ def run(
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "image_size": image_size,
+        "image_size": preprocessing.image_size,
         "batch_size": batch_size,
+        "amp": amp,
+        "base_model": base_model,
+        "learning_rate": learning_rate,
         "stem_channels": list(stem_channels),
         "data_fingerprint": plan.fingerprint[:12],
         "seed": seed,

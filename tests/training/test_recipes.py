@@ -1,0 +1,71 @@
+"""The GPU recipe and fine-tuning's learning rate, as `neurovit bench train` and `neurovit train` pass them
+on; `--recipe gpu` without CUDA is refused before any data is read."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import training.benchmarks.recipe as bench
+from training.cli import main
+from training.recipes import (
+    FINE_TUNING_LEARNING_RATE,
+    GPU_EPOCHS,
+    gpu_bench_options,
+    gpu_recipe,
+    learning_rate_for,
+)
+from training.train import TrainConfig
+
+
+def test_the_gpu_recipe_is_the_run_that_reached_096() -> None:
+    recipe = gpu_recipe()
+    assert recipe.model.image_size == 128 and recipe.model.stem_channels == (32, 64, 128, 192)
+    assert (recipe.epochs, recipe.batch_size, recipe.amp, recipe.time_budget_s) == (
+        GPU_EPOCHS,
+        64,
+        "auto",
+        None,
+    )
+    assert recipe.patience >= recipe.epochs  # early stopping out of the way, as in that run
+    assert gpu_recipe(epochs=3).epochs == 3
+
+
+def test_the_bench_options_are_parameters_of_the_bench() -> None:
+    options = gpu_bench_options()
+    assert set(options) <= set(inspect.signature(bench.run).parameters)
+    assert options["time_budget"] is None and options["image_size"] == 128
+
+
+def test_a_base_model_gets_fine_tunings_learning_rate_unless_one_is_given() -> None:
+    assert learning_rate_for(None) == TrainConfig.learning_rate == 1e-3
+    assert learning_rate_for("some/vit") == FINE_TUNING_LEARNING_RATE == 1e-4
+    assert learning_rate_for("some/vit", 3e-5) == 3e-5
+
+
+@pytest.fixture()
+def bench_calls(monkeypatch) -> list[dict]:
+    calls = []
+    monkeypatch.setattr(bench, "run", lambda data_dir, store, **options: calls.append(options) or {})
+    return calls
+
+
+def test_recipe_gpu_without_cuda_is_a_usage_error_before_any_data_is_read(monkeypatch, bench_calls, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "train", "--data-dir", "/no/such/folder", "--recipe", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--recipe gpu is sized for a GPU and this machine has no CUDA device" in err
+    assert bench_calls == []
+
+
+def test_recipe_gpu_passes_the_recipe_and_given_options_win(monkeypatch, bench_calls, tmp_path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main(["bench", "train", "--data-dir", str(tmp_path), "--recipe", "gpu"]) == 0
+    assert main(["bench", "train", "--data-dir", str(tmp_path), "--recipe", "gpu", "--epochs", "5"]) == 0
+    assert main(["bench", "train", "--data-dir", str(tmp_path)]) == 0  # the CPU recipe: run()'s defaults
+    gpu, given, cpu = bench_calls
+    assert gpu == gpu_bench_options()
+    assert given == {**gpu_bench_options(), "epochs": 5}
+    assert cpu == {}
