@@ -12,8 +12,8 @@ The CPU recipe buys epochs, because in 30 CPU minutes the model underfits: 96 px
 128 px one, at the price of 6x6 explanation maps instead of 8x8), a narrower stem (0.84 of a step),
 channels_last, and bf16 autocast where the CPU runs it natively (0.55 of an fp32 step). The epochs are
 planned from the budget, not capped, and the last EMA weights are kept, so the val split only calibrates.
-Held-out 0.906-0.914 over the guided runs (docs/benchmarks.md). With a GPU, `--image-size 128 --stem-channels 32,64,128,192 --epochs 250`
-reached 0.96.
+Held-out 0.906-0.914 over the guided runs (docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the
+wide stem, 230 epochs, mixed precision: ``training.recipes``) reached 0.96.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from neurovit.model import ModelConfig
 from training import stages
 from training.augment import AugmentConfig
 from training.guide import DEFAULT_GUIDE_WEIGHT, GUIDE_FILE
-from training.stages import run_main_job
 from training.precision import resolve_amp
+from training.stages import run_main_job
 from training.train import TrainConfig, cpu_has_native_bf16, measure_step_ratio, pick_device
 
 CPU_BENCH_IMAGE_SIZE = 96
