@@ -48,6 +48,19 @@ $(TOOLS_VENV)/.installed: requirements-tools.txt
 .PHONY: tools-venv
 tools-venv: $(TOOLS_VENV)/.installed ## Create .venv-tools (checkov, kserve SDK: requirements-tools.txt)
 
+# The KServe runtime: the serving core with KServe's model server (pyproject extra serve-kserve), in its own
+# environment because the kserve SDK's pins (psutil<6, pandas<3) clash with the dev ones. torch stays the
+# CPU wheel pinned in the extra.
+KSERVE_VENV  := .venv-kserve
+$(KSERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/pip install --quiet -e '.[serve-kserve]'
+	touch $@
+
+.PHONY: kserve-venv
+kserve-venv: $(KSERVE_VENV)/.installed ## Create .venv-kserve (KServe's model server over the serving core)
+
 # ---- MAIN JOB ----------------------------------------------------------------------------------
 .PHONY: demo
 demo: venv java ## Demo set -> analyse, split, train, evaluate, package, publish; then serve it and explain one slice
@@ -194,7 +207,7 @@ deploy-rollback: tools-venv ## Serve the version ISVC served before the last `ma
 
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test
-test: venv java prometheus tools-venv ## Run the whole test suite (unit, integration: real TorchServe, S3 endpoint, kfp runner; deploy; slow)
+test: venv java prometheus tools-venv kserve-venv ## Run the whole test suite (unit, integration: real TorchServe and KServe servers, S3 endpoint, kfp runner; deploy; slow)
 	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
 
 FAST_MARKERS := not integration and not deploy and not slow and not image_deps
