@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from neurovit import RESEARCH_DISCLAIMER
-from neurovit.serving import EXPLANATIONS, parse_explain
+from neurovit.serving import EXPLANATIONS
 
 INPUT_NAME = "image"
 OVERLAYS = "overlays"  # the request parameter that adds the overlay PNGs
@@ -144,7 +144,6 @@ __all__ = [
     "maps_wanted",
     "output_metadata",
     "output_tensors",
-    "parse_explain",
     "request_items",
     "response_parameters",
     "wants_overlays",

@@ -95,8 +95,9 @@ class TorchServe:
 
 @pytest.fixture(scope="session")
 def torchserve_package(tmp_path_factory) -> Path:
-    """A freshly packaged tiny model with a model card, published and fetched: ``config/``,
-    ``model-store/`` and the ``manifest.json`` the handler verifies, as KServe would mount them."""
+    """A freshly packaged tiny model with a model card, published and fetched as the main job publishes a
+    version: ``model/``, ``model_card.json``, ``config/``, ``model-store/`` and the ``manifest.json`` the
+    runtimes verify, as KServe would mount them (TorchServe loads the archive, the KServe runtime model/)."""
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         message = "TorchServe needs Java 17: `make java` (apt-get install -y openjdk-17-jre-headless)"
         if os.environ.get("CI"):  # `make test` installs Java first: in CI a missing JRE is a failure
@@ -108,6 +109,8 @@ def torchserve_package(tmp_path_factory) -> Path:
     card = build_card(MODEL, VERSION, run["model"], run["evaluation"], run["split"], run["analysis"])
     card_file = write_card(card, root / "card")[MODEL_CARD_FILE]
     package_stage(model, root / "package", MODEL, VERSION, options=TEST_OPTIONS, extra_files=[card_file])
+    shutil.copytree(model, root / "package" / "model")
+    shutil.copy2(card_file, root / "package" / MODEL_CARD_FILE)
     return published_copy(root / "package")
 
 

@@ -1,0 +1,100 @@
+"""Start KServe's model server on a published version (the KServe runtime's entry point).
+
+``python -m handlers.kserve_server --model_dir <version folder> --model_name neurovit [--http_port 8080]``
+
+The version folder is one published version as the store lays it out (``manifest.json``, ``model/``,
+``config/``, ``model-store/``); in a pod it is ``/mnt/models``, filled by KServe's storage initializer.
+Every option of KServe's own ``ModelServer`` parser is accepted; gRPC is off unless ``--enable_grpc true``
+(the v2 REST routes carry everything, and a second port is one more thing to expose). One process, one
+uvicorn worker: the model is loaded once, before the server starts. ``/metrics`` on the HTTP port serves
+prometheus-client's default registry: KServe's stage histograms and NeuroViT's ``neurovit_*`` series.
+
+Every refusal has the TorchServe handler's body, ``{"error", "code", "reason"}``, and is counted in
+``neurovit_errors_total``, including the bodies KServe's server refuses before the model sees them (a v1
+body that is not JSON, a v2 body that is not an inference request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+from fastapi import FastAPI
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from kserve import ModelServer, errors, model_server
+from kserve.protocol.rest import server as rest_server
+from starlette.exceptions import HTTPException
+
+from handlers.kserve_model import ErrorAnswer, NeuroViTModel
+from neurovit.integrity import DEFAULT_VERSION_DIR
+from neurovit.serving import InvalidInput, error_body
+
+log = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        parents=[model_server.parser], description="NeuroViT on KServe's model server"
+    )
+    p.add_argument("--model_dir", default=DEFAULT_VERSION_DIR, help="the published version folder")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.set_defaults(model_name="neurovit", enable_grpc=False)
+    return p
+
+
+def install_error_answers(app: FastAPI, model: NeuroViTModel) -> None:
+    """Answer every refusal with NeuroViT's error body and count it."""
+
+    def refuse(error: InvalidInput) -> ORJSONResponse:
+        model.telemetry.error(error.reason, error.status)
+        return ORJSONResponse(error_body(error), status_code=error.status)
+
+    async def answer(_request, error: ErrorAnswer) -> ORJSONResponse:
+        return ORJSONResponse(error.body, status_code=error.status)
+
+    async def not_a_v2_request(_request, error: RequestValidationError) -> ORJSONResponse:
+        # The v2 route's body is `InferenceRequest | bytes`: the bytes branch's complaint says nothing.
+        problems = [p for p in error.errors() if tuple(p.get("loc", ()))[:2] != ("body", "bytes")]
+        reason = "bad_json" if any(p.get("type") == "json_invalid" for p in problems) else "bad_request"
+        where = "; ".join(f"{'.'.join(map(str, p.get('loc', ())))}: {p.get('msg')}" for p in problems[:3])
+        return refuse(InvalidInput(f"malformed KServe v2 body: {where}"[:500], reason=reason))
+
+    async def not_a_body(_request, error: errors.InvalidInput) -> ORJSONResponse:
+        reason = "bad_json" if "Unrecognized request format" in str(error) else "bad_request"
+        return refuse(InvalidInput(f"malformed KServe body: {error}"[:500], reason=reason))
+
+    async def unparsable(request, error: HTTPException):
+        if error.status_code != 400:  # 404, 405, ...: FastAPI's own answer
+            return await http_exception_handler(request, error)
+        return refuse(InvalidInput(f"malformed request body: {error.detail}", reason="bad_json"))
+
+    app.add_exception_handler(ErrorAnswer, answer)
+    app.add_exception_handler(HTTPException, unparsable)  # FastAPI's 400 for a body it cannot parse
+    app.add_exception_handler(RequestValidationError, not_a_v2_request)
+    # KServe registers its own InvalidInput handler ({"error"} only) when the server starts, so the name it
+    # registers is the one replaced.
+    rest_server.invalid_input_handler = not_a_body
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, _ = parser().parse_known_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = NeuroViTModel(args.model_name, args.model_dir, device=device)
+    model.load()
+    install_error_answers(model_server.app, model)
+    server = ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        enable_grpc=args.enable_grpc,
+        enable_latency_logging=args.enable_latency_logging,
+    )
+    server.start([model])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
