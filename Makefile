@@ -122,9 +122,12 @@ prometheus: ## Install Prometheus and promtool (monitoring checks, demos) where 
 package: venv ## Build MODEL's TorchServe archive and KServe config into outputs/package/<version>
 	$(NEUROVIT) package --model $(MODEL) --store $(NEUROVIT_STORE)
 
+# torchserve (token auth on; key file in outputs/serve/) or kserve (KServe's model server, .venv-kserve)
+RUNTIME      ?= torchserve
+
 .PHONY: serve
-serve: venv java ## Serve MODEL with TorchServe on SERVE_PORT (token auth on; key file in outputs/serve/)
-	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
+serve: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) ## Serve MODEL on SERVE_PORT with RUNTIME=torchserve (default; token auth, key in outputs/serve/) or kserve
+	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT) --runtime $(RUNTIME)
 
 .PHONY: predict
 predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|heatmap|all); overlays in outputs/predictions
@@ -132,7 +135,7 @@ predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|hea
 	$(NEUROVIT) predict --image $(IMAGE) --explain $(EXPLAIN)
 
 .PHONY: stop
-stop: venv ## Stop the local TorchServe started by `make serve` (and Prometheus from `make monitor`/`drift-demo`)
+stop: venv ## Stop the local server started by `make serve`, either runtime (and Prometheus from `make monitor`/`drift-demo`)
 	$(NEUROVIT) stop
 
 # ---- MONITORING --------------------------------------------------------------------------------
