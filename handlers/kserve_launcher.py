@@ -1,5 +1,4 @@
-"""Start the KServe runtime (``handlers.kserve_server``) from .venv-kserve on a version folder, wait until the
-model is ready, stop it.
+"""Run the KServe runtime: ``handlers.kserve_server`` from .venv-kserve on a version folder, ready, stopped.
 
 What `neurovit serve --runtime kserve` (``start``/``stop``: a server that outlives the command) and the
 integration tests (``running``: stopped when the block ends) use. The server runs in its own process group

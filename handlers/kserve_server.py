@@ -1,4 +1,4 @@
-"""Start KServe's model server on a published version (the KServe runtime's entry point).
+"""Start the KServe runtime: KServe's model server on a published version.
 
 ``python -m handlers.kserve_server --model_dir <version folder> --model_name neurovit [--http_port 8080]``
 
@@ -64,8 +64,12 @@ def install_error_answers(app: FastAPI, model: NeuroViTModel) -> None:
         return refuse(InvalidInput(f"malformed KServe v2 body: {where}"[:500], reason=reason))
 
     async def not_a_body(_request, error: errors.InvalidInput) -> ORJSONResponse:
-        reason = "bad_json" if "Unrecognized request format" in str(error) else "bad_request"
-        return refuse(InvalidInput(f"malformed KServe body: {error}"[:500], reason=reason))
+        text = str(error)
+        if "Unrecognized request format" in text:  # orjson refused a v1 body (or an octet-stream one)
+            detail = text.split("Unrecognized request format: ", 1)[-1]
+            what = "nested too deeply" if "depth limit" in detail else "not JSON"
+            return refuse(InvalidInput(f"malformed JSON body: {what} ({detail})"[:500], reason="bad_json"))
+        return refuse(InvalidInput(f"malformed KServe body: {text}"[:500]))
 
     async def unparsable(request, error: HTTPException):
         if error.status_code != 400:  # 404, 405, ...: FastAPI's own answer

@@ -1,7 +1,9 @@
-"""The Open Inference Protocol (KServe v2) view of NeuroViT's answers: typed tensors and the metadata that
-declares them, so that a v2 client (tritonclient, KServe's ``InferenceRESTClient``) reads numbers, not JSON.
+"""Typed v2 tensors: the Open Inference Protocol (KServe v2) view of answers, and the metadata declaring them.
 
-Request: one or more BYTES inputs, each of shape ``[N]`` holding N base64 images. The maps are chosen with
+A v2 client (tritonclient, KServe's ``InferenceRESTClient``) reads numbers, not JSON strings.
+
+Request: one or more BYTES inputs, each of shape ``[N]`` holding N images (base64 strings in JSON, or the
+files' bytes with the binary extension). The maps are chosen with
 ``parameters.explain`` (``none | rollout | heatmap | all``) on an input or on the request; a request's maps
 are the union of what its inputs ask, and every image gets them (a tensor has one shape for all N).
 ``parameters.overlays: true`` adds the overlay PNGs.
@@ -52,19 +54,28 @@ class Tensor:
 
 def request_items(inputs: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any] | None) -> list:
     """v2 input tensors (``name, shape, datatype, data, parameters``) -> one ``neurovit.serving.parse_item``
-    item per image: an input of shape ``[N]`` with N elements becomes N single-image inputs. The request's
+    item per image: an input of shape ``[N]`` with N elements becomes N single-image inputs. Elements sent
+    with the binary extension arrive as bytes: those are the image files themselves. The request's
     ``explain`` applies to an input that names none. Anything else passes unchanged, so that the core's
     checks refuse it with their message."""
     request_explain = (parameters or {}).get("explain")
     items = []
     for tensor in inputs:
+        if not isinstance(tensor, Mapping):  # e.g. the RequestError of an unreadable input
+            items.append(tensor)
+            continue
         tensor = dict(tensor)
         own = tensor.get("parameters")
         if request_explain is not None and (own is None or (isinstance(own, dict) and "explain" not in own)):
             tensor["parameters"] = {**(own or {}), "explain": request_explain}
         data, shape = tensor.get("data"), tensor.get("shape")
         several = isinstance(data, list) and len(data) > 1 and shape == [len(data)]
-        items += [{**tensor, "shape": [1], "data": [one]} for one in data] if several else [tensor]
+        for item in [{**tensor, "shape": [1], "data": [one]} for one in data] if several else [tensor]:
+            element = item["data"][0] if isinstance(item.get("data"), list) and item["data"] else None
+            if isinstance(element, bytes) and item.get("datatype") == "BYTES":
+                explain = (item.get("parameters") or {}).get("explain")
+                item = {"body": element, "explain": explain}
+            items.append(item)
     return items
 
 
@@ -77,7 +88,11 @@ def maps_wanted(explain_by_item: Sequence[tuple[str, ...] | None]) -> tuple[str,
 def wants_overlays(inputs: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any] | None) -> bool:
     """``parameters.overlays`` true on the request or on any input (``true``, ``"true"`` or 1)."""
     values = [(parameters or {}).get(OVERLAYS)]
-    values += [(tensor.get("parameters") or {}).get(OVERLAYS) for tensor in inputs]
+    values += [
+        (tensor.get("parameters") or {}).get(OVERLAYS)
+        for tensor in inputs
+        if isinstance(tensor, Mapping) and isinstance(tensor.get("parameters") or {}, Mapping)
+    ]
     return any(str(value).strip().lower() in ("true", "1") for value in values if value is not None)
 
 

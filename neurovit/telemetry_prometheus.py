@@ -1,4 +1,4 @@
-"""The service's own metrics through prometheus-client, for a server other than TorchServe (KServe's).
+"""Metrics via prometheus-client: neurovit.telemetry's, for a server other than TorchServe (KServe's).
 
 Same names, labels and meanings as ``neurovit.telemetry`` (the contract is ``monitoring/METRICS.md``):
 ``PrometheusMetrics.get_metric`` is the ``get_metric`` that ``Telemetry`` calls, so what one answered request
