@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import textwrap
 import urllib.request
@@ -25,6 +26,7 @@ from fixtures.serving_samples import (
     good_images,
 )
 
+from handlers import local_service
 from neurovit import RESEARCH_DISCLAIMER, telemetry
 from neurovit.serving import EXPLAIN_HEADER
 from neurovit.store import open_store
@@ -354,3 +356,27 @@ def test_the_storage_initializer_fetches_a_version_the_runtime_then_loads(
     with start_kserve(mount, tmp_path / "server") as server:
         (answer,) = v1_answers(server.post(PREDICT, png, "image/png"))
         assert_answer(answer)
+
+
+# ---- make serve RUNTIME=kserve, make predict, make stop ------------------------------------------------
+
+
+def test_neurovit_serve_with_the_kserve_runtime_then_predict_and_stop(
+    kserve_python, published_version, png, tmp_path, capsys
+):
+    serve_dir, image = tmp_path / "serve", tmp_path / "slice.png"
+    image.write_bytes(png)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = local_service.serve(str(published_version), str(tmp_path), serve_dir, port=port, runtime="kserve")
+    try:
+        assert state["runtime"] == "kserve" and state["version"] == VERSION
+        assert local_service.is_running(serve_dir)
+        answer = local_service.predict(image, "rollout", serve_dir=serve_dir, out_dir=tmp_path / "out")
+        assert_answer(answer, ("rollout",))
+        assert (tmp_path / "out" / "slice.rollout.png").is_file()
+    finally:
+        assert local_service.stop(serve_dir)
+    assert not local_service.is_running(serve_dir)
+    assert "the KServe runtime stopped" in capsys.readouterr().out
