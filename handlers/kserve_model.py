@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import struct
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
+from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from handlers.package import archived_options
 from neurovit import open_inference as v2
@@ -39,7 +38,6 @@ from neurovit.integrity import verify_folder
 from neurovit.serving import (
     EXPLAIN_HEADER,
     EXPLANATIONS,
-    InvalidInput,
     Predictor,
     PreparedImage,
     RequestError,
@@ -100,7 +98,7 @@ class NeuroViTModel(Model):
     async def preprocess(self, payload, headers: dict | None = None) -> Job:
         header_explain = (headers or {}).get(EXPLAIN_HEADER)
         if isinstance(payload, InferRequest):
-            inputs = [_tensor(tensor) for tensor in payload.inputs]
+            inputs = [tensor.to_dict() for tensor in payload.inputs]
             overlays = v2.wants_overlays(inputs, payload.parameters)
             return Job(v2.request_items(inputs, payload.parameters), None, payload, overlays)
         if isinstance(payload, dict) and "instances" in payload:
@@ -168,17 +166,6 @@ class NeuroViTModel(Model):
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
-
-
-def _tensor(tensor: InferInput):
-    """A v2 input as the dict the serving core reads; binary-extension data decoded to its elements."""
-    fields = tensor.to_dict()
-    if fields["data"] is None and fields["datatype"] == "BYTES":
-        try:
-            fields["data"] = list(tensor.as_numpy().ravel())
-        except (ValueError, IndexError, struct.error) as error:
-            return InvalidInput(f"v2 input {tensor.name!r}: unreadable binary data ({error})")
-    return fields
 
 
 __all__ = ["ErrorAnswer", "Job", "NeuroViTModel"]

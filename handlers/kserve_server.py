@@ -26,6 +26,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from kserve import ModelServer, errors, model_server
+from kserve import logging as kserve_logging
 from kserve.protocol.rest import server as rest_server
 from starlette.exceptions import HTTPException
 
@@ -76,16 +77,26 @@ def install_error_answers(app: FastAPI, model: NeuroViTModel) -> None:
             return await http_exception_handler(request, error)
         return refuse(InvalidInput(f"malformed request body: {error.detail}", reason="bad_json"))
 
+    async def not_utf8(request, error: errors.InferenceError) -> ORJSONResponse:
+        if "Failed to encode" not in str(error):  # a failure of the server's own
+            return await errors.inference_error_handler(request, error)
+        # KServe's REST server decodes binary-extension BYTES inputs as UTF-8 text
+        message = "a v2 binary BYTES input that is not UTF-8 text: send the images base64-encoded"
+        return refuse(InvalidInput(message, reason="bad_base64"))
+
     app.add_exception_handler(ErrorAnswer, answer)
     app.add_exception_handler(HTTPException, unparsable)  # FastAPI's 400 for a body it cannot parse
     app.add_exception_handler(RequestValidationError, not_a_v2_request)
-    # KServe registers its own InvalidInput handler ({"error"} only) when the server starts, so the name it
-    # registers is the one replaced.
+    # KServe registers its own InvalidInput and InferenceError handlers ({"error"} only) when the server
+    # starts, so the names it registers are the ones replaced.
     rest_server.invalid_input_handler = not_a_body
+    rest_server.inference_error_handler = not_utf8
 
 
 def main(argv: list[str] | None = None) -> None:
     args, _ = parser().parse_known_args(argv)
+    if args.configure_logging:  # before loading, so the verification's lines reach the log
+        kserve_logging.configure_logging(args.log_config_file)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = NeuroViTModel(args.model_name, args.model_dir, device=device)
     model.load()

@@ -2,8 +2,9 @@
 
 A v2 client (tritonclient, KServe's ``InferenceRESTClient``) reads numbers, not JSON strings.
 
-Request: one or more BYTES inputs, each of shape ``[N]`` holding N images (base64 strings in JSON, or the
-files' bytes with the binary extension). The maps are chosen with
+Request: one or more BYTES inputs, each of shape ``[N]`` holding N base64 images (in JSON, or as the binary
+extension's elements: KServe's REST server decodes binary BYTES inputs as UTF-8 text, so raw files cannot
+travel that way). The maps are chosen with
 ``parameters.explain`` (``none | rollout | heatmap | all``) on an input or on the request; a request's maps
 are the union of what its inputs ask, and every image gets them (a tensor has one shape for all N).
 ``parameters.overlays: true`` adds the overlay PNGs.
@@ -54,8 +55,7 @@ class Tensor:
 
 def request_items(inputs: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any] | None) -> list:
     """v2 input tensors (``name, shape, datatype, data, parameters``) -> one ``neurovit.serving.parse_item``
-    item per image: an input of shape ``[N]`` with N elements becomes N single-image inputs. Elements sent
-    with the binary extension arrive as bytes: those are the image files themselves. The request's
+    item per image: an input of shape ``[N]`` with N elements becomes N single-image inputs. The request's
     ``explain`` applies to an input that names none. Anything else passes unchanged, so that the core's
     checks refuse it with their message."""
     request_explain = (parameters or {}).get("explain")
@@ -70,12 +70,7 @@ def request_items(inputs: Sequence[Mapping[str, Any]], parameters: Mapping[str, 
             tensor["parameters"] = {**(own or {}), "explain": request_explain}
         data, shape = tensor.get("data"), tensor.get("shape")
         several = isinstance(data, list) and len(data) > 1 and shape == [len(data)]
-        for item in [{**tensor, "shape": [1], "data": [one]} for one in data] if several else [tensor]:
-            element = item["data"][0] if isinstance(item.get("data"), list) and item["data"] else None
-            if isinstance(element, bytes) and item.get("datatype") == "BYTES":
-                explain = (item.get("parameters") or {}).get("explain")
-                item = {"body": element, "explain": explain}
-            items.append(item)
+        items += [{**tensor, "shape": [1], "data": [one]} for one in data] if several else [tensor]
     return items
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import textwrap
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from fixtures.serving_samples import (
 
 from handlers import local_service
 from neurovit import RESEARCH_DISCLAIMER, telemetry
+from neurovit.integrity import MANIFEST_FILE
 from neurovit.serving import EXPLAIN_HEADER
 from neurovit.store import open_store
 
@@ -87,7 +89,7 @@ def test_v1_predict_and_explain_answer_as_torchserve_does(kserve, png):
     assert_answer(raw, ("heatmap",))
     (lone,) = v1_answers(kserve.post_json(PREDICT, {"data": b64(png), "explain": "all"}))
     assert_answer(lone, BOTH)
-    assert raw["probabilities"] == pytest.approx(first["probabilities"], abs=1e-9)
+    assert raw["probabilities"] == pytest.approx(first["probabilities"], abs=1e-6)  # batch of 1 vs 2
 
 
 def test_the_v2_metadata_declares_the_typed_inputs_and_outputs(kserve):
@@ -137,17 +139,24 @@ async def main():
     as_json = InferInput("image", [2], "BYTES", images, parameters={"explain": "heatmap"})
     request = InferRequest("neurovit", [as_json], request_id="r-7", parameters={"overlays": True})
     typed = read(await client.infer(url, request, model_name="neurovit"))
-    # The binary extension both ways: the files' own bytes in, raw tensors out.
+    # The binary extension both ways (KServe's server reads binary BYTES inputs as UTF-8 text: base64 in).
     as_binary = InferInput("image", [1], "BYTES")
-    as_binary.set_data_from_numpy(np.array([first], dtype=object), binary_data=True)
+    as_binary.set_data_from_numpy(np.array([base64.b64encode(first)], dtype=object), binary_data=True)
     wanted = [
         RequestedOutput("probabilities", {"binary_data": True}),
         RequestedOutput("label", {"binary_data": False}),
     ]
     request = InferRequest("neurovit", [as_binary], request_id="r-8", request_outputs=wanted)
     binary = read(await client.infer(url, request, model_name="neurovit"))
+    raw = InferInput("image", [1], "BYTES")
+    raw.set_data_from_numpy(np.array([first], dtype=object), binary_data=True)  # the PNG itself: not text
+    try:
+        await client.infer(url, InferRequest("neurovit", [raw]), model_name="neurovit")
+        refused = {"status": 200}
+    except Exception as error:  # httpx.HTTPStatusError
+        refused = {"status": error.response.status_code, **error.response.json()}
     await client.close()
-    print(json.dumps({"typed": typed, "binary": binary}))
+    print(json.dumps({"typed": typed, "binary": binary, "raw_png": refused}))
 
 
 asyncio.run(main())
@@ -196,10 +205,11 @@ def test_a_v2_client_reads_typed_tensors(kserve, kserve_python, slices, tmp_path
         )
         assert outputs["heatmap_overlay"]["values"][i] == answer["explanations"]["heatmap"]["overlay_png"]
     binary = read["binary"]["outputs"]
+    assert read["raw_png"]["status"] == 400 and read["raw_png"]["reason"] == "bad_base64"
     assert list(binary) == ["probabilities", "label"]  # only the requested outputs
-    assert binary["probabilities"]["values"] == pytest.approx(
-        outputs["probabilities"]["values"][:1], abs=1e-7
-    )
+    assert binary["probabilities"]["shape"] == [1, 4]
+    first = binary["probabilities"]["values"][0]
+    assert first == pytest.approx(outputs["probabilities"]["values"][0], abs=1e-7)
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------
@@ -320,6 +330,14 @@ def test_both_runtimes_give_the_same_answers_for_the_same_slices(kserve, torchse
             assert ours["explanations"][name]["grid"] == theirs["explanations"][name]["grid"], name
 
 
+def publish_to(store_uri, version_dir: Path, staging: Path):
+    """``version_dir``'s files published again as VERSION in the store at ``store_uri``."""
+    shutil.copytree(version_dir, staging, ignore=shutil.ignore_patterns(MANIFEST_FILE))
+    store = open_store(store_uri, create_bucket=True)
+    store.publish(MODEL, staging, metadata={}, version=VERSION)
+    return store
+
+
 # ---- KServe's storage initializer --------------------------------------------------------------------------
 
 STORAGE_INITIALIZER = """
@@ -336,10 +354,7 @@ def test_the_storage_initializer_fetches_a_version_the_runtime_then_loads(
 ):
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
-    staged = tmp_path / "staged"
-    shutil.copytree(published_version, staged, ignore=shutil.ignore_patterns("manifest.json"))
-    store = open_store("s3://neurovit-models/serving", create_bucket=True)
-    store.publish(MODEL, staged, metadata={}, version=VERSION)
+    store = publish_to("s3://neurovit-models/serving", published_version, tmp_path / "staged")
     uri = (
         store.version_uri(MODEL, VERSION) + "/"
     )  # with the slash, as storageUri must be (no sibling versions)
@@ -369,7 +384,8 @@ def test_neurovit_serve_with_the_kserve_runtime_then_predict_and_stop(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    state = local_service.serve(str(published_version), str(tmp_path), serve_dir, port=port, runtime="kserve")
+    store = publish_to(tmp_path / "store", published_version, tmp_path / "staged")
+    state = local_service.serve("latest", store.uri, serve_dir, port=port, runtime="kserve")
     try:
         assert state["runtime"] == "kserve" and state["version"] == VERSION
         assert local_service.is_running(serve_dir)

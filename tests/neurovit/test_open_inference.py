@@ -76,13 +76,6 @@ def test_an_input_of_n_images_becomes_n_items_with_the_requests_explain(pngs):
     assert v2.maps_wanted([r.explain for r in requests]) == ("rollout", "heatmap")
 
 
-def test_binary_elements_are_the_image_files(pngs):
-    tensor = {"name": "image", "shape": [2], "datatype": "BYTES", "data": pngs[:2], "parameters": None}
-    requests = [parse_item(item) for item in v2.request_items([tensor], {"explain": "all"})]
-    assert [r.data for r in requests] == pngs[:2]
-    assert requests[0].explain == ("rollout", "heatmap")
-
-
 @pytest.mark.parametrize(
     ("tensor", "message"),
     [
