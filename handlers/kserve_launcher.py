@@ -48,7 +48,8 @@ def _command(version_dir: Path, model: str, port: int) -> tuple[list[str], dict[
     command = [str(kserve_python()), "-m", "handlers.kserve_server", "--model_dir", str(version_dir)]
     command += ["--model_name", model, "--http_port", str(port)]
     env = {key: value for key, value in os.environ.items() if key not in {"PYTHONHOME", "VIRTUAL_ENV"}}
-    env.update(PYTHONPATH=str(ROOT), MPLBACKEND="Agg")  # this tree's code, whatever the venv was built from
+    # this tree's code, whatever the venv was built from; unbuffered, so the log shows how far loading got
+    env.update(PYTHONPATH=str(ROOT), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return command, env
 
 
