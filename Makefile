@@ -48,6 +48,19 @@ $(TOOLS_VENV)/.installed: requirements-tools.txt
 .PHONY: tools-venv
 tools-venv: $(TOOLS_VENV)/.installed ## Create .venv-tools (checkov, kserve SDK: requirements-tools.txt)
 
+# The KServe runtime: the serving core with KServe's model server (pyproject extra serve-kserve), in its own
+# environment because the kserve SDK's pins (psutil<6, pandas<3) clash with the dev ones. torch stays the
+# CPU wheel pinned in the extra.
+KSERVE_VENV  := .venv-kserve
+$(KSERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/pip install --quiet -e '.[serve-kserve]'
+	touch $@
+
+.PHONY: kserve-venv
+kserve-venv: $(KSERVE_VENV)/.installed ## Create .venv-kserve (KServe's model server over the serving core)
+
 # ---- MAIN JOB ----------------------------------------------------------------------------------
 .PHONY: demo
 demo: venv java ## Demo set -> analyse, split, train, evaluate, package, publish; then serve it and explain one slice
@@ -109,9 +122,12 @@ prometheus: ## Install Prometheus and promtool (monitoring checks, demos) where 
 package: venv ## Build MODEL's TorchServe archive and KServe config into outputs/package/<version>
 	$(NEUROVIT) package --model $(MODEL) --store $(NEUROVIT_STORE)
 
+# torchserve (token auth on; key file in outputs/serve/) or kserve (KServe's model server, .venv-kserve)
+RUNTIME      ?= torchserve
+
 .PHONY: serve
-serve: venv java ## Serve MODEL with TorchServe on SERVE_PORT (token auth on; key file in outputs/serve/)
-	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT)
+serve: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) ## Serve MODEL on SERVE_PORT with RUNTIME=torchserve (default; token auth, key in outputs/serve/) or kserve
+	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT) --runtime $(RUNTIME)
 
 .PHONY: predict
 predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|heatmap|all); overlays in outputs/predictions
@@ -119,7 +135,7 @@ predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|hea
 	$(NEUROVIT) predict --image $(IMAGE) --explain $(EXPLAIN)
 
 .PHONY: stop
-stop: venv ## Stop the local TorchServe started by `make serve` (and Prometheus from `make monitor`/`drift-demo`)
+stop: venv ## Stop the local server started by `make serve`, either runtime (and Prometheus from `make monitor`/`drift-demo`)
 	$(NEUROVIT) stop
 
 # ---- MONITORING --------------------------------------------------------------------------------
@@ -194,7 +210,7 @@ deploy-rollback: tools-venv ## Serve the version ISVC served before the last `ma
 
 # ---- QUALITY -----------------------------------------------------------------------------------
 .PHONY: test
-test: venv java prometheus tools-venv ## Run the whole test suite (unit, integration: real TorchServe, S3 endpoint, kfp runner; deploy; slow)
+test: venv java prometheus tools-venv kserve-venv ## Run the whole test suite (unit, integration: real TorchServe and KServe servers, S3 endpoint, kfp runner; deploy; slow)
 	$(VENV_BIN)/python -m pytest $(PYTEST_ARGS)
 
 FAST_MARKERS := not integration and not deploy and not slow and not image_deps

@@ -23,7 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> dict | None:
     if args.demo:
         local_service.demo(args.store, port=args.port)
         return None
-    return local_service.serve(args.model, args.store, port=args.port)
+    return local_service.serve(args.model, args.store, port=args.port, runtime=args.runtime)
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
@@ -87,10 +87,18 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
         parents=result,
-        help="start TorchServe on a published version (token auth on; key file in outputs/serve/)",
+        help="serve a published version: TorchServe (token auth; key file in outputs/serve/) or KServe",
     )
     model_options(p)
-    p.add_argument("--port", type=int, default=default_port, help="inference; management +1, metrics +2")
+    p.add_argument(
+        "--port", type=int, default=default_port, help="inference (TorchServe: management +1, metrics +2)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torchserve", "kserve"),
+        default="torchserve",
+        help="torchserve (default), or kserve: KServe's model server from .venv-kserve (v1, v2, /metrics)",
+    )
     p.add_argument(
         "--demo",
         action="store_true",
@@ -104,7 +112,7 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, default=OUTPUT_DIR / "predictions")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("stop", help="stop the local TorchServe (and the Prometheus of `neurovit monitor`)")
+    p = sub.add_parser("stop", help="stop the local server (and the Prometheus of `neurovit monitor`)")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser(

@@ -3,10 +3,13 @@
 ``serve`` fetches the version from the store (every checksum verified), writes a local config.properties
 (token authorisation on, model API off, batching on, loopback addresses) and starts TorchServe in
 ``outputs/serve/``, where TorchServe writes ``key_file.json``; it waits until the model's worker is ready.
-``predict`` sends one image with the inference key and prints the answer with the maps summarised; the
-overlays and the full answer go to ``outputs/predictions/`` (never beside the image: a dataset folder would
-read them back as images). ``stop`` stops it. ``demo`` (``neurovit serve --demo``) serves the latest
-version, predicts one demo slice with both maps and stops. TorchServe itself is started and stopped by
+``serve(runtime="kserve")`` serves the fetched version with the KServe runtime instead (KServe's model
+server from .venv-kserve, ``handlers.kserve_launcher``: no token, v1 and v2 on one port, /metrics beside).
+``predict`` sends one image (with the inference key on TorchServe, to KServe's v1 route on the KServe
+runtime) and prints the answer with the maps summarised; the overlays and the full answer go to
+``outputs/predictions/`` (never beside the image: a dataset folder would read them back as images).
+``stop`` stops whichever runs. ``demo`` (``neurovit serve --demo``) serves the latest version, predicts one
+demo slice with both maps and stops. TorchServe itself is started and stopped by
 ``handlers.torchserve_launcher``.
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handlers import kserve_launcher
 from handlers import torchserve_launcher as launcher
 from handlers.torchserve_launcher import KEY_FILE, ServeError, api_key
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
@@ -32,6 +36,7 @@ from neurovit.store import resolve_version
 SERVE_DIR = OUTPUT_DIR / "serve"
 PREDICTIONS_DIR = OUTPUT_DIR / "predictions"
 STATE_FILE = "serve.json"
+RUNTIMES = ("torchserve", "kserve")
 
 
 def serve(
@@ -40,16 +45,25 @@ def serve(
     serve_dir: Path = SERVE_DIR,
     port: int = 8080,
     batch_size: int = 4,
+    runtime: str = "torchserve",
 ) -> dict:
-    """Fetch ``model`` (a version folder, s3:// URI or "latest"), start TorchServe on it, wait for it."""
+    """Fetch ``model`` (a version folder, s3:// URI or "latest"), start ``runtime`` (torchserve or kserve) on
+    it, wait for it."""
     from handlers.package import METRICS_CONFIG, MODEL_STORE, package_stage
 
-    launcher.check_java()
+    if runtime not in RUNTIMES:
+        raise ServeError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "torchserve":
+        launcher.check_java()
+    else:
+        kserve_launcher.kserve_python()
     serve_dir = Path(serve_dir).resolve()
     if (serve_dir / STATE_FILE).is_file():
         stop(serve_dir, quiet=True)
     store_, name, version = resolve_version(model, store, model=MODEL_NAME)
     local = store_.fetch(name, version, serve_dir / "models" / version)
+    if runtime == "kserve":
+        return _serve_kserve(serve_dir, local, name, version, port)
     version_dir = local  # what the handler verifies before it loads (neurovit.integrity)
     if not (local / MODEL_STORE / f"{name}.mar").is_file():  # published before packaging existed
         package_stage(local / "model", serve_dir / "package" / version, name, version)
@@ -58,6 +72,7 @@ def serve(
     settings = launcher.local_settings(local / MODEL_STORE, metrics, port, batch_size=batch_size)
     url = settings.inference_address
     state = {"url": url, "model": name, "version": version, "key_file": str(serve_dir / KEY_FILE)}
+    state["runtime"] = "torchserve"
     launched = launcher.start(serve_dir, name, version, settings, version_dir)
     (serve_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     log = launched.workdir / launcher.LOG_FILE
@@ -69,9 +84,22 @@ def serve(
     return state
 
 
+def _serve_kserve(serve_dir: Path, version_dir: Path, name: str, version: str, port: int) -> dict:
+    """The KServe runtime on the fetched version (it verifies the folder against its manifest itself)."""
+    server = kserve_launcher.start(serve_dir, version_dir, name, port)
+    state = {"url": server.url, "model": name, "version": version, "key_file": None, "runtime": "kserve"}
+    (serve_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    print(f"serving {name} {version} with KServe's model server at {server.url}")
+    print(f"  v1 {server.url}/v1/models/{name}:predict and :explain; v2 {server.url}/v2/models/{name}/infer")
+    print(f"  metrics {server.url}/metrics; no token, and KServe's server listens on every interface")
+    print(f"log: {serve_dir / kserve_launcher.LOG_FILE}; stop it with `make stop`")
+    return state
+
+
 def is_running(serve_dir: Path = SERVE_DIR) -> bool:
-    """Whether the TorchServe that ``serve`` started in ``serve_dir`` still runs."""
-    return launcher.running_pid(Path(serve_dir).resolve()) is not None
+    """Whether the server (TorchServe or the KServe runtime) that ``serve`` started in ``serve_dir`` runs."""
+    serve_dir = Path(serve_dir).resolve()
+    return launcher.running_pid(serve_dir) is not None or kserve_launcher.running_pid(serve_dir) is not None
 
 
 def server_state(serve_dir: Path = SERVE_DIR) -> dict:
@@ -82,14 +110,21 @@ def server_state(serve_dir: Path = SERVE_DIR) -> dict:
     return json.loads(path.read_text())
 
 
-def request_answer(url: str, model: str, key: str | None, image: bytes, explain: str) -> dict:
-    """POST one image as JSON to ``/predictions/<model>``; the answer, or ServeError with the server's."""
-    body = json.dumps({"data": base64.b64encode(image).decode("ascii"), "explain": explain}).encode()
+def request_answer(
+    url: str, model: str, key: str | None, image: bytes, explain: str, runtime: str = "torchserve"
+) -> dict:
+    """POST one image as JSON to TorchServe's ``/predictions/<model>`` (or, on the KServe runtime, as the one
+    instance of a v1 ``:predict``); the answer, or ServeError with the server's."""
+    instance = {"data": base64.b64encode(image).decode("ascii"), "explain": explain}
+    path, payload = f"/predictions/{model}", instance
+    if runtime == "kserve":
+        path, payload = f"/v1/models/{model}:predict", {"instances": [instance]}
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(f"{url}/predictions/{model}", data=body, headers=headers, method="POST")
+    request = urllib.request.Request(url + path, data=json.dumps(payload).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read())
+            answer = json.loads(response.read())
+        return answer["predictions"][0] if runtime == "kserve" else answer
     except urllib.error.HTTPError as error:
         body = error.read().decode(errors="replace").strip()
         try:
@@ -108,8 +143,9 @@ def predict(
     state, image = server_state(serve_dir), Path(image)
     if not image.is_file():
         raise ServeError(f"no image at {image}")
-    key = api_key(Path(state["key_file"]))
-    answer = request_answer(state["url"], state["model"], key, image.read_bytes(), explain)
+    runtime = state.get("runtime", "torchserve")
+    key = api_key(Path(state["key_file"])) if state.get("key_file") else None
+    answer = request_answer(state["url"], state["model"], key, image.read_bytes(), explain, runtime)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{image}: {answer['label']} (confidence {answer['confidence']:.3f})")
@@ -130,13 +166,18 @@ def predict(
 
 
 def stop(serve_dir: Path = SERVE_DIR, quiet: bool = False) -> bool:
-    """Stop the local server started by ``serve`` (TorchServe removes the key file); False when none ran."""
+    """Stop the local server started by ``serve``, whichever runtime (TorchServe removes the key file);
+    False when none ran."""
     serve_dir = Path(serve_dir).resolve()
-    stopped = launcher.stop(serve_dir)
+    stopped = [
+        name
+        for name, stop_one in (("TorchServe", launcher.stop), ("the KServe runtime", kserve_launcher.stop))
+        if stop_one(serve_dir)
+    ]
     if not quiet:
-        print("TorchServe stopped" if stopped else "no local TorchServe is running")
+        print(" and ".join(stopped) + " stopped" if stopped else "no local server is running")
     (serve_dir / STATE_FILE).unlink(missing_ok=True)
-    return stopped
+    return bool(stopped)
 
 
 def demo_slices(store: str, data_dir: Path) -> list[tuple[Path, str]]:

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -227,6 +228,21 @@ def package_stage(
         CONFIG_PROPERTIES: properties,
         METRICS_CONFIG: metrics,
     }
+
+
+def archived_options(version_dir: str | Path, model_name: str) -> ServingOptions:
+    """The limits a published version was packaged with (the ``handler`` section of its archive's
+    model-config.yaml), so that every runtime serving the version refuses the same inputs; the defaults for a
+    version without an archive."""
+    archive = Path(version_dir) / MODEL_STORE / f"{model_name}.mar"
+    if not archive.is_file():
+        return ServingOptions()
+    try:
+        with zipfile.ZipFile(archive) as mar:
+            config = yaml.safe_load(mar.read(MODEL_CONFIG_FILE)) or {}
+    except (zipfile.BadZipFile, KeyError, yaml.YAMLError) as error:
+        raise PackagingError(f"cannot read the serving limits from {archive}: {error}") from error
+    return ServingOptions.from_mapping(config.get("handler"))
 
 
 def package_version(model: str = "latest", store: str = DEFAULT_STORE, out: Path | None = None) -> dict:

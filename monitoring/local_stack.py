@@ -352,7 +352,7 @@ def plot_timeline(timeline: list[dict], shift_at: float | None, path: Path) -> N
 
 
 def stop_all() -> None:
-    """Stop the Prometheus of ``monitor`` and ``drift_demo`` and the local TorchServe."""
+    """Stop the Prometheus of ``monitor`` and ``drift_demo`` and the local server (either runtime)."""
     from handlers.local_service import stop
 
     for folder in (MONITOR_DIR, DRIFT_DIR / "prometheus"):

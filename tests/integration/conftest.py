@@ -1,9 +1,11 @@
 """A real TorchServe for the serving tests: a tiny model packaged with handlers/package.py, started on free
-ports in a temporary folder with token authorisation on (as ``make serve`` does), always stopped."""
+ports in a temporary folder with token authorisation on (as ``make serve`` does), always stopped; and a real
+S3 endpoint (moto's server) for the store and KServe's storage initializer."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -20,8 +22,9 @@ import pytest
 from fixtures.run_outputs import write_run_outputs
 from fixtures.serving_samples import MODEL, TEST_OPTIONS, VERSION, published_copy, save_tiny_model
 
+from handlers import kserve_launcher
 from handlers.package import MODEL_STORE, ServerSettings, package_stage
-from handlers.torchserve_launcher import running
+from handlers.torchserve_launcher import ServeError, running
 from neurovit.serving import MODEL_CARD_FILE
 from training.model_card import build_card, write_card
 
@@ -94,21 +97,30 @@ class TorchServe:
 
 
 @pytest.fixture(scope="session")
-def torchserve_package(tmp_path_factory) -> Path:
-    """A freshly packaged tiny model with a model card, published and fetched: ``config/``,
-    ``model-store/`` and the ``manifest.json`` the handler verifies, as KServe would mount them."""
-    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
-        message = "TorchServe needs Java 17: `make java` (apt-get install -y openjdk-17-jre-headless)"
-        if os.environ.get("CI"):  # `make test` installs Java first: in CI a missing JRE is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    root = tmp_path_factory.mktemp("torchserve-package")
+def published_version(tmp_path_factory) -> Path:
+    """A freshly packaged tiny model with a model card, published and fetched as the main job publishes a
+    version: ``model/``, ``model_card.json``, ``config/``, ``model-store/`` and the ``manifest.json`` the
+    runtimes verify, as KServe would mount them (TorchServe loads the archive, the KServe runtime model/)."""
+    root = tmp_path_factory.mktemp("published-version")
     model = save_tiny_model(root / "model")
     run = write_run_outputs(root / "run")  # a card as the publish stage builds it (other run's figures)
     card = build_card(MODEL, VERSION, run["model"], run["evaluation"], run["split"], run["analysis"])
     card_file = write_card(card, root / "card")[MODEL_CARD_FILE]
     package_stage(model, root / "package", MODEL, VERSION, options=TEST_OPTIONS, extra_files=[card_file])
+    shutil.copytree(model, root / "package" / "model")
+    shutil.copy2(card_file, root / "package" / MODEL_CARD_FILE)
     return published_copy(root / "package")
+
+
+@pytest.fixture(scope="session")
+def torchserve_package(published_version) -> Path:
+    """``published_version``, where Java is present for TorchServe."""
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        message = "TorchServe needs Java 17: `make java` (apt-get install -y openjdk-17-jre-headless)"
+        if os.environ.get("CI"):  # `make test` installs Java first: in CI a missing JRE is a failure
+            pytest.fail(message)
+        pytest.skip(message)
+    return published_version
 
 
 @contextmanager
@@ -152,6 +164,50 @@ def running_torchserve(
         )
 
 
+@dataclass
+class KServe(TorchServe):
+    """The KServe runtime (handlers.kserve_server, KServe's model server from .venv-kserve): one port for v1,
+    v2 and /metrics, no token."""
+
+    def call(self, method: str, path: str, body: bytes | None, headers: dict, token: bool = False) -> Answer:
+        return super().call(method, path, body, headers, token=False)
+
+    def get(self, path: str) -> Answer:
+        return self.call("GET", path, None, {})
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """.venv-kserve's Python (`make kserve-venv`; `make test` creates it first: in CI a missing one fails)."""
+    try:
+        return kserve_launcher.kserve_python()
+    except ServeError as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+
+
+@contextmanager
+def running_kserve(version_dir: Path, workdir: Path, ready_timeout_s: float = 300) -> Iterator[KServe]:
+    """The KServe runtime on ``version_dir`` on a free port (handlers.kserve_launcher), stopped after."""
+    (port,) = free_ports(1)
+    with kserve_launcher.running(workdir, version_dir, MODEL, port, ready_timeout_s) as server:
+        yield KServe(server.url, server.url, "", workdir)
+
+
+@pytest.fixture(scope="module")
+def kserve(kserve_python, published_version, tmp_path_factory) -> Iterator[KServe]:
+    """The KServe runtime on the tiny published version."""
+    with running_kserve(published_version, tmp_path_factory.mktemp("kserve")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def start_kserve():
+    """``running_kserve`` itself, for a test that serves a version folder of its own."""
+    return running_kserve
+
+
 @pytest.fixture(scope="session")
 def start_torchserve():
     """``running_torchserve`` itself, for a test that serves a package of its own."""
@@ -188,3 +244,63 @@ def torchserve_kservev2(torchserve_package, tmp_path_factory) -> Iterator[TorchS
     workdir = tmp_path_factory.mktemp("torchserve-kservev2")
     with running_torchserve(torchserve_package, workdir, envelope="kservev2") as server:
         yield server
+
+
+# ---- an S3 endpoint (moto) ---------------------------------------------------------------------------------
+
+
+ALLOW_S3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+
+
+def _set_auth(url: str, free_actions: str) -> None:
+    """Moto checks signatures and IAM policies once this many unauthenticated requests have passed."""
+    request = urllib.request.Request(
+        f"{url}/moto-api/reset-auth",
+        data=free_actions.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.loads(response.read())["status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[dict[str, str]]:
+    """Moto's S3 server on a free port, an IAM user allowed s3:*, and authentication enforced; its endpoint
+    and the user's keys as the store reads them from the environment."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    werkzeug_log = logging.getLogger("werkzeug")
+    previous_level = werkzeug_log.level
+    werkzeug_log.setLevel(logging.ERROR)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_ports(1)[0], verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    iam = boto3.client(
+        "iam",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="setup",
+        aws_secret_access_key="setup",
+    )
+    iam.create_user(UserName="neurovit-ci")
+    iam.put_user_policy(UserName="neurovit-ci", PolicyName="s3", PolicyDocument=json.dumps(ALLOW_S3))
+    key = iam.create_access_key(UserName="neurovit-ci")["AccessKey"]
+    _set_auth(url, "0")
+    try:
+        yield {
+            "NEUROVIT_S3_ENDPOINT": f"{host}:{port}",
+            "NEUROVIT_S3_SECURE": "0",
+            "NEUROVIT_S3_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+    finally:
+        # Moto's settings are process-wide: give other tests an open, empty moto back.
+        _set_auth(url, "inf")
+        urllib.request.urlopen(
+            urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=5
+        ).close()
+        server.stop()
+        werkzeug_log.setLevel(previous_level)

@@ -1,5 +1,7 @@
 """The images' dependency lists are tested artefacts: a fresh venv gets exactly what each Dockerfile installs
 (the pyproject.toml extras its RUN line reads, then the project with --no-deps), and must do the image's job.
+The KServe runtime's list (``serve-kserve``) is built the same way: it answers through the runtime's model
+without TorchServe or the training dependencies.
 
 - serving (handlers/Dockerfile): the handler module imports, answers a PNG through neurovit.serving's
   Predictor and through NeuroViTHandler with TorchServe's own Context, and scikit-learn, minio and kfp are
@@ -64,11 +66,16 @@ def clean_env() -> dict[str, str]:
 
 def build_venv(dockerfile: Path, where: Path) -> Path:
     """A venv holding what ``dockerfile`` installs of the project: its extras' pins, then the project."""
-    listed = requirements(extras_installed_by(dockerfile))
+    return build_venv_from(extras_installed_by(dockerfile), copied_sources(dockerfile), where)
+
+
+def build_venv_from(extras: list[str], sources: list[str], where: Path) -> Path:
+    """A venv holding ``extras``' pins, then the project (``sources`` copied) without dependencies."""
+    listed = requirements(extras)
     assert any(line.startswith("torch==") for line in listed), "the list must pin torch (CPU wheel on disk)"
     source = where / "source"
     source.mkdir(parents=True)
-    for name in copied_sources(dockerfile):
+    for name in sources:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, source / name)
     (where / "requirements.txt").write_text("\n".join(listed) + "\n")
@@ -173,6 +180,61 @@ def test_serving_image_list_answers_a_request_without_training_dependencies(serv
         assert result["label"] in result["probabilities"], result
         assert abs(sum(result["probabilities"].values()) - 1.0) < 1e-6
     assert answer["direct"]["label"] == answer["handler"]["label"]
+
+
+@pytest.fixture(scope="session")
+def kserve_runtime_python(tmp_path_factory) -> Path:
+    """What the KServe runtime's image installs: the serve-kserve list, then the project."""
+    sources = ["pyproject.toml", "neurovit", "training", "handlers"]  # as handlers/Dockerfile copies them
+    return build_venv_from(["serve-kserve"], sources, tmp_path_factory.mktemp("kserve-image"))
+
+
+KSERVE_PROBE = """
+import asyncio, importlib.util, io, json, sys
+
+import numpy as np
+from PIL import Image
+
+not_for_serving = sys.argv[1].split(",")
+present = [name for name in not_for_serving if importlib.util.find_spec(name) is not None]
+
+import kserve_storage  # the storage initializer's code ships with the runtime's list
+from handlers.kserve_model import NeuroViTModel
+
+buffer = io.BytesIO()
+Image.fromarray((np.arange(48 * 48) % 251).astype(np.uint8).reshape(48, 48)).save(buffer, "PNG")
+model = NeuroViTModel("neurovit", sys.argv[2])
+model.load()
+
+
+async def ask():
+    job = await model.preprocess(buffer.getvalue(), {"x-neurovit-explain": "heatmap"})
+    return await model.predict(job)
+
+
+(answer,) = asyncio.run(ask())["predictions"]
+loaded = sorted(name for name in not_for_serving if name in sys.modules)
+print(json.dumps({"present": present, "loaded": loaded, "ready": model.ready, "answer": answer}))
+"""
+
+
+def test_kserve_runtime_list_answers_a_request_without_training_or_torchserve(
+    kserve_runtime_python, tmp_path
+):
+    staged = tmp_path / "version"
+    save_tiny_model(staged / "model")  # a version as the main job lays it out: model/ at its root
+    version_dir = published_copy(staged)  # the runtime verifies it against its manifest before loading
+    answer = run_probe(
+        kserve_runtime_python,
+        KSERVE_PROBE,
+        ",".join((*NOT_FOR_SERVING, "ts")),
+        str(version_dir),
+        cwd=tmp_path,
+    )
+    assert answer["present"] == [] and answer["loaded"] == [] and answer["ready"] is True
+    result = answer["answer"]
+    assert result["label"] in result["probabilities"] and list(result["explanations"]) == ["heatmap"]
+    assert abs(sum(result["probabilities"].values()) - 1.0) < 1e-6
 
 
 TRAINING_PROBE = """

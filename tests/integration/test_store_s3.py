@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
-import logging
 import os
 import socket
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +17,9 @@ from neurovit.store import open_store, resolve
 
 pytestmark = pytest.mark.integration
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
-
 MODEL = "neurovit"
 BUCKET = "neurovit-artifacts"
 ROOT = f"s3://{BUCKET}/team/models"
-ALLOW_S3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
 
 
 def _free_port() -> int:
@@ -35,57 +27,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _set_auth(url: str, free_actions: str) -> None:
-    """Moto checks signatures and IAM policies once this many unauthenticated requests have passed."""
-    request = urllib.request.Request(
-        f"{url}/moto-api/reset-auth",
-        data=free_actions.encode(),
-        method="POST",
-        headers={"Content-Type": "text/plain"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert json.loads(response.read())["status"] == "ok"
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[dict[str, str]]:
-    """Moto's S3 server on a free port, an IAM user allowed s3:*, and authentication enforced."""
-    werkzeug_log = logging.getLogger("werkzeug")
-    previous_level = werkzeug_log.level
-    werkzeug_log.setLevel(logging.ERROR)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    iam = boto3.client(
-        "iam",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="setup",
-        aws_secret_access_key="setup",
-    )
-    iam.create_user(UserName="neurovit-ci")
-    iam.put_user_policy(UserName="neurovit-ci", PolicyName="s3", PolicyDocument=json.dumps(ALLOW_S3))
-    key = iam.create_access_key(UserName="neurovit-ci")["AccessKey"]
-    _set_auth(url, "0")
-    try:
-        yield {
-            "NEUROVIT_S3_ENDPOINT": f"{host}:{port}",
-            "NEUROVIT_S3_SECURE": "0",
-            "NEUROVIT_S3_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
-        }
-    finally:
-        # Moto's settings are process-wide: give other tests an open, empty moto back.
-        _set_auth(url, "inf")
-        urllib.request.urlopen(
-            urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=5
-        ).close()
-        server.stop()
-        werkzeug_log.setLevel(previous_level)
 
 
 @pytest.fixture()
