@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
+from neurovit.errors import UsageError
 
 MODEL_HELP = "'latest' (default), a version id, a version folder or an s3:// URI (docs/cli.md)"
 
@@ -55,7 +56,13 @@ def cmd_deploy(args: argparse.Namespace) -> dict:
 def cmd_bench_serve(args: argparse.Namespace) -> dict:
     from handlers.benchmarks.latency import run
 
-    return run(args.model, args.store, args.data_dir, args.requests, args.clients, args.seconds, args.port)
+    runtimes = tuple(name.strip() for name in args.runtimes.split(",") if name.strip())
+    unknown = sorted(set(runtimes) - {"torchserve", "kserve"})
+    if unknown or not runtimes:
+        raise UsageError(f"--runtimes: torchserve and/or kserve, comma-separated; got {args.runtimes!r}")
+    return run(
+        args.model, args.store, args.data_dir, args.requests, args.clients, args.seconds, args.port, runtimes
+    )
 
 
 def cmd_bench_load(args: argparse.Namespace) -> dict:
@@ -148,9 +155,15 @@ def add_benchmarks(bench, result: list[argparse.ArgumentParser]) -> None:
     p = bench.add_parser(
         "serve",
         parents=result,
-        help="latency of predict/rollout/heatmap against the bare forward; requests/s, batching on and off",
+        help="latency of predict/rollout/heatmap against the bare forward, requests/s; TorchServe and the "
+        "KServe runtime side by side",
     )
     model_options(p)
+    p.add_argument(
+        "--runtimes",
+        default="torchserve,kserve",
+        help="comma-separated, measured in this order in one run (default torchserve,kserve)",
+    )
     p.add_argument("--data-dir", type=Path, help="images to send (default: real slices, else demo)")
     p.add_argument("--requests", type=int, default=40, help="sequential requests per measurement")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for requests/s")

@@ -1,16 +1,20 @@
-"""Benchmark the live service against the bare model: ``neurovit bench serve``.
+"""Benchmark the live service against the bare model, on both runtimes: ``neurovit bench serve``.
 
-Starts TorchServe on a published version (``--model``, default the latest), then measures, in one run:
-- predict p50 and p95 (one image per request, no explanation) / the bare in-process forward of the same
-  model on the same image (goal <= 1.5);
+Starts each runtime in turn (``--runtimes``, default TorchServe then KServe's model server) on a published
+version (``--model``, default the latest), and measures, in one run:
+- the bare in-process forward of the same model on the same image (batch of one, no explanation);
+- predict p50 and p95 (one image per request, no explanation) / that forward (goal <= 1.5);
 - p50 with rollout / predict p50 (goal <= 1.2: rollout reuses the forward's attentions);
 - p50 with the heatmap (gradient rollout) / predict p50 (goal <= 3);
-- requests/s under concurrent clients with TorchServe batching on (batch_size 4) and off (batch_size 1).
-Prints one JSON line per measurement and a final summary line.
+- requests/s under concurrent clients; on TorchServe with its batching off (batch_size 1) and on
+  (batch_size 4); the KServe runtime has no batching of its own (one forward per request).
+TorchServe gets the raw image bytes (its own route), the KServe runtime a v1 ``:predict`` body (base64
+JSON). Prints one JSON line per measurement and a final summary line.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 import time
@@ -39,8 +43,13 @@ def _images(data_dir: Path, count: int) -> list[Path]:
     return paths[::step][:count]
 
 
-def _post(url: str, key: str | None, body: bytes, explain: str) -> float:
-    headers = {"Content-Type": "application/octet-stream", "X-NeuroViT-Explain": explain}
+def _post(url: str, key: str | None, body: bytes, explain: str, runtime: str = "torchserve") -> float:
+    """One request's round trip in seconds: TorchServe's raw-bytes route, or the KServe runtime's v1 body."""
+    if runtime == "kserve":
+        instance = {"data": base64.b64encode(body).decode("ascii"), "explain": explain}
+        body, headers = json.dumps({"instances": [instance]}).encode(), {"Content-Type": "application/json"}
+    else:
+        headers = {"Content-Type": "application/octet-stream", "X-NeuroViT-Explain": explain}
     headers.update({"Authorization": f"Bearer {key}"} if key else {})
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     started = time.perf_counter()
@@ -70,13 +79,15 @@ def bare_forward_ms(model_dir: Path, image: Path, repeats: int) -> float:
     return statistics.median(times[3:]) * 1000
 
 
-def throughput(url: str, key: str | None, bodies: list[bytes], clients: int, seconds: float) -> float:
+def throughput(
+    url: str, key: str | None, bodies: list[bytes], clients: int, seconds: float, runtime: str = "torchserve"
+) -> float:
     deadline = time.perf_counter() + seconds
 
     def client(index: int) -> int:
         done = 0
         while time.perf_counter() < deadline:
-            _post(url, key, bodies[(index + done) % len(bodies)], "none")
+            _post(url, key, bodies[(index + done) % len(bodies)], "none", runtime)
             done += 1
         return done
 
@@ -84,6 +95,67 @@ def throughput(url: str, key: str | None, bodies: list[bytes], clients: int, sec
     with ThreadPoolExecutor(clients) as pool:
         total = sum(pool.map(client, range(clients)))
     return total / (time.perf_counter() - started)
+
+
+def _start(runtime: str, model: str, store: str, serve_dir: Path, port: int, batch_size: int = 1):
+    """Start ``runtime`` on the version; its predict URL and key (None on the KServe runtime: no token)."""
+    state = local_server.serve(
+        model, store, serve_dir=serve_dir, port=port, batch_size=batch_size, runtime=runtime
+    )
+    if runtime == "kserve":
+        return state, f"{state['url']}/v1/models/{state['model']}:predict", None
+    return state, f"{state['url']}/predictions/{state['model']}", api_key(Path(state["key_file"]))
+
+
+def measure_runtime(
+    runtime: str,
+    model: str,
+    store: str,
+    bodies: list[bytes],
+    requests: int,
+    clients: int,
+    seconds: float,
+    serve_dir: Path,
+    port: int,
+) -> dict:
+    """Latency per explanation choice and requests/s of one runtime (module docstring)."""
+    results: dict = {}
+    try:
+        state, url, key = _start(runtime, model, store, serve_dir, port)
+        results["version"] = state["version"]
+        for explain in ("none", "rollout", "heatmap", "all"):
+            for body in bodies[:3]:  # warm-up
+                _post(url, key, body, explain, runtime)
+            latencies = [_post(url, key, bodies[i % len(bodies)], explain, runtime) for i in range(requests)]
+            results[explain] = _percentiles(latencies)
+            print(json.dumps({"runtime": runtime, "explain": explain, **results[explain]}), flush=True)
+        results["rps"] = round(throughput(url, key, bodies, clients, seconds, runtime), 2)
+        print(json.dumps({"runtime": runtime, "batch_size": 1, "requests_per_s": results["rps"]}), flush=True)
+        if runtime == "torchserve":
+            local_server.stop(serve_dir, quiet=True)
+            state, url, key = _start(runtime, model, store, serve_dir, port, batch_size=4)
+            for body in bodies[:4]:
+                _post(url, key, body, "none", runtime)
+            rps = round(throughput(url, key, bodies, clients, seconds, runtime), 2)
+            results["rps_batching_on"] = rps
+            print(json.dumps({"runtime": runtime, "batch_size": 4, "requests_per_s": rps}), flush=True)
+    finally:
+        local_server.stop(serve_dir, quiet=True)
+    return results
+
+
+def _ratios(results: dict, bare: float) -> dict:
+    predict = results["none"]["p50_ms"]
+    return {
+        "predict_p50_ms": predict,
+        "predict_p95_ms": results["none"]["p95_ms"],
+        "predict_p50_over_bare": round(predict / bare, 2),
+        "predict_p95_over_bare": round(results["none"]["p95_ms"] / bare, 2),
+        "rollout_p50_over_predict": round(results["rollout"]["p50_ms"] / predict, 2),
+        "heatmap_p50_over_predict": round(results["heatmap"]["p50_ms"] / predict, 2),
+        "all_p50_over_predict": round(results["all"]["p50_ms"] / predict, 2),
+        "requests_per_s": results["rps"],
+    } | ({"requests_per_s_batching_on": results["rps_batching_on"]} if "rps_batching_on" in results else {})
 
 
 def run(
@@ -94,6 +166,7 @@ def run(
     clients: int = 8,
     seconds: float = 15.0,
     port: int = 8090,
+    runtimes: tuple[str, ...] = ("torchserve", "kserve"),
 ) -> dict:
     """The benchmark (module docstring). ``data_dir``: images to send (default real slices, else demo);
     ``requests``: sequential requests per measurement; ``clients``: concurrent clients for requests/s;
@@ -102,47 +175,14 @@ def run(
     images = _images(data_dir, 32)
     bodies = [path.read_bytes() for path in images]
     serve_dir = OUTPUT_DIR / "bench-serve"
-    results: dict = {"images": str(data_dir)}
-    try:
-        state = local_server.serve(model, store, serve_dir=serve_dir, port=port, batch_size=1)
-        key = api_key(Path(state["key_file"]))
-        url = f"{state['url']}/predictions/{state['model']}"
-        model_dir = serve_dir / "models" / state["version"] / "model"
-        results["version"] = state["version"]
-        results["bare_forward_ms"] = round(bare_forward_ms(model_dir, images[0], requests), 2)
-        print(json.dumps({"bare_forward_ms": results["bare_forward_ms"]}), flush=True)
-        for explain in ("none", "rollout", "heatmap", "all"):
-            for body in bodies[:3]:  # warm-up
-                _post(url, key, body, explain)
-            latencies = [_post(url, key, bodies[i % len(bodies)], explain) for i in range(requests)]
-            results[explain] = _percentiles(latencies)
-            print(json.dumps({"explain": explain, **results[explain]}), flush=True)
-        results["rps_batching_off"] = round(throughput(url, key, bodies, clients, seconds), 2)
-        print(json.dumps({"batch_size": 1, "requests_per_s": results["rps_batching_off"]}), flush=True)
-        local_server.stop(serve_dir, quiet=True)
-        state = local_server.serve(model, store, serve_dir=serve_dir, port=port, batch_size=4)
-        key = api_key(Path(state["key_file"]))
-        for body in bodies[:4]:
-            _post(url, key, body, "none")
-        results["rps_batching_on"] = round(throughput(url, key, bodies, clients, seconds), 2)
-        print(json.dumps({"batch_size": 4, "requests_per_s": results["rps_batching_on"]}), flush=True)
-    finally:
-        local_server.stop(serve_dir, quiet=True)
-
-    bare = results["bare_forward_ms"]
-    summary = {
-        "version": results["version"],
-        "bare_forward_ms": bare,
-        "predict_p50_ms": results["none"]["p50_ms"],
-        "predict_p95_ms": results["none"]["p95_ms"],
-        "predict_p50_over_bare": round(results["none"]["p50_ms"] / bare, 2),
-        "predict_p95_over_bare": round(results["none"]["p95_ms"] / bare, 2),
-        "rollout_p50_over_predict": round(results["rollout"]["p50_ms"] / results["none"]["p50_ms"], 2),
-        "heatmap_p50_over_predict": round(results["heatmap"]["p50_ms"] / results["none"]["p50_ms"], 2),
-        "all_p50_over_predict": round(results["all"]["p50_ms"] / results["none"]["p50_ms"], 2),
-        "requests_per_s_batching_off": results["rps_batching_off"],
-        "requests_per_s_batching_on": results["rps_batching_on"],
-        "clients": clients,
+    per_runtime = {
+        runtime: measure_runtime(runtime, model, store, bodies, requests, clients, seconds, serve_dir, port)
+        for runtime in runtimes
     }
+    version = next(iter(per_runtime.values()))["version"]
+    model_dir = serve_dir / "models" / version / "model"
+    bare = round(bare_forward_ms(model_dir, images[0], requests), 2)
+    summary = {"version": version, "images": str(data_dir), "bare_forward_ms": bare, "clients": clients}
+    summary.update({runtime: _ratios(results, bare) for runtime, results in per_runtime.items()})
     print(json.dumps(summary), flush=True)
     return summary

@@ -23,3 +23,42 @@ def test_the_load_answers_are_checked_against_the_served_schema():
     spec.loader.exec_module(answers)
     assert answers.SCHEMA_FILE.resolve() == (LOCUSTFILE.parents[2] / "response.schema.json").resolve()
     assert answers.SCHEMA_FILE.is_file()
+
+
+def test_bench_serve_refuses_a_runtime_it_does_not_know(capsys):
+    from training.cli import main as neurovit
+
+    assert neurovit(["bench", "serve", "--runtimes", "torchserve,triton"]) == 2
+    assert "--runtimes: torchserve and/or kserve" in capsys.readouterr().err
+
+
+def test_each_runtime_gets_its_own_request_shape(monkeypatch):
+    """TorchServe gets the raw bytes and the explain header; the KServe runtime one v1 instance in base64."""
+    import base64
+    import json
+
+    from handlers.benchmarks import latency
+
+    sent = []
+
+    class Answer:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return b"{}"
+
+    monkeypatch.setattr(
+        latency.urllib.request, "urlopen", lambda request, timeout: sent.append(request) or Answer()
+    )
+    latency._post("http://ts/predictions/neurovit", "k", b"PNG", "rollout", "torchserve")
+    latency._post("http://ks/v1/models/neurovit:predict", None, b"PNG", "heatmap", "kserve")
+    torchserve, kserve = sent
+    assert torchserve.data == b"PNG" and torchserve.get_header("X-neurovit-explain") == "rollout"
+    assert torchserve.get_header("Authorization") == "Bearer k"
+    body = json.loads(kserve.data)
+    assert body == {"instances": [{"data": base64.b64encode(b"PNG").decode(), "explain": "heatmap"}]}
+    assert kserve.get_header("Authorization") is None
