@@ -43,7 +43,7 @@ def _images(data_dir: Path, count: int) -> list[Path]:
     return paths[::step][:count]
 
 
-def _post(url: str, key: str | None, body: bytes, explain: str, runtime: str = "torchserve") -> float:
+def timed_request(url: str, key: str | None, body: bytes, explain: str, runtime: str = "torchserve") -> float:
     """One request's round trip in seconds: TorchServe's raw-bytes route, or the KServe runtime's v1 body."""
     if runtime == "kserve":
         instance = {"data": base64.b64encode(body).decode("ascii"), "explain": explain}
@@ -87,7 +87,7 @@ def throughput(
     def client(index: int) -> int:
         done = 0
         while time.perf_counter() < deadline:
-            _post(url, key, bodies[(index + done) % len(bodies)], "none", runtime)
+            timed_request(url, key, bodies[(index + done) % len(bodies)], "none", runtime)
             done += 1
         return done
 
@@ -125,8 +125,10 @@ def measure_runtime(
         results["version"] = state["version"]
         for explain in ("none", "rollout", "heatmap", "all"):
             for body in bodies[:3]:  # warm-up
-                _post(url, key, body, explain, runtime)
-            latencies = [_post(url, key, bodies[i % len(bodies)], explain, runtime) for i in range(requests)]
+                timed_request(url, key, body, explain, runtime)
+            latencies = [
+                timed_request(url, key, bodies[i % len(bodies)], explain, runtime) for i in range(requests)
+            ]
             results[explain] = _percentiles(latencies)
             print(json.dumps({"runtime": runtime, "explain": explain, **results[explain]}), flush=True)
         results["rps"] = round(throughput(url, key, bodies, clients, seconds, runtime), 2)
@@ -135,7 +137,7 @@ def measure_runtime(
             local_server.stop(serve_dir, quiet=True)
             state, url, key = _start(runtime, model, store, serve_dir, port, batch_size=4)
             for body in bodies[:4]:
-                _post(url, key, body, "none", runtime)
+                timed_request(url, key, body, "none", runtime)
             rps = round(throughput(url, key, bodies, clients, seconds, runtime), 2)
             results["rps_batching_on"] = rps
             print(json.dumps({"runtime": runtime, "batch_size": 4, "requests_per_s": rps}), flush=True)

@@ -54,8 +54,8 @@ def test_each_runtime_gets_its_own_request_shape(monkeypatch):
     monkeypatch.setattr(
         latency.urllib.request, "urlopen", lambda request, timeout: sent.append(request) or Answer()
     )
-    latency._post("http://ts/predictions/neurovit", "k", b"PNG", "rollout", "torchserve")
-    latency._post("http://ks/v1/models/neurovit:predict", None, b"PNG", "heatmap", "kserve")
+    latency.timed_request("http://ts/predictions/neurovit", "k", b"PNG", "rollout", "torchserve")
+    latency.timed_request("http://ks/v1/models/neurovit:predict", None, b"PNG", "heatmap", "kserve")
     torchserve, kserve = sent
     assert torchserve.data == b"PNG" and torchserve.get_header("X-neurovit-explain") == "rollout"
     assert torchserve.get_header("Authorization") == "Bearer k"
