@@ -503,6 +503,11 @@ def train(
                 state["announced_epochs"] = affordable
             state["planned_epochs"] = affordable
             schedule.total_steps = max(affordable * steps_per_epoch, schedule.warmup_steps + 1)
+        if config.keep == "last" and epoch >= state["planned_epochs"]:
+            # Saved before the checkpoint that says the schedule is done: a run killed in between resumes
+            # into an empty loop, and must find its weights already there.
+            state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch
+            _save_best(ema.module, run_dir, preprocessing, info)
         state["epoch"] = epoch
         _save_atomically(
             {
@@ -516,9 +521,6 @@ def train(
             },
             checkpoint,
         )
-        if config.keep == "last" and epoch >= state["planned_epochs"]:
-            state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch
-            _save_best(ema.module, run_dir, preprocessing, info)
         watched_from = max(state["best_epoch"], math.ceil(config.patience_start * state["planned_epochs"]))
         if config.keep == "best" and epoch - watched_from >= config.patience:
             log.info("early stop: no better validation accuracy for %d epochs", config.patience)
