@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from handlers.torchserve_launcher import ServeError
+from handlers.torchserve_launcher import ServeError, live_pid
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE_VENV = ROOT / ".venv-kserve"
@@ -84,12 +84,7 @@ def _spawn(workdir: Path, version_dir: Path, model: str, port: int) -> subproces
 
 def running_pid(workdir: Path) -> int | None:
     """The pid of the server ``start`` left running in ``workdir``; None when none runs."""
-    try:
-        pid = int((Path(workdir) / PID_FILE).read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    return live_pid(Path(workdir) / PID_FILE)
 
 
 def start(workdir: Path, version_dir: Path, model: str, port: int, timeout_s: float = 180.0) -> KServeServer:

@@ -179,14 +179,19 @@ def _prepare(
     return command, env
 
 
-def running_pid(workdir: Path) -> int | None:
-    """The pid of the TorchServe ``start`` left running in ``workdir``; None when none runs."""
+def live_pid(pid_file: Path) -> int | None:
+    """The pid written in ``pid_file`` while that process runs; None when the file or the process is gone."""
     try:
-        pid = int((Path(workdir) / PID_FILE).read_text().strip())
+        pid = int(Path(pid_file).read_text().strip())
         os.kill(pid, 0)
         return pid
     except (OSError, ValueError):
         return None
+
+
+def running_pid(workdir: Path) -> int | None:
+    """The pid of the TorchServe ``start`` left running in ``workdir``; None when none runs."""
+    return live_pid(Path(workdir) / PID_FILE)
 
 
 def start(
@@ -290,6 +295,7 @@ __all__ = [
     "ServeError",
     "api_key",
     "free_port_block",
+    "live_pid",
     "local_settings",
     "running",
     "running_pid",
