@@ -14,7 +14,9 @@ the TorchServe handler does; only the envelopes differ:
 
 Each request is one forward pass over its own images: KServe's Python server has no request batching (the
 batcher is KServe's agent sidecar, which holds a lone request for ``maxLatency``), and a request never waits
-for others. The forward runs in a worker thread behind a lock, so readiness and /metrics answer meanwhile.
+for others. The forward runs in a worker thread behind a lock, so readiness and /metrics answer meanwhile;
+the wait for that lock is this runtime's queue (stage ``queue`` of ``neurovit_stage_duration_seconds``).
+KServe's server counts no answers by status, so 5xx are counted here too (``neurovit_errors_total``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class NeuroViTModel(Model):
         self.predictor = Predictor.load(self.version_dir / "model", self.name, version, self.device, options)
         p = self.predictor
         self.telemetry = Telemetry(self.metrics.get_metric, p.name, p.version, p.reference, p.class_names)
+        self.telemetry.reference_if_due()  # neurovit_model_info from load on (the model-not-loaded alert)
         size = p.loaded.preprocessing.image_size
         warm = p.predict([PreparedImage(np.zeros((size, size), np.uint8), ("rollout",))])[0]
         self.grid_size = warm["explanations"]["rollout"]["grid_size"]
@@ -128,9 +131,8 @@ class NeuroViTModel(Model):
         prepared = [p.prepare_item(item, job.header_explain, default) for item in items]
         preprocess_s = time.perf_counter() - start
         errors = [item for item in prepared if isinstance(item, RequestError)]
-        for error in errors:
-            if error.status < 500:  # a server error is the server's, not a client's refusal
-                self.telemetry.error(error.reason, error.status)
+        for error in errors:  # 5xx too: KServe's server counts no answers by status (METRICS.md)
+            self.telemetry.error(error.reason, error.status)
         if job.request is not None and errors:
             raise ErrorAnswer(errors[0].status, error_body(errors[0]))
         valid = [item for item in prepared if not isinstance(item, RequestError)]
@@ -139,8 +141,10 @@ class NeuroViTModel(Model):
             valid = [dataclasses.replace(item, explain=maps) for item in valid]
         answers, timings = [], {}
         if valid:  # a request of errors only has no forward to run or time
-            with self._forward:
-                answers, timings = p.predict(valid), dict(p.last_timings)
+            waiting = time.perf_counter()
+            with self._forward:  # the runtime's queue: requests wait here for the one forward at a time
+                timings["queue"] = time.perf_counter() - waiting
+                answers, timings = self._predict(valid), {**timings, **p.last_timings}
         for item, answer in zip(valid, answers, strict=True):
             self.telemetry.answered(answer, p.monitored_features(item, answer))
         self.telemetry.stages({"preprocess": preprocess_s, **timings})
@@ -153,6 +157,16 @@ class NeuroViTModel(Model):
         if errors:
             raise ErrorAnswer(errors[0].status, {**error_body(errors[0]), **body})
         return body
+
+    def _predict(self, valid: list[PreparedImage]) -> list[dict]:
+        """The serving core's answers; an unexpected failure is counted and answered as a 500 (its reason)."""
+        try:
+            return self.predictor.predict(valid)
+        except Exception as error:  # noqa: BLE001 - any failure here is the server's, never the client's
+            log.exception("forward failed on %d image(s)", len(valid))  # no image data in the log
+            self.telemetry.error(RequestError.reason, RequestError.status)
+            failure = RequestError(f"the model failed to answer: {type(error).__name__}")
+            raise ErrorAnswer(failure.status, error_body(failure)) from error
 
     def _v2_response(self, job: Job, answers: list[dict], maps: tuple[str, ...]) -> InferResponse:
         p, request = self.predictor, job.request

@@ -3,7 +3,8 @@
 Written as code so that every panel gets the same datasource variable, label selector and layout; the
 JSON is committed for Grafana's file provisioning and for ConfigMaps, and a test checks it is current:
     neurovit monitor dashboards
-Queries use only METRICS.md's metrics, TorchServe's own, `up`, and the recording rules in monitoring/rules.
+Queries use only METRICS.md's metrics, TorchServe's and the KServe runtime's own, `up`, and the recording
+rules in monitoring/rules; a query that reads a runtime's own series reads the other's with `or`.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _rate(metric: str, by: str, where: str = SEL) -> str:
 
 def service_overview() -> dict:
     replicas_up = stat(
-        "Replicas up", "TorchServe targets that answer their scrape.", [target(f"sum(up{{{NEUROVIT_JOB}}})")]
+        "Replicas up", "Server targets that answer their scrape.", [target(f"sum(up{{{NEUROVIT_JOB}}})")]
     )
     serving = stat(
         "Replicas serving each version",
@@ -235,21 +236,19 @@ def service_overview() -> dict:
     )
     workers_loaded = stat(
         "Workers with the model loaded",
-        "TorchServe workers that finished loading a model (WorkerLoadTime), all replicas.",
-        [target(f"count(WorkerLoadTime{{{NEUROVIT_JOB}}})")],
+        "Workers that finished loading a model, all replicas: TorchServe's (WorkerLoadTime), or the KServe "
+        "runtime's one model per replica (neurovit_model_info, set at load there).",
+        [target(f"count(WorkerLoadTime{{{NEUROVIT_JOB}}}) or count(neurovit_model_info{{{NEUROVIT_JOB}}})")],
     )
     requests = timeseries(
         "Requests per second",
-        "Answered requests per route and version (handler), and requests TorchServe received.",
+        "Answered requests per route and version (handler), and requests the server received.",
         [
             target(
                 _rate("neurovit_request_duration_seconds_count", "model_version, route"),
                 "{{model_version}} {{route}}",
             ),
-            target(
-                _rate("ts_inference_requests_total", "model_name", 'model_name=~"$model_name"'),
-                "received by TorchServe",
-            ),
+            target('neurovit:server_requests:rate5m{model_name=~"$model_name"}', "received by the server"),
         ],
         "reqps",
     )
@@ -273,13 +272,12 @@ def service_overview() -> dict:
         "s",
     )
     torchserve_latency = timeseries(
-        "Queue and TorchServe latency (mean, 5 min)",
-        "TorchServe's own counters: time in the queue and from receipt to answer, per request.",
+        "Queue and server latency (mean, 5 min)",
+        "The server's own view, per request: time in the queue (TorchServe's batching queue; the KServe "
+        "runtime's wait for the model) and from receipt to answer.",
         [
             target('neurovit:queue_latency_seconds:mean_5m{model_name=~"$model_name"}', "queue"),
-            target(
-                'neurovit:inference_latency_seconds:mean_5m{model_name=~"$model_name"}', "TorchServe total"
-            ),
+            target('neurovit:inference_latency_seconds:mean_5m{model_name=~"$model_name"}', "server total"),
         ],
         "s",
     )
@@ -297,35 +295,49 @@ def service_overview() -> dict:
         "reqps",
     )
     server_errors = timeseries(
-        "5xx, and TorchServe's answers by class",
-        "5xx per version (each replica's to the version it serves); 2xx and 4xx of the whole server.",
+        "5xx, and 4xx refused before the handler",
+        "5xx per version (TorchServe's attributed to the version each replica serves; the KServe runtime "
+        "counts its own), and 4xx the server refused before any handler ran (TorchServe's frontend).",
         [
             target(f"neurovit:responses_5xx:rate5m{{{SEL}}}", "5xx {{model_version}}"),
-            target("sum(rate(Requests2XX[$__rate_interval]))", "2xx, whole TorchServe"),
-            target("sum(rate(Requests4XX[$__rate_interval]))", "4xx, whole TorchServe"),
+            target(f"neurovit:responses_4xx_frontend:rate5m{{{SEL}}}", "4xx, no handler {{model_version}}"),
         ],
         "reqps",
     )
     restarts = timeseries(
-        "Worker and TorchServe restarts (15 min)",
-        "Changes of WorkerLoadTime (a worker reloaded) plus resets of TorchServe's request counter.",
+        "Worker and server restarts (15 min)",
+        "TorchServe: changes of WorkerLoadTime (a worker reloaded) and resets of its request counter "
+        "(TorchServe restarted). The KServe runtime: changes of its process's start time (model and server "
+        "are one process).",
         [
             target(
-                f"sum by (instance) (changes(WorkerLoadTime{{{NEUROVIT_JOB}}}[15m]))", "worker {{instance}}"
+                f"sum by (instance) (changes(WorkerLoadTime{{{NEUROVIT_JOB}}}[15m]))"
+                f" or sum by (instance) (changes(process_start_time_seconds{{{NEUROVIT_JOB}}}[15m]))",
+                "worker {{instance}}",
             ),
             target(
-                f"sum by (instance) (resets(ts_inference_requests_total{{{NEUROVIT_JOB}}}[15m]))",
-                "TorchServe {{instance}}",
+                f"sum by (instance) (resets(ts_inference_requests_total{{{NEUROVIT_JOB}}}[15m]))"
+                f" or sum by (instance) (changes(process_start_time_seconds{{{NEUROVIT_JOB}}}[15m]))",
+                "server {{instance}}",
             ),
         ],
         "none",
     )
     host = timeseries(
-        "Host CPU and memory (TorchServe's system metrics)",
-        "CPUUtilization (%) and MemoryUsed (MB) as TorchServe reports them for its host.",
+        "CPU and memory",
+        "TorchServe: CPUUtilization (% of the host) and MemoryUsed (MB of the host), as it reports them. The "
+        "KServe runtime: its process's CPU (% of one core) and resident memory (MB).",
         [
-            target(f"max by (instance) (CPUUtilization{{{NEUROVIT_JOB}}})", "CPU % {{instance}}"),
-            target(f"max by (instance) (MemoryUsed{{{NEUROVIT_JOB}}})", "memory MB {{instance}}"),
+            target(
+                f"max by (instance) (CPUUtilization{{{NEUROVIT_JOB}}})"
+                f" or max by (instance) (rate(process_cpu_seconds_total{{{NEUROVIT_JOB}}}[5m]) * 100)",
+                "CPU % {{instance}}",
+            ),
+            target(
+                f"max by (instance) (MemoryUsed{{{NEUROVIT_JOB}}})"
+                f" or max by (instance) (process_resident_memory_bytes{{{NEUROVIT_JOB}}} / 1e6)",
+                "memory MB {{instance}}",
+            ),
         ],
         "none",
     )
@@ -340,7 +352,7 @@ def service_overview() -> dict:
     return dashboard(
         "neurovit-service-overview",
         "NeuroViT service overview",
-        "Traffic, latency percentiles, errors by cause and replicas of the NeuroViT TorchServe.",
+        "Traffic, latency percentiles, errors by cause and replicas of the NeuroViT server (either runtime).",
         panels,
         model_variables(versions_multi=True),
     )

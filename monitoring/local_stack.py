@@ -33,6 +33,7 @@ from PIL import Image
 from handlers.local_service import SERVE_DIR, is_running, serve, server_state
 from handlers.torchserve_launcher import api_key
 from monitoring import local_prometheus
+from monitoring.contract import load_contract
 from monitoring.queries import EVENT_ONLY_METRICS, metrics_used
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.data.split import load_split
@@ -216,14 +217,17 @@ class TrafficStream:
             thread.join(timeout=70)
 
 
-def missing_from_scrape(metrics_url: str) -> list[str]:
-    """Metric names that a rule, alert or dashboard of monitoring/ uses but the scrape lacks (Prometheus'
-    own ``up`` and the metrics TorchServe creates only on a rare event aside)."""
+def missing_from_scrape(metrics_url: str, runtime: str = "torchserve") -> list[str]:
+    """Metric names that a rule, alert or dashboard of monitoring/ uses but the scrape of ``runtime``
+    (torchserve or kserve) lacks: Prometheus' own ``up``, the metrics TorchServe creates only on a rare event,
+    and the other runtime's own series (read with ``or``) aside."""
     with urllib.request.urlopen(metrics_url, timeout=15) as response:
         text = response.read().decode()
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"}
     exported |= {name.rsplit("_", 1)[0] for name in exported if name.endswith(("_bucket", "_sum", "_count"))}
-    ignored = {"up", *EVENT_ONLY_METRICS}
+    contract = load_contract()
+    other = contract.own_series("kserve" if runtime == "torchserve" else "torchserve")
+    ignored = {"up", *EVENT_ONLY_METRICS, *(other - contract.own_series(runtime))}
     return sorted(name for name in metrics_used() if name not in exported and name not in ignored)
 
 

@@ -308,6 +308,7 @@ def test_metrics_carry_the_contracts_series_after_requests(kserve, png):
         assert f"\n{spec.name}" in text, spec.name
     assert 'neurovit_request_duration_seconds_bucket{le="0.0025"' in text  # this model's buckets
     assert 'route="explain"' in text and 'stage="explanation"' in text
+    assert 'stage="queue"' in text  # the wait for the model: this runtime's queue (METRICS.md)
     assert 'reason="empty_body"' in text and 'feature="ood_score"' in text
     assert "request_predict_seconds_bucket" in text  # KServe's own stage histograms beside
 
@@ -369,6 +370,11 @@ def test_the_storage_initializer_fetches_a_version_the_runtime_then_loads(
     run_in_kserve_venv(kserve_python, STORAGE_INITIALIZER, uri, str(mount), env=pod_env)
     assert (mount / "manifest.json").is_file() and (mount / "model" / "model.safetensors").is_file()
     with start_kserve(mount, tmp_path / "server") as server:
+        # Loaded and not yet asked: the model-not-loaded alert reads neurovit_model_info on this runtime.
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
+            assert f'neurovit_model_info{{model_name="{MODEL}",model_version="{VERSION}"}} 1.0' in (
+                response.read().decode()
+            )
         (answer,) = v1_answers(server.post(PREDICT, png, "image/png"))
         assert_answer(answer)
 

@@ -1,5 +1,6 @@
-"""A real Prometheus scraping a real TorchServe (freshly packaged tiny model with its monitoring reference):
-after traffic, every recording rule, alert expression and dashboard query of monitoring/ returns data, and
+"""A real Prometheus scraping a real model server (freshly packaged tiny model with its monitoring reference),
+once per runtime (TorchServe, and the KServe runtime: the rules must read both unchanged): after traffic,
+every recording rule, alert expression and dashboard query of monitoring/ returns data, and
 the PSI the rules compute is the one the Python formula gives for the same counts."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import os
 import shutil
 import socket
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,22 +17,65 @@ from fixtures.serving_samples import MODEL, VERSION, assert_answer, b64, good_im
 
 from monitoring import local_prometheus
 from monitoring.local_stack import missing_from_scrape
+from monitoring.promql import as_signal
 from monitoring.queries import all_queries
+from monitoring.rulefiles import load_rules
 from neurovit.drift import psi
 from training.evaluations.ood_samples import non_mri_samples
 
 pytestmark = pytest.mark.integration
-PREDICT, EXPLAIN = f"/predictions/{MODEL}", f"/explanations/{MODEL}"
+
+
+@dataclass
+class Routes:
+    """How one runtime is asked: TorchServe takes the image or a JSON object per request, the KServe
+    runtime v1 ``{"instances": [...]}`` (one image per request here, as TorchServe's)."""
+
+    predict: str
+    explain: str
+    kserve_v1: bool
+
+    def ask(self, server, route: str, png: bytes, explain: str | None = None):
+        if not self.kserve_v1:
+            if explain is None:
+                return server.post(route, png, "image/png")
+            return server.post_json(route, {"data": b64(png), "explain": explain})
+        instance = {"data": b64(png), **({"explain": explain} if explain else {})}
+        return server.post_json(route, {"instances": [instance]})
+
+    def answer(self, response) -> dict:
+        body = response.json()
+        if not self.kserve_v1:
+            return body
+        (answer,) = body["predictions"]
+        return answer
+
+
+RUNTIMES = {
+    "torchserve": Routes(f"/predictions/{MODEL}", f"/explanations/{MODEL}", kserve_v1=False),
+    "kserve": Routes(f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}:explain", kserve_v1=True),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RUNTIMES))
+def runtime(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def prometheus_url(torchserve, tmp_path_factory):
+def server(runtime, request):
+    """The runtime's server fixture (``torchserve`` or ``kserve``); /metrics on its metrics URL."""
+    return request.getfixturevalue(runtime)
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(server, tmp_path_factory):
     if shutil.which("prometheus") is None:
         if os.environ.get("CI"):  # `make test` installs it first: in CI a missing binary is a failure
             pytest.fail(local_prometheus.INSTALL_HINT)
         pytest.skip(local_prometheus.INSTALL_HINT)
     out = tmp_path_factory.mktemp("prometheus")
-    target = torchserve.metrics_url.split("//", 1)[1]
+    target = server.metrics_url.split("//", 1)[1]
     with socket.socket() as probe:  # a free port for Prometheus's web API
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -40,27 +85,38 @@ def prometheus_url(torchserve, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def traffic(torchserve, make_slice) -> list[dict]:
-    """Slices on both routes, each explanation choice, two refusals, and non-MRI images (some flagged)."""
+def traffic(server, runtime, make_slice, prometheus_url) -> list[dict]:
+    """Slices on both routes, each explanation choice, two refusals, and non-MRI images (some flagged), sent
+    twice with scrapes between: Prometheus' increase() counts only what a series gained after its first
+    scrape, so traffic sent before any scrape (or once only) leaves the windowed rules at zero."""
+    local_prometheus.wait_for_scrape(prometheus_url, "up == 1")  # TorchServe exports nothing of ours yet
+    answers = []
+    for _ in range(2):
+        answers += send_traffic(server, RUNTIMES[runtime], make_slice)
+        time.sleep(3.0)  # three scrape intervals
+    flagged = [answer for answer in answers if answer["ood"]["flagged"]]
+    assert flagged, "no answer flagged out of distribution: the OOD queries would stay empty"
+    return answers
+
+
+def send_traffic(server, routes: Routes, make_slice) -> list[dict]:
     answers = []
     for seed in range(12):
         png = good_images(make_slice(seed, size=48))["png"]
         explain = ("none", "rollout", "heatmap", "all")[seed % 4]
-        response = torchserve.post_json(PREDICT, {"data": b64(png), "explain": explain})
+        response = routes.ask(server, routes.predict, png, explain)
         assert response.status == 200, response.body[:300]
-        answers.append(response.json())
-    assert torchserve.post(EXPLAIN, png, "image/png").status == 200
-    assert torchserve.post(PREDICT, b"").status == 400
-    assert torchserve.post(PREDICT, b"not an image", "text/plain").status == 400
+        answers.append(routes.answer(response))
+    assert routes.ask(server, routes.explain, png).status == 200
+    assert server.post(routes.predict, b"").status == 400
+    assert routes.ask(server, routes.predict, b"not an image").status == 400
     small = [sample for sample in non_mri_samples() if len(sample.png) < 900_000]  # under the test limit
     for sample in small[::3]:
-        response = torchserve.post(PREDICT, sample.png, "image/png")
+        response = routes.ask(server, routes.predict, sample.png)
         assert response.status == 200  # not MRI: answered and flagged, never refused
-        answers.append(response.json())
+        answers.append(routes.answer(response))
     for answer in answers:
         assert_answer(answer, tuple(answer["explanations"]))
-    flagged = [answer for answer in answers if answer["ood"]["flagged"]]
-    assert flagged, "no answer flagged out of distribution: the OOD queries would stay empty"
     return answers
 
 
@@ -82,7 +138,8 @@ def test_every_rule_alert_and_dashboard_query_returns_data(prometheus_url, traff
     def missing():
         return [q for q in queries if not local_prometheus.query(prometheus_url, q.expr)]
 
-    left = eventually(lambda: missing() or None) or []  # retried while rate windows fill up
+    eventually(lambda: not missing(), timeout_s=120.0)  # retried while rate windows and rules fill up
+    left = missing()
     assert not left, "queries without data:\n" + "\n".join(f"{q.source}: {q.expr}" for q in left)
 
 
@@ -107,5 +164,31 @@ def test_the_rules_psi_is_the_python_formula_on_the_scraped_counts(prometheus_ur
     assert value == pytest.approx(expected, rel=0.02, abs=1e-3)
 
 
-def test_every_metric_a_rule_or_dashboard_names_is_in_the_scrape(torchserve, traffic):
-    assert missing_from_scrape(f"{torchserve.metrics_url}/metrics") == []
+def test_every_metric_a_rule_or_dashboard_names_is_in_the_scrape(server, runtime, traffic):
+    assert missing_from_scrape(f"{server.metrics_url}/metrics", runtime) == []
+
+
+# Alerts about the server's health, whose condition must be false on a server that loaded its model once and
+# answers (error-ratio and drift alerts are left out: the test traffic has refusals and non-MRI on purpose).
+HEALTH_ALERTS = (
+    "NeuroViTDown",
+    "NeuroViTReplicaDown",
+    "NeuroViTModelNotLoaded",
+    "NeuroViTNoTraffic",
+    "NeuroViTWorkerRestarted",
+)
+
+
+def test_no_health_alert_condition_holds_on_a_healthy_serving_runtime(prometheus_url, traffic):
+    rules = {rule.name: rule for rule in load_rules() if rule.kind == "alert"}
+    local_prometheus.wait_for_scrape(prometheus_url, "neurovit_model_info")
+    # Rate windows need two scrapes of the traffic before the no-traffic condition can be judged.
+    answered = "sum(rate(neurovit_request_duration_seconds_count[15m])) > 0"
+    assert eventually(lambda: local_prometheus.query(prometheus_url, answered)), (
+        "no answered request in rates"
+    )
+    for name in HEALTH_ALERTS:
+        # Each condition evaluated both ways: as a signal it must return data (the series exist), as the alert
+        # it must return none (nothing fires).
+        assert local_prometheus.query(prometheus_url, as_signal(rules[name].expr)), f"{name}: no data"
+        assert local_prometheus.query(prometheus_url, rules[name].expr) == [], f"{name} would fire"
