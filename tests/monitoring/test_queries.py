@@ -88,3 +88,17 @@ def test_contract_neurovit_metrics_match_torchserve_declarations():
         "confidence",
         "ood_score",
     )
+
+
+def test_each_runtime_has_its_own_series_and_the_queries_read_both():
+    contract = load_contract()
+    assert {"request_predict_seconds_sum", "request_predict_seconds_count", "process_start_time_seconds"} <= (
+        contract.own_series("kserve")
+    )
+    assert "WorkerLoadTime" in contract.own_series("torchserve")
+    assert not contract.own_series("kserve") & contract.own_series("torchserve")
+    used = set(metrics_used())
+    # Both runtimes' own views are read (with `or`): neither runtime's install is left without them.
+    assert used & contract.own_series("kserve") and used & contract.own_series("torchserve")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        contract.own_series("triton")
