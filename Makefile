@@ -142,12 +142,12 @@ stop: venv ## Stop the local server started by `make serve`, either runtime (and
 PROMETHEUS_PORT ?= 9090
 
 .PHONY: monitor
-monitor: venv java prometheus ## TorchServe + Prometheus with monitoring/rules, a little traffic; prints the URL and queries
-	$(NEUROVIT) monitor start --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
+monitor: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) prometheus ## RUNTIME's server + Prometheus with monitoring/rules, a little traffic; prints the URL and queries
+	$(NEUROVIT) monitor start --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT) --runtime $(RUNTIME)
 
 .PHONY: drift-demo
-drift-demo: venv java prometheus ## In-distribution then shifted traffic: PSI plot and a firing drift alert (outputs/drift-demo)
-	$(NEUROVIT) monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT)
+drift-demo: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) prometheus ## In-distribution then shifted traffic: PSI plot and a firing drift alert (outputs/drift-demo)
+	$(NEUROVIT) monitor drift-demo --model $(MODEL) --store $(NEUROVIT_STORE) --data-dir $(DATA_DIR) --port $(SERVE_PORT) --prometheus-port $(PROMETHEUS_PORT) --runtime $(RUNTIME)
 
 # ---- LOAD TESTS (locust; scenarios in handlers/benchmarks/load/locustfile.py) ---------------------------------
 LOAD_TIME    ?= 60s

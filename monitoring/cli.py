@@ -15,7 +15,13 @@ def cmd_start(args: argparse.Namespace) -> dict:
     from monitoring.local_stack import monitor
 
     return monitor(
-        args.model, args.store, args.data_dir, args.port, args.prometheus_port, requests=args.requests
+        args.model,
+        args.store,
+        args.data_dir,
+        args.port,
+        args.prometheus_port,
+        requests=args.requests,
+        runtime=args.runtime,
     )
 
 
@@ -33,6 +39,7 @@ def cmd_drift_demo(args: argparse.Namespace) -> dict:
         shifted_s=args.shifted_s,
         sample_s=args.sample_s,
         senders=args.senders,
+        runtime=args.runtime,
     )
 
 
@@ -66,7 +73,7 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     start = commands.add_parser(
         "start",
         parents=result,
-        help="TorchServe + Prometheus with monitoring/rules and a little traffic; prints the URL and queries",
+        help="a server + Prometheus with monitoring/rules and a little traffic; prints the URL and queries",
     )
     drift = commands.add_parser(
         "drift-demo",
@@ -77,7 +84,15 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
         p.add_argument("--model", default="latest", help="'latest', a version id, a version folder or URI")
         p.add_argument("--store", default=DEFAULT_STORE)
         p.add_argument("--data-dir", type=Path, default=OUTPUT_DIR / "demo-data")
-        p.add_argument("--port", type=int, default=8080, help="TorchServe inference port (metrics +2)")
+        p.add_argument(
+            "--port", type=int, default=8080, help="inference port (TorchServe's metrics on port + 2)"
+        )
+        p.add_argument(
+            "--runtime",
+            choices=("torchserve", "kserve"),
+            default="torchserve",
+            help="the server to start when `make serve` runs none (a running one is used as it is)",
+        )
         p.add_argument("--prometheus-port", type=int, default=9090)
     start.add_argument("--requests", type=int, default=60)
     start.set_defaults(func=cmd_start)
@@ -88,7 +103,7 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     drift.add_argument("--senders", type=int, default=3, help="concurrent clients sending the stream")
     drift.set_defaults(func=cmd_drift_demo)
 
-    p = commands.add_parser("stop", help="stop the local Prometheus and TorchServe")
+    p = commands.add_parser("stop", help="stop the local Prometheus and the server (either runtime)")
     p.set_defaults(func=cmd_stop)
 
     p = commands.add_parser(

@@ -1,7 +1,8 @@
 """Monitoring on this machine: ``neurovit monitor start|drift-demo|stop``.
 
-``monitor`` (``neurovit monitor start``, ``make monitor``) starts TorchServe on a published version (unless
-``make serve`` already runs) and a Prometheus with the rules of ``monitoring/rules``, sends a little traffic
+``monitor`` (``neurovit monitor start``, ``make monitor``) starts the server on a published version
+(TorchServe, or the KServe runtime with ``runtime="kserve"``; unless ``make serve`` already runs one) and a
+Prometheus with the rules of ``monitoring/rules``, sends a little traffic
 (slices, explanations, a few bad inputs) and prints the Prometheus URL and queries to try.
 
 ``drift-demo`` (``make drift-demo``) does the same with the rules time-compressed (every window 2 minutes,
@@ -87,29 +88,38 @@ def held_out_slices(state: dict, data_dir: Path) -> dict[str, list[Path]]:
     return dict(sorted(slices.items()))
 
 
-def ensure_served(store: str, model: str, port: int) -> dict:
-    """The running `make serve` server, or a new one."""
+def ensure_served(store: str, model: str, port: int, runtime: str = "torchserve") -> dict:
+    """The running `make serve` server (whichever runtime it is), or a new one of ``runtime``."""
     try:
         state = server_state(SERVE_DIR)
         if is_running(SERVE_DIR):
             return state
     except NeuroVitError:
         pass
-    return serve(model, store, port=port)
+    return serve(model, store, port=port, runtime=runtime)
+
+
+def runtime_of(state: dict) -> str:
+    return state.get("runtime", "torchserve")
 
 
 def metrics_target(state: dict) -> str:
-    """host:port of TorchServe's metrics API (inference port + 2: handlers.local_service.local_settings)."""
+    """host:port of the server's metrics: TorchServe's metrics API (inference port + 2:
+    handlers.local_service.local_settings), the KServe runtime's own port."""
     host, port = state["url"].rsplit(":", 1)
-    return f"{host.split('//')[-1]}:{int(port) + 2}"
+    offset = 0 if runtime_of(state) == "kserve" else 2
+    return f"{host.split('//')[-1]}:{int(port) + offset}"
 
 
 class Client:
-    """Sends images to the local server the way a user would (JSON with base64; raw bytes for bad ones)."""
+    """Sends images to the local server the way a user would (JSON with base64; raw bytes for bad ones):
+    TorchServe's ``/predictions`` route with its key, or the KServe runtime's v1 ``:predict``."""
 
     def __init__(self, state: dict) -> None:
-        self.url = f"{state['url']}/predictions/{state['model']}"
-        key = api_key(Path(state["key_file"]))
+        self.kserve = runtime_of(state) == "kserve"
+        route = f"/v1/models/{state['model']}:predict" if self.kserve else f"/predictions/{state['model']}"
+        self.url = state["url"] + route
+        key = api_key(Path(state["key_file"])) if state.get("key_file") else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def send(self, body: bytes, content_type: str = "application/octet-stream") -> int:
@@ -124,7 +134,8 @@ class Client:
             return error.code
 
     def image(self, data: bytes, explain: str = "none") -> int:
-        body = json.dumps({"data": base64.b64encode(data).decode("ascii"), "explain": explain}).encode()
+        instance = {"data": base64.b64encode(data).decode("ascii"), "explain": explain}
+        body = json.dumps({"instances": [instance]} if self.kserve else instance).encode()
         return self.send(body, "application/json")
 
 
@@ -143,12 +154,18 @@ def monitor(
     port: int = 8080,
     prometheus_port: int = 9090,
     requests: int = 60,
+    runtime: str = "torchserve",
 ) -> dict:
-    """TorchServe (``make serve``'s, or a new one) and Prometheus with monitoring/rules, a little traffic;
-    prints the URLs and queries to try. Returns the URLs, the answers' statuses and the metrics missing."""
-    state = ensure_served(store, model, port)
+    """The server (``make serve``'s, or a new one of ``runtime``) and Prometheus with monitoring/rules, a
+    little traffic; prints the URLs and queries to try. Returns the URLs, the answers' statuses and the
+    metrics missing."""
+    state = ensure_served(store, model, port, runtime)
+    server = "the KServe runtime" if runtime_of(state) == "kserve" else "TorchServe"
     url = local_prometheus.start(MONITOR_DIR, metrics_target(state), port=prometheus_port)
     client, slices = Client(state), demo_slices(data_dir)
+    # Traffic before the first scrape would be invisible to rate() and increase(), which count only what a
+    # series gains after Prometheus first saw it.
+    local_prometheus.wait_for_scrape(url, "up == 1")
     statuses = []
     for i, path in enumerate(itertools.islice(itertools.cycle(_interleave(slices)), requests)):
         statuses.append(client.image(path.read_bytes(), ("none", "none", "rollout", "heatmap")[i % 4]))
@@ -156,26 +173,25 @@ def monitor(
     statuses += [client.send(sample.png, "image/png") for sample in list(noise(count_per_kind=1))[:2]]
     statuses.append(client.image(next(iter(slices.values()))[0].read_bytes(), "all"))
     local_prometheus.wait_for_scrape(url, "neurovit_predictions_total")
-    missing = missing_from_scrape(f"http://{metrics_target(state)}/metrics")
+    missing = missing_from_scrape(f"http://{metrics_target(state)}/metrics", runtime_of(state))
     print(
         f"sent {len(statuses)} requests: "
         + ", ".join(f"{s}: {statuses.count(s)}" for s in sorted(set(statuses)))
     )
     print(f"Prometheus: {url} (rules from monitoring/rules; alerts at {url}/alerts)")
-    print(f"TorchServe: {state['url']} (metrics at http://{metrics_target(state)}/metrics)")
+    print(f"{server}: {state['url']} (metrics at http://{metrics_target(state)}/metrics)")
     print("queries to try (Prometheus > Graph):")
     for title, expr in QUERIES_TO_TRY:
         print(f"  {title:<30} {expr}")
     if missing:
-        print(
-            f"metrics that rules or dashboards name but TorchServe does not export yet: {', '.join(missing)}"
-        )
+        print(f"metrics that rules or dashboards name but {server} does not export yet: {', '.join(missing)}")
     else:
-        print("every metric that a rule, an alert or a dashboard names is in TorchServe's scrape")
+        print(f"every metric that a rule, an alert or a dashboard names is in {server}'s scrape")
     print("stop both with `make stop`")
     return {
         "prometheus": url,
-        "torchserve": state["url"],
+        "server": state["url"],
+        "runtime": runtime_of(state),
         "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
         "missing_metrics": missing,
     }
@@ -264,12 +280,13 @@ def drift_demo(
     shifted_s: float = 240,
     sample_s: float = 5,
     senders: int = 3,
+    runtime: str = "torchserve",
 ) -> dict:
     """In-distribution then shifted traffic (module docstring); returns what it wrote and the alerts firing
     at the end. CheckFailedError (with that result) when no drift alert fired."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = ensure_served(store, model, port)
+    state = ensure_served(store, model, port, runtime)
     rules = local_prometheus.compress_rules(out / "rules", window="2m", hold="10s")
     url = local_prometheus.start(out / "prometheus", metrics_target(state), port=prometheus_port, rules=rules)
     client, slices = Client(state), held_out_slices(state, data_dir)
@@ -318,7 +335,7 @@ def drift_demo(
     firing = sorted(k for k, v in final.items() if v == "firing")
     print(f"drift alerts firing at the end: {', '.join(firing) or 'none'}")
     print(
-        f"Prometheus keeps running at {url} (alerts page: {url}/alerts); `make stop` stops it and TorchServe"
+        f"Prometheus keeps running at {url} (alerts page: {url}/alerts); `make stop` stops it and the server"
     )
     result = {"plot": str(out / "psi.png"), "timeline": str(out / "timeline.json"), "firing": firing}
     if not firing:
