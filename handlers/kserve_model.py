@@ -44,6 +44,7 @@ from neurovit.serving import (
     PreparedImage,
     RequestError,
     error_body,
+    load_model_card,
     split_batch,
 )
 from neurovit.telemetry import Telemetry
@@ -87,6 +88,8 @@ class NeuroViTModel(Model):
         options = archived_options(self.version_dir, self.name)
         self.predictor = Predictor.load(self.version_dir / "model", self.name, version, self.device, options)
         p = self.predictor
+        if p.model_card is None:  # published beside model/ (TorchServe finds it at the archive's root)
+            p.model_card = load_model_card(self.version_dir)
         self.telemetry = Telemetry(self.metrics.get_metric, p.name, p.version, p.reference, p.class_names)
         self.telemetry.reference_if_due()  # neurovit_model_info from load on (the model-not-loaded alert)
         size = p.loaded.preprocessing.image_size

@@ -93,6 +93,16 @@ def install_error_answers(app: FastAPI, model: NeuroViTModel) -> None:
     rest_server.inference_error_handler = not_utf8
 
 
+def install_describe(app: FastAPI, model: NeuroViTModel) -> None:
+    """``GET /v1/models/<name>/describe``: what TorchServe's describe call returns (classes, calibration,
+    preprocessing, limits, maps, disclaimer and the version's model card)."""
+
+    async def describe() -> ORJSONResponse:
+        return ORJSONResponse(model.predictor.describe())
+
+    app.add_api_route(f"/v1/models/{model.name}/describe", describe, methods=["GET"])
+
+
 def main(argv: list[str] | None = None) -> None:
     args, _ = parser().parse_known_args(argv)
     if args.configure_logging:  # before loading, so the verification's lines reach the log
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     model = NeuroViTModel(args.model_name, args.model_dir, device=device)
     model.load()
     install_error_answers(model_server.app, model)
+    install_describe(model_server.app, model)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

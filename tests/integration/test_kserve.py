@@ -76,6 +76,28 @@ def test_the_model_is_ready_on_both_protocols(kserve):
     assert kserve.get("/v2/models/another/ready").status == 404
 
 
+def test_describe_returns_what_torchserves_describe_call_does_with_the_model_card(kserve, torchserve):
+    description = kserve.get(f"/v1/models/{MODEL}/describe").json()
+    assert description["model"] == {"name": MODEL, "version": VERSION}
+    card = description["model_card"]  # the version folder's model_card.json, beside model/
+    assert card["version"] == VERSION and card["research_use_only"] is True
+    request = urllib.request.Request(
+        f"{torchserve.management_url}/models/{MODEL}?customized=true",
+        headers={"Authorization": f"Bearer {torchserve.management_key}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        (theirs,) = json.loads(response.read())
+    custom = theirs["customizedMetadata"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom
+    assert without_nulls(description) == custom  # TorchServe's frontend (Gson) drops null fields
+
+
+def without_nulls(value):
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    return [without_nulls(item) for item in value] if isinstance(value, list) else value
+
+
 def test_v1_predict_and_explain_answer_as_torchserve_does(kserve, png):
     body = {"instances": [{"data": b64(png)}, {"data": b64(png), "explain": "rollout"}]}
     first, second = v1_answers(kserve.post_json(PREDICT, body))
