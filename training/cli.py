@@ -305,6 +305,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
+    names += ("teacher_fraction", "distill_weight")
     options = _given(args, *names)
     if args.recipe == "gpu":
         require_cuda("--recipe gpu")
@@ -572,6 +573,13 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         type=float,
         help="share of training slices that lose random token cells to black (default 0: none)",
     )
+    p.add_argument(
+        "--teacher-fraction",
+        type=float,
+        help="share of the time budget that first trains a small CNN teacher for hard distillation "
+        "(training.teacher; default 0: no teacher)",
+    )
+    p.add_argument("--distill-weight", type=float, help="weight of the teacher's labels (default 0.5)")
     p.add_argument(
         "--recipe",
         choices=("cpu", "gpu"),

@@ -31,6 +31,7 @@ from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
 from training.guide import GuideSet, guide_loss
 from training.precision import MixedPrecision
+from training.teacher import distillation_loss, teacher_accuracy, train_teacher
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,11 @@ class TrainConfig:
     # Weight of the tumour-mask guidance (``training.guide``) on the training slices that carry a mask; 0
     # (the default) trains exactly as before, masks or not.
     guide_weight: float = 0.0
+    # Knowledge distillation (training.teacher): this share of ``time_budget_s`` first trains a small CNN
+    # teacher, whose top class then joins the labels with weight ``distill_weight`` (DeiT's hard
+    # distillation). 0 (the default) trains without a teacher.
+    teacher_fraction: float = 0.0
+    distill_weight: float = 0.5
     time_budget_s: float | None = None  # wall-clock budget for the epochs; the schedule is fitted to it
     class_balanced: bool = True
     # CPU only: train in channels_last memory layout (see ``place_for_training``). Off by default so that
@@ -105,6 +111,12 @@ class TrainConfig:
             raise ValueError("epochs=None plans the epochs from the time budget: give time_budget_s")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        if not 0.0 <= self.teacher_fraction < 0.8:
+            raise ValueError(f"teacher_fraction must be in [0, 0.8), got {self.teacher_fraction}")
+        if self.teacher_fraction and not self.time_budget_s:
+            raise ValueError("teacher_fraction is a share of the time budget: give time_budget_s")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +151,7 @@ class TrainResult:
     images_per_second: float
     history: list[dict]
     epochs_planned: int | None = None  # the schedule's final length (its budget refit included)
+    teacher: dict | None = None  # the distillation teacher's epochs, seconds, val_accuracy (None: no teacher)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -411,6 +424,27 @@ def train(
         else:
             log.warning("checkpoint in %s is from another config: starting afresh", run_dir)
 
+    teacher, teacher_facts = None, None
+    if config.teacher_fraction > 0:
+        seconds = config.teacher_fraction * config.time_budget_s
+        teacher, teacher_facts = train_teacher(
+            train_loader,
+            len(class_names),
+            seconds,
+            run_dir,
+            device,
+            config.amp,
+            config.seed,
+            channels_last=config.channels_last,
+        )
+        teacher_facts["val_accuracy"] = round(teacher_accuracy(teacher, val_loader), 4)
+        # The budget's refit below leaves the teacher's share out of what the ViT's epochs may use.
+        state.setdefault("teacher_seconds", teacher_facts["seconds"])
+        message = f"teacher CNN: {json.dumps(teacher_facts)}"
+        log.info(message)
+        if progress:
+            print(message, flush=True)
+    origin = {**origin, **({"teacher": teacher_facts} if teacher_facts else {})}
     info = ModelInfo(class_names=list(class_names), extra={"train_config": config.to_dict(), **origin})
     precision = MixedPrecision(config.amp, device)
     while state["epoch"] < state["planned_epochs"]:
@@ -431,8 +465,17 @@ def train(
             with precision.autocast():
                 outputs = model(images, output_attentions=guided)
             logits = outputs.logits
-            loss = F.cross_entropy(
-                logits.float(), targets, weight=class_weights, label_smoothing=config.label_smoothing
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad(), precision.autocast():
+                    teacher_logits = teacher(images).float()
+            loss = distillation_loss(
+                logits.float(),
+                targets,
+                teacher_logits,
+                config.distill_weight if teacher is not None else 0.0,
+                class_weights,
+                config.label_smoothing,
             )
             if guided:
                 with_mask = batch_masks[0].flatten(1).amax(dim=1) > 0
@@ -486,7 +529,7 @@ def train(
             # Refit the schedule to the budget after every epoch (validation included): the cosine decay
             # must reach its end inside the budget even when the machine gets slower or faster mid-run.
             per_epoch = state["wall_seconds"] / epoch
-            remaining = config.time_budget_s - state["wall_seconds"]
+            remaining = config.time_budget_s - state.get("teacher_seconds", 0.0) - state["wall_seconds"]
             affordable = epoch + max(0, int(remaining // per_epoch))
             if config.epochs is not None:
                 affordable = min(config.epochs, affordable)
@@ -536,6 +579,7 @@ def train(
         images_per_second=state["images_seen"] / max(state["train_seconds"], 1e-9),
         history=state["history"],
         epochs_planned=state["planned_epochs"],
+        teacher=teacher_facts,
     )
 
 

@@ -8,12 +8,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import training.train as train_module
 from neurovit.model import ModelConfig, ModelInfo, build_model, load_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import on_terminal
 from training.augment import AugmentConfig, augment_batch
+from training.teacher import TEACHER_FILE, TeacherCNN, distillation_loss
 from training.train import TrainConfig, measure_step_ratio, place_for_training, train
 
 CLASSES = ["vertical", "horizontal"]
@@ -259,3 +261,46 @@ def test_cpu_bf16_training_learns_and_saves_fp32_weights(data, tmp_path):
     assert result.best_val_accuracy >= 0.9
     loaded = load_model(result.best_dir)
     assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+
+
+# ---- knowledge distillation from a small CNN teacher (training.teacher) ----
+
+
+def test_the_loss_moves_from_the_labels_to_the_teachers_top_class_with_its_weight():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    teacher = torch.randn(8, 4)
+    by_labels, by_teacher = F.cross_entropy(logits, targets), F.cross_entropy(logits, teacher.argmax(1))
+    assert distillation_loss(logits, targets, teacher, 0.0) == pytest.approx(float(by_labels))
+    assert distillation_loss(logits, targets, None, 0.0) == pytest.approx(float(by_labels))
+    assert distillation_loss(logits, targets, teacher, 1.0) == pytest.approx(float(by_teacher))
+    half = distillation_loss(logits, targets, teacher, 0.5)
+    assert half == pytest.approx(0.5 * float(by_labels) + 0.5 * float(by_teacher))
+
+
+def test_the_teacher_is_a_cnn_over_one_channel_slices():
+    teacher = TeacherCNN(num_classes=4, width=8)
+    assert teacher(torch.zeros(3, 1, 32, 32)).shape == (3, 4)
+
+
+def test_a_run_trains_its_teacher_in_the_budget_records_it_and_reuses_it_on_resume(tmp_path):
+    train_data, val_data = stripe_images(160, seed=0), stripe_images(48, seed=1)
+    config = tiny_config(epochs=None, time_budget_s=12.0, teacher_fraction=0.3, keep="last")
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    teacher = result.teacher
+    assert teacher["epochs"] >= 1 and teacher["seconds"] <= 0.3 * 12.0 + 2.0  # its share, one epoch over
+    assert teacher["val_accuracy"] >= 0.9  # stripes: a CNN learns them at once
+    assert result.best_val_accuracy >= 0.9
+    assert load_model(result.best_dir).info.extra["teacher"] == teacher  # the model records its teacher
+    saved = (tmp_path / TEACHER_FILE).stat().st_mtime_ns
+    again = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    assert (tmp_path / TEACHER_FILE).stat().st_mtime_ns == saved and again.teacher == teacher
+
+
+def test_a_teacher_needs_a_budget_and_sane_weights():
+    with pytest.raises(ValueError, match="time budget"):
+        tiny_config(teacher_fraction=0.2)
+    with pytest.raises(ValueError, match="teacher_fraction"):
+        tiny_config(teacher_fraction=0.9, time_budget_s=10)
+    with pytest.raises(ValueError, match="distill_weight"):
+        tiny_config(distill_weight=1.5)

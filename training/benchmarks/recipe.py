@@ -59,6 +59,8 @@ def run(
     guide_dir: Path | None = None,
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
     erase_prob: float = BENCH_ERASE_PROB,
+    teacher_fraction: float = TrainConfig.teacher_fraction,
+    distill_weight: float = TrainConfig.distill_weight,
     amp: str = TrainConfig.amp,
     base_model: str | None = None,
     learning_rate: float = TrainConfig.learning_rate,
@@ -76,6 +78,8 @@ def run(
         epochs=epochs,
         keep="last",
         augment=AugmentConfig(erase_prob=erase_prob),
+        teacher_fraction=teacher_fraction,
+        distill_weight=distill_weight,
         batch_size=batch_size,
         patience=patience,
         time_budget_s=time_budget,
@@ -95,7 +99,12 @@ def run(
         + "; keep the last EMA weights (validation only calibrates); "
         + f"precision {resolve_amp(amp, pick_device(device))}"
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
-        + f"; cell erasing p={erase_prob}",
+        + f"; cell erasing p={erase_prob}"
+        + (
+            f"; a CNN teacher for {teacher_fraction:.0%} of the budget, distillation weight {distill_weight}"
+            if teacher_fraction
+            else ""
+        ),
         flush=True,
     )
 
@@ -124,6 +133,8 @@ def run(
         "epochs": result.epochs_run,
         "epochs_planned": result.epochs_planned,
         "erase_prob": erase_prob,
+        "teacher": result.teacher,
+        "distill_weight": distill_weight if teacher_fraction else None,
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.train_seconds, 1),
         "images_per_second": round(result.images_per_second, 1),
