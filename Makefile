@@ -169,7 +169,7 @@ bench-train: venv ## Train the default recipe on real slices within a time budge
 	$(NEUROVIT) bench train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA) --guide-dir $(REAL_MASKS),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-serve
-bench-serve: venv java kserve-venv ## Latency against the bare forward and requests/s, TorchServe and the KServe runtime side by side
+bench-serve: venv java kserve-venv ## Latency against the in-process predict and the bare forward, requests/s; TorchServe and the KServe runtime side by side
 	$(NEUROVIT) bench serve --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-load

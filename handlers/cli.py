@@ -155,8 +155,8 @@ def add_benchmarks(bench, result: list[argparse.ArgumentParser]) -> None:
     p = bench.add_parser(
         "serve",
         parents=result,
-        help="latency of predict/rollout/heatmap against the bare forward, requests/s; TorchServe and the "
-        "KServe runtime side by side",
+        help="latency of predict/rollout/heatmap against the in-process predict and the bare forward, "
+        "requests/s; TorchServe and the KServe runtime side by side",
     )
     model_options(p)
     p.add_argument(
