@@ -124,10 +124,12 @@ package: venv ## Build MODEL's TorchServe archive and KServe config into outputs
 
 # torchserve (token auth on; key file in outputs/serve/) or kserve (KServe's model server, .venv-kserve)
 RUNTIME      ?= torchserve
+# TorchServe's batch delay in ms; empty: `neurovit serve`'s default (docs/serving-api.md says why)
+BATCH_DELAY_MS ?=
 
 .PHONY: serve
-serve: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) ## Serve MODEL on SERVE_PORT with RUNTIME=torchserve (default; token auth, key in outputs/serve/) or kserve
-	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT) --runtime $(RUNTIME)
+serve: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) ## Serve MODEL on SERVE_PORT with RUNTIME=torchserve (default; token auth, key in outputs/serve/; BATCH_DELAY_MS) or kserve
+	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT) --runtime $(RUNTIME) $(if $(BATCH_DELAY_MS),--batch-delay-ms $(BATCH_DELAY_MS))
 
 .PHONY: predict
 predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|heatmap|all); overlays in outputs/predictions
