@@ -118,12 +118,13 @@ def test_load_test_defaults_follow_make_serve_on_the_kserve_runtime(kserve, imag
     (tmp_path / "serve").mkdir()
     state = {"url": kserve.url, "model": MODEL, "version": "v", "key_file": None, "runtime": "kserve"}
     (tmp_path / "serve" / "serve.json").write_text(json.dumps(state))
-    command = locust_command(kserve, images, tmp_path, 1, 3, "PredictUser")
+    seconds = 5
+    command = locust_command(kserve, images, tmp_path, 1, seconds, "PredictUser")
     del command[command.index("--host") : command.index("--host") + 2]
     env = {**locust_env(kserve), "NEUROVIT_OUTPUT_DIR": str(tmp_path)}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["envelope"] == "kserve" and summary["failures"] == 0 < summary["requests"], summary
 
 
