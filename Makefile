@@ -124,10 +124,12 @@ package: venv ## Build MODEL's TorchServe archive and KServe config into outputs
 
 # torchserve (token auth on; key file in outputs/serve/) or kserve (KServe's model server, .venv-kserve)
 RUNTIME      ?= torchserve
+# TorchServe's batch delay in ms; empty: `neurovit serve`'s default (docs/serving-api.md says why)
+BATCH_DELAY_MS ?=
 
 .PHONY: serve
-serve: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) ## Serve MODEL on SERVE_PORT with RUNTIME=torchserve (default; token auth, key in outputs/serve/) or kserve
-	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT) --runtime $(RUNTIME)
+serve: venv $(if $(filter kserve,$(RUNTIME)),kserve-venv,java) ## Serve MODEL on SERVE_PORT with RUNTIME=torchserve (default; token auth, key in outputs/serve/; BATCH_DELAY_MS) or kserve
+	$(NEUROVIT) serve --model $(MODEL) --store $(NEUROVIT_STORE) --port $(SERVE_PORT) --runtime $(RUNTIME) $(if $(BATCH_DELAY_MS),--batch-delay-ms $(BATCH_DELAY_MS))
 
 .PHONY: predict
 predict: venv ## Send IMAGE=<file> to the local server (EXPLAIN=none|rollout|heatmap|all); overlays in outputs/predictions
@@ -169,7 +171,7 @@ bench-train: venv ## Train the default recipe on real slices within a time budge
 	$(NEUROVIT) bench train --data-dir $(if $(filter $(OUTPUT_DIR)/demo-data,$(DATA_DIR)),$(REAL_DATA) --guide-dir $(REAL_MASKS),$(DATA_DIR)) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-serve
-bench-serve: venv java kserve-venv ## Latency against the bare forward and requests/s, TorchServe and the KServe runtime side by side
+bench-serve: venv java kserve-venv ## Latency against the in-process predict and the bare forward, requests/s; TorchServe and the KServe runtime side by side
 	$(NEUROVIT) bench serve --model $(MODEL) --store $(NEUROVIT_STORE) $(BENCH_ARGS)
 
 .PHONY: bench-load

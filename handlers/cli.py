@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from handlers.torchserve_launcher import LOCAL_BATCH_DELAY_MS
 from neurovit.config import DEFAULT_STORE, OUTPUT_DIR
 from neurovit.errors import UsageError
 
@@ -21,10 +22,19 @@ MODEL_HELP = "'latest' (default), a version id, a version folder or an s3:// URI
 def cmd_serve(args: argparse.Namespace) -> dict | None:
     from handlers import local_service
 
+    delay = args.batch_delay_ms
+    if delay is not None and delay < 0:
+        raise UsageError(f"--batch-delay-ms: 0 or more milliseconds, got {delay}")
+    if delay is not None and (args.runtime != "torchserve" or args.demo):
+        raise UsageError(
+            "--batch-delay-ms sets `neurovit serve`'s TorchServe batching: not with --runtime kserve "
+            "(no batching) or --demo"
+        )
     if args.demo:
         local_service.demo(args.store, port=args.port)
         return None
-    return local_service.serve(args.model, args.store, port=args.port, runtime=args.runtime)
+    batching = {} if delay is None else {"batch_delay_ms": delay}
+    return local_service.serve(args.model, args.store, port=args.port, runtime=args.runtime, **batching)
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
@@ -107,6 +117,12 @@ def add_commands(sub, result: list[argparse.ArgumentParser]) -> None:
         help="torchserve (default), or kserve: KServe's model server from .venv-kserve (v1, v2, /metrics)",
     )
     p.add_argument(
+        "--batch-delay-ms",
+        type=int,
+        help="TorchServe batches up to 4 requests: how long its worker waits for more once one is queued; "
+        f"a lone request waits all of it (default {LOCAL_BATCH_DELAY_MS}; docs/serving-api.md)",
+    )
+    p.add_argument(
         "--demo",
         action="store_true",
         help="the demo's serving step: serve the latest version, explain one test slice per class, stop",
@@ -155,8 +171,8 @@ def add_benchmarks(bench, result: list[argparse.ArgumentParser]) -> None:
     p = bench.add_parser(
         "serve",
         parents=result,
-        help="latency of predict/rollout/heatmap against the bare forward, requests/s; TorchServe and the "
-        "KServe runtime side by side",
+        help="latency of predict/rollout/heatmap against the in-process predict and the bare forward, "
+        "requests/s; TorchServe and the KServe runtime side by side",
     )
     model_options(p)
     p.add_argument(

@@ -46,9 +46,11 @@ def serve(
     port: int = 8080,
     batch_size: int = 4,
     runtime: str = "torchserve",
+    batch_delay_ms: int = launcher.LOCAL_BATCH_DELAY_MS,
 ) -> dict:
     """Fetch ``model`` (a version folder, s3:// URI or "latest"), start ``runtime`` (torchserve or kserve) on
-    it, wait for it."""
+    it, wait for it. ``batch_size``, ``batch_delay_ms``: TorchServe's batching (the KServe runtime has
+    none)."""
     from handlers.package import METRICS_CONFIG, MODEL_STORE, package_stage
 
     if runtime not in RUNTIMES:
@@ -69,7 +71,7 @@ def serve(
         package_stage(local / "model", serve_dir / "package" / version, name, version)
         local = serve_dir / "package" / version
     metrics = local / METRICS_CONFIG
-    settings = launcher.local_settings(local / MODEL_STORE, metrics, port, batch_size=batch_size)
+    settings = launcher.local_settings(local / MODEL_STORE, metrics, port, batch_size, batch_delay_ms)
     url = settings.inference_address
     state = {"url": url, "model": name, "version": version, "key_file": str(serve_dir / KEY_FILE)}
     state["runtime"] = "torchserve"
@@ -79,6 +81,7 @@ def serve(
     print(
         f"serving {name} {version} at {url}/predictions/{name} (metrics {settings.metrics_address}/metrics)"
     )
+    print(f"batches of up to {batch_size} requests, waiting at most {batch_delay_ms} ms for them")
     print(f'token authorisation is on: the inference key is in {state["key_file"]} ("inference" -> "key")')
     print(f"log: {log}; stop it with `make stop`")
     return state

@@ -62,3 +62,34 @@ def test_each_runtime_gets_its_own_request_shape(monkeypatch):
     body = json.loads(kserve.data)
     assert body == {"instances": [{"data": base64.b64encode(b"PNG").decode(), "explain": "heatmap"}]}
     assert kserve.get_header("Authorization") is None
+
+
+def test_the_in_process_predict_answers_the_same_bytes_with_the_serving_core(tmp_path, make_slice):
+    """The row the served predict is held to: real answers from the same bytes, p50 <= p95; an image the
+    core refuses stops the benchmark instead of timing an error."""
+    import pytest
+    from fixtures.serving_samples import VERSION, encode, save_tiny_model
+
+    from handlers.benchmarks import latency
+
+    version_dir = tmp_path / VERSION
+    save_tiny_model(version_dir / "model")
+    bodies = [encode(make_slice(seed, 64), "PNG") for seed in range(3)]
+    timing = latency.in_process_predict(version_dir, "neurovit", bodies, requests=5)
+    assert 0 < timing["p50_ms"] <= timing["p95_ms"], timing
+    with pytest.raises(SystemExit, match="refused"):
+        latency.in_process_predict(version_dir, "neurovit", [b"not an image"], requests=1)
+
+
+def test_each_runtime_is_held_to_the_in_process_predict_and_the_bare_forward():
+    from handlers.benchmarks import latency
+
+    results = {
+        explain: {"p50_ms": p50, "p95_ms": p50 * 2}
+        for explain, p50 in (("none", 30.0), ("rollout", 33.0), ("heatmap", 45.0), ("all", 60.0))
+    } | {"rps": 40.0}
+    near = latency.ratios(results, bare=10.0, in_process={"p50_ms": 20.0, "p95_ms": 30.0})
+    assert near["predict_p50_over_in_process"] == 1.5 and near["in_process_goal_met"] is True
+    assert near["predict_p95_over_in_process"] == 2.0 and near["predict_p50_over_bare"] == 3.0
+    far = latency.ratios(results, bare=10.0, in_process={"p50_ms": 19.0, "p95_ms": 30.0})
+    assert far["predict_p50_over_in_process"] == 1.58 and far["in_process_goal_met"] is False

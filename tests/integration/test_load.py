@@ -1,7 +1,7 @@
 """Load tests against a real TorchServe (the tiny packaged model of conftest.py), with locust as
 ``make load-test`` runs it: a short mixed run with zero failures and its reports written, the same mix in
-KServe v1 bodies, a burst far past capacity and slow uploads answered without unbounded waits, and a worker
-killed under load that TorchServe restarts.
+KServe v1 bodies (to TorchServe's kserve envelope and to the KServe runtime), a burst far past capacity and
+slow uploads answered without unbounded waits, and a worker killed under load that TorchServe restarts.
 
 The server has a small job queue (``QUEUE``), so that overflowing it takes a burst a test can send."""
 
@@ -100,6 +100,32 @@ def test_the_mix_in_kserve_v1_bodies_against_the_kserve_envelope(torchserve_kser
     assert code == 0, output[-3000:]
     assert summary["failures"] == 0 and summary["requests"] >= 5, summary
     assert all(name.startswith("v1 ") for name in summary["per_request"]), summary["per_request"]
+
+
+def test_the_mix_in_v1_bodies_against_the_kserve_runtime(kserve, images, tmp_path):
+    """KServe's own model server: v1 routes, no token (no key file either), every answer checked."""
+    args = ("--envelope", "kserve", "--key-file", str(tmp_path / "no-key.json"), "MixedUser")
+    code, summary, output = run_locust(kserve, images, tmp_path, 2, 5, *args)
+    assert code == 0, output[-3000:]
+    assert summary["failures"] == 0 and summary["requests"] >= 5, summary
+    assert all(name.startswith("v1 ") for name in summary["per_request"]), summary["per_request"]
+    assert "envelope kserve, no token" in output, output[-3000:]
+
+
+def test_load_test_defaults_follow_make_serve_on_the_kserve_runtime(kserve, images, tmp_path):
+    """After `make serve RUNTIME=kserve` (serve.json: no key file), `make load-test` needs no options: the
+    host, no token and v1 bodies come from what serve recorded."""
+    (tmp_path / "serve").mkdir()
+    state = {"url": kserve.url, "model": MODEL, "version": "v", "key_file": None, "runtime": "kserve"}
+    (tmp_path / "serve" / "serve.json").write_text(json.dumps(state))
+    seconds = 5
+    command = locust_command(kserve, images, tmp_path, 1, seconds, "PredictUser")
+    del command[command.index("--host") : command.index("--host") + 2]
+    env = {**locust_env(kserve), "NEUROVIT_OUTPUT_DIR": str(tmp_path)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["envelope"] == "kserve" and summary["failures"] == 0 < summary["requests"], summary
 
 
 def test_wrong_answers_are_counted_failures_and_a_breached_objective_fails_the_run(server, images, tmp_path):

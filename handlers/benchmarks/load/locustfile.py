@@ -13,14 +13,16 @@ User classes (name one or more; with none, every class runs):
   (anything else counts as a failure).
 
 Bodies follow the server's envelope (``--envelope``; see ``payloads.py``): ``none`` for ``make serve``,
-``kserve`` sends every request of the same mix as a KServe v1 body to a server started with
-``TS_SERVICE_ENVELOPE=kserve``. Every answer is validated against ``handlers/response.schema.json``.
+``kserve`` sends every request of the same mix as a KServe v1 body, to a TorchServe started with
+``TS_SERVICE_ENVELOPE=kserve`` or to the KServe runtime (``make serve RUNTIME=kserve``, no token). Every
+answer is validated against ``handlers/response.schema.json``.
 
 Users send their next request as soon as the last is answered (``--think-time-s 0``), so the user count is
 the number of requests in flight: the quantity KServe's ``containerConcurrency`` limits. Host, model name,
-token (or TorchServe's key file) and images come from options or environment variables; the defaults follow
-``make serve`` (``outputs/serve/serve.json``). ``--p95-objective-ms`` fails the run (exit status 1) when the
-p95 of all requests is over it; locust itself exits 1 on any failed request.
+token (or TorchServe's key file), envelope and images come from options or environment variables; the
+defaults follow ``make serve``, either runtime (``outputs/serve/serve.json``). ``--p95-objective-ms`` fails
+the run (exit status 1) when the p95 of all requests is over it; locust itself exits 1 on any failed
+request.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def _served() -> dict:
 @events.init_command_line_parser.add_listener
 def add_options(parser) -> None:
     served = _served()
-    key_file = served.get("key_file", str(OUTPUT_DIR / "serve" / "key_file.json"))
+    # `make serve RUNTIME=kserve` records no key file (no token) and answers v1 bodies only
+    key_file = served.get("key_file") or str(OUTPUT_DIR / "serve" / "key_file.json")
+    envelope = "kserve" if served.get("runtime") == "kserve" else "none"
     parser.add_argument(
         "--images",
         default=os.environ.get("NEUROVIT_LOAD_IMAGES", str(DEMO_IMAGES)),
@@ -83,8 +87,9 @@ def add_options(parser) -> None:
     parser.add_argument(
         "--envelope",
         choices=ENVELOPES,
-        default=os.environ.get("NEUROVIT_ENVELOPE", "none"),
-        help="the server's TS_SERVICE_ENVELOPE: none (make serve) or kserve (KServe v1 bodies)",
+        default=os.environ.get("NEUROVIT_ENVELOPE", envelope),
+        help="none (make serve's TorchServe) or kserve: KServe v1 bodies (TS_SERVICE_ENVELOPE=kserve, or the "
+        "KServe runtime: the default after `make serve RUNTIME=kserve`)",
     )
     parser.add_argument(
         "--p95-objective-ms",
