@@ -14,8 +14,9 @@ the TorchServe handler does; only the envelopes differ:
 
 Each request is one forward pass over its own images: KServe's Python server has no request batching (the
 batcher is KServe's agent sidecar, which holds a lone request for ``maxLatency``), and a request never waits
-for others. The forward runs in a worker thread behind a lock, so readiness and /metrics answer meanwhile;
-the wait for that lock is this runtime's queue (stage ``queue`` of ``neurovit_stage_duration_seconds``).
+for others. Requests are answered one at a time on one worker thread, so readiness and /metrics answer
+meanwhile; the wait for that thread is this runtime's queue (stage ``queue`` of
+``neurovit_stage_duration_seconds``).
 KServe's server counts no answers by status, so 5xx are counted here too (``neurovit_errors_total``).
 """
 
@@ -24,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,16 @@ class NeuroViTModel(Model):
         self.predictor: Predictor | None = None
         self.telemetry: Telemetry | None = None
         self.grid_size = 0
-        self._forward = threading.Lock()  # one forward at a time: torch already uses every core for one
+        # Every torch call of this runtime, loading included, runs on this one thread: one forward at a time
+        # (torch already uses every core for one), and one OpenMP thread team. Forwards from a second thread
+        # (the main one, or the event loop's default pool) ran 3.4 times slower on 2 cores (24.9 ms against
+        # 7.3), their thread teams competing for the cores (docs/benchmarks.md).
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurovit-torch")
 
     def load(self) -> bool:
+        return self._worker.submit(self._load).result()
+
+    def _load(self) -> bool:
         manifest = verify_folder(self.version_dir, model=self.name)
         version = manifest["version"]
         log.info("verified %s %s in %s against manifest.json", self.name, version, self.version_dir)
@@ -125,10 +133,13 @@ class NeuroViTModel(Model):
         return v2.output_metadata(len(p.class_names), self.grid_size, p.ood_scorer is not None)
 
     async def _in_worker(self, job: Job, route: str, default: tuple[str, ...]):
-        return await asyncio.get_running_loop().run_in_executor(None, self._answer, job, route, default)
+        submitted = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._answer, job, route, default, submitted)
 
-    def _answer(self, job: Job, route: str, default: tuple[str, ...]):
+    def _answer(self, job: Job, route: str, default: tuple[str, ...], submitted: float):
         start, p = time.perf_counter(), self.predictor
+        queued_s = start - submitted  # the runtime's queue: waiting for the torch thread
         self.telemetry.reference_if_due()
         items, _ = split_batch(job.items, 1, p.options.max_images_per_request)
         prepared = [p.prepare_item(item, job.header_explain, default) for item in items]
@@ -144,10 +155,7 @@ class NeuroViTModel(Model):
             valid = [dataclasses.replace(item, explain=maps) for item in valid]
         answers, timings = [], {}
         if valid:  # a request of errors only has no forward to run or time
-            waiting = time.perf_counter()
-            with self._forward:  # the runtime's queue: requests wait here for the one forward at a time
-                timings["queue"] = time.perf_counter() - waiting
-                answers, timings = self._predict(valid), {**timings, **p.last_timings}
+            answers, timings = self._predict(valid), {"queue": queued_s, **p.last_timings}
         for item, answer in zip(valid, answers, strict=True):
             self.telemetry.answered(answer, p.monitored_features(item, answer))
         self.telemetry.stages({"preprocess": preprocess_s, **timings})
