@@ -86,6 +86,17 @@ class TorchServe:
         body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
         return self.post(path, body, f"multipart/form-data; boundary={boundary}", **kwargs)
 
+    def describe(self, model: str) -> dict:
+        """What the handler's describe call answers (the management API, ``?customized=true``)."""
+        request = urllib.request.Request(
+            f"{self.management_url}/models/{model}?customized=true",
+            headers={"Authorization": f"Bearer {self.management_key}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            (description,) = json.loads(response.read())
+        custom = description["customizedMetadata"]
+        return json.loads(custom) if isinstance(custom, str) else custom
+
     def call(self, method: str, path: str, body: bytes | None, headers: dict, token: bool = True) -> Answer:
         headers = {**headers, **({"Authorization": f"Bearer {self.key}"} if token else {})}
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)

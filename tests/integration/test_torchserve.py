@@ -155,14 +155,7 @@ def test_prometheus_metrics_count_answers_and_refusals(torchserve, png):
 
 
 def test_the_management_api_describes_the_model_and_its_card_through_the_handler(torchserve):
-    request = urllib.request.Request(
-        f"{torchserve.management_url}/models/{MODEL}?customized=true",
-        headers={"Authorization": f"Bearer {torchserve.management_key}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        (description,) = json.loads(response.read())
-    custom = description["customizedMetadata"]
-    custom = json.loads(custom) if isinstance(custom, str) else custom
+    custom = torchserve.describe(MODEL)
     assert custom["class_names"] == CLASS_NAMES and custom["model"]["version"] == VERSION
     card = custom["model_card"]  # the version's model_card.json, from the archive
     assert card["version"] == VERSION and card["research_use_only"] is True

@@ -4,9 +4,6 @@ call. The weights are the checkpoint's as loaded (serving, not training, is unde
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import numpy as np
 import pytest
 from fixtures.pretrained import IMAGE_SIZE, PATCH_SIZE, save_tiny_checkpoint
@@ -64,13 +61,6 @@ def test_both_maps_come_on_the_checkpoints_patch_grid(fine_tuned_server, make_sl
 
 def test_the_describe_call_names_the_base_model(fine_tuned_server) -> None:
     server, checkpoint = fine_tuned_server
-    request = urllib.request.Request(
-        f"{server.management_url}/models/{MODEL}?customized=true",
-        headers={"Authorization": f"Bearer {server.management_key}"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        (description,) = json.loads(response.read())
-    custom = description["customizedMetadata"]
-    custom = json.loads(custom) if isinstance(custom, str) else custom
+    custom = server.describe(MODEL)
     assert custom["preprocessing"]["image_size"] == IMAGE_SIZE
     assert custom["model_card"]["model"]["base_model"]["source"] == checkpoint
