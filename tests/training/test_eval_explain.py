@@ -1,6 +1,6 @@
 """`neurovit explain-eval` (training/evaluations/explanations.py) end to end on a tiny random model: masks
 through the image geometry, bad masks left out and counted, every method scored and written, lesion
-reliance against the healthy twins."""
+reliance against the healthy twins and against the lesion imputed (any masked data)."""
 
 import hashlib
 import json
@@ -17,7 +17,14 @@ from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, sav
 from neurovit.preprocessing import PreprocessConfig, canonicalise, to_tensor
 from neurovit.store import LocalStore
 from training.cli import main as neurovit
-from training.evaluations.explanations import ROAD_STEPS, lesion_reliance, load_mask, load_slices
+from training.evaluations.explanations import (
+    ROAD_STEPS,
+    Slice,
+    lesion_imputation,
+    lesion_reliance,
+    load_mask,
+    load_slices,
+)
 
 # ---- the evaluation command, end to end on a tiny random model -------------------------------------------
 
@@ -162,6 +169,9 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
         assert reference["n"] == 2 and 0.0 <= reference["deletion_auc_lesion_slices"] <= 1.0
         # not the demo generator's data: no healthy twins, so no lesion-reliance line
         assert explained["lesion_reliance"] == {"n": 0, "per_class": {}}
+        # but the imputation line works on any masked data: the two glioma lesion slices
+        imputation = explained["lesion_imputation"]
+        assert imputation["n"] == 2 and set(imputation["per_class"]) == {"glioma"}
     # the centre peak hits exactly when the lesion lies within the tolerance of the centre: 15 px at 224 px
     # is 2.1 px on these 32 px slices, and the lesion block [8, 16) x [16, 24) touches the centre 15.5
     assert result["explained"]["predicted"]["methods"]["centre"]["pointing_game"] == 1.0
@@ -170,6 +180,7 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     assert result["settings"]["gradient_rollout"] == {"start_layer": 1}
     assert "the lesion mask as the map (2 lesion slices, black fill)" in printed
     assert "healthy twin" not in printed
+    assert "does the answer need the lesion? explained class' probability, slice -> lesion imputed" in printed
     road = tmp_path / "road"
     road_argv = ["--store", str(store), "--data-dir", str(data), "--out", str(road)]
     assert main([*road_argv, "--substrate", "black,road", "--explained-class", "true"]) == 0
@@ -257,3 +268,71 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
     on_twins = sum(v["probability_on_healthy_twin"] * v["n"] for v in per_class) / 6
     for values in result["methods"].values():
         assert values["deletion"]["healthy"]["mean_curve"][-1] == pytest.approx(on_twins, abs=1e-4)
+
+
+# ---- does the answer need the lesion? (lesion imputed, any masked data) ----------------------------------
+
+
+class _BrightSpotModel(torch.nn.Module):
+    """Answers class 0 when the input holds anything brighter than ``level`` (standardised), else class 1;
+    with ``blind`` it answers the same whatever it is shown."""
+
+    def __init__(self, level: float, blind: bool = False) -> None:
+        super().__init__()
+        self.level, self.blind = level, blind
+
+    def forward(self, pixels):
+        bright = pixels.amax(dim=(1, 2, 3)) - self.level
+        if self.blind:
+            bright = torch.ones_like(bright)
+        logits = torch.stack([20.0 * bright, torch.zeros_like(bright)], dim=1)
+        return type("Output", (), {"logits": logits})()
+
+
+def _head_with_lesion(lesion_side: int = 6) -> Slice:
+    """A 48 px slice: a grey disc (the head) with a bright square (the lesion) and the square's mask."""
+    yy, xx = np.mgrid[:48, :48]
+    head = (yy - 24) ** 2 + (xx - 24) ** 2 <= 20**2
+    image = np.where(head, 120, 0).astype(np.uint8)
+    mask = np.zeros((48, 48), dtype=bool)
+    mask[14 : 14 + lesion_side, 14 : 14 + lesion_side] = True
+    image[mask] = 250
+    return Slice("glioma/a.png", "glioma", image, mask)
+
+
+def _imputation(model, slices):
+    preprocessing = PreprocessConfig(image_size=48)
+    loaded = LoadedModel(model, preprocessing, ModelInfo(class_names=["glioma", "notumor"], temperature=1.0))
+    inputs = to_tensor(np.stack([item.image for item in slices]), preprocessing)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(inputs).logits, dim=-1).numpy()
+    targets = probabilities.argmax(axis=1)
+    return lesion_imputation(slices, targets, probabilities, loaded, seed=0), preprocessing
+
+
+def test_a_model_that_reads_the_lesion_loses_its_answer_when_the_lesion_is_imputed():
+    preprocessing = PreprocessConfig(image_size=48)
+    level = float(to_tensor(np.full((1, 1), 185, dtype=np.uint8), preprocessing).max())
+    slices = [_head_with_lesion(), _head_with_lesion(4)]
+    result, _ = _imputation(_BrightSpotModel(level), slices)
+    glioma = result["per_class"]["glioma"]
+    assert result["n"] == 2 and result["n_without_control"] == 0 and glioma["n_with_control"] == 2
+    assert glioma["probability_on_slice"] > 0.99 and glioma["accuracy_on_slice"] == 1.0
+    # the lesion imputed from the grey head around it: nothing bright is left
+    assert glioma["probability_lesion_imputed"] < 0.01 and glioma["accuracy_lesion_imputed"] == 0.0
+    # the same area imputed elsewhere in the head leaves the lesion, and the answer
+    assert glioma["probability_control_imputed"] > 0.99
+
+
+def test_a_model_that_ignores_the_lesion_keeps_its_answer_and_a_slice_without_room_has_no_control():
+    blind = _BrightSpotModel(0.0, blind=True)
+    result, _ = _imputation(blind, [_head_with_lesion()])
+    glioma = result["per_class"]["glioma"]
+    assert glioma["probability_lesion_imputed"] == pytest.approx(glioma["probability_on_slice"])
+    assert glioma["probability_control_imputed"] == pytest.approx(glioma["probability_on_slice"])
+    # a lesion over most of the head leaves no place for the control: counted, never a crash
+    result, _ = _imputation(blind, [_head_with_lesion(30)])
+    assert result["n_without_control"] == 1 and result["per_class"]["glioma"]["n_with_control"] == 0
+    assert np.isnan(result["per_class"]["glioma"]["probability_control_imputed"])
+    no_lesion = Slice("notumor/b.png", "notumor", np.zeros((48, 48), dtype=np.uint8), None)
+    assert _imputation(blind, [no_lesion])[0] == {"n": 0, "n_without_control": 0, "per_class": {}}

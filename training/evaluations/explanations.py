@@ -38,10 +38,12 @@ explained class and method: pointing game overall and per class, deletion per fi
 then each map's overlay with its maximum marked; ``gallery-true.png`` for the true class) and
 ``deletion_curves[-true][-<fill>].png``; and prints the tables.
 
-On the demo set, whose generator can redraw every lesion slice without its lesion (same slice, pose and
-scanner noise: ``neurovit.data.demo.healthy_twin``), a last line asks whether the model needs the lesion at
-all: per class, the explained class' probability on the slice and on its healthy twin. Where it barely
-drops, the model reads that class from elsewhere, and a map cannot be both on the lesion and faithful.
+A last line asks whether the model needs the lesion at all (``lesion_imputation``, any masked data): per
+class, the explained class' probability on the slice, with its lesion imputed from the surrounding tissue
+(ROAD's imputation), and with the same area imputed elsewhere in the head as a control. Where it barely
+drops, the model reads that class from elsewhere, and a map cannot be both on the lesion and faithful. On
+the demo set, whose generator can redraw every lesion slice without its lesion (same slice, pose and
+scanner noise: ``neurovit.data.demo.healthy_twin``), another line does the same with that healthy twin.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from scipy import ndimage
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
@@ -87,6 +90,7 @@ from neurovit.explain_metrics import (
     lesion_hit,
     lesion_map,
     max_point,
+    noisy_linear_imputation,
     paired_bootstrap,
     random_map,
     scaled_tolerance,
@@ -132,6 +136,18 @@ SUBSTRATE_CHOICES = ("black", "mean", "blur", "road", "healthy")
 # ROAD solves a sparse system per perturbed input: fewer steps than cells keep it to minutes on a CPU (the
 # ROAD paper scores 9 removal fractions).
 ROAD_STEPS = 16
+# Lesion imputation (``lesion_imputation``): the mask grown by this share of the input's side (2 px at 96 px,
+# about 4 px at 224 px), so that the lesion's bright rim and its edge leave with it.
+IMPUTATION_MARGIN = 0.02
+# The control region is the grown lesion moved by up to this share of the side, to a place that lies at
+# least ``CONTROL_IN_HEAD`` inside the head and clear of the lesion (the first of ``CONTROL_TRIES`` seeded
+# draws that fits).
+CONTROL_SHIFT = 0.35
+CONTROL_IN_HEAD = 0.9
+CONTROL_TRIES = 200
+# The head, for placing the control: canonical pixels above this share of the range, holes filled (real
+# slices' background is noise near 0, not exactly 0).
+HEAD_LEVEL = 0.1
 
 
 @dataclass
@@ -464,6 +480,92 @@ def lesion_reliance(
     return {"n": len(chosen), "per_class": per_class}
 
 
+def _control_region(lesion: np.ndarray, head: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """``lesion`` moved to another place in ``head`` (mostly inside it, not touching the lesion), or None."""
+    height, width = lesion.shape
+    reach = max(1, int(round(CONTROL_SHIFT * max(height, width))))
+    rows, cols = np.nonzero(lesion)
+    for _ in range(CONTROL_TRIES):
+        dy, dx = rng.integers(-reach, reach + 1, size=2)
+        y, x = rows + dy, cols + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        if inside.mean() < CONTROL_IN_HEAD:
+            continue
+        moved = np.zeros_like(lesion)
+        moved[y[inside], x[inside]] = True
+        if (moved & lesion).any() or (moved & head).sum() < CONTROL_IN_HEAD * len(rows):
+            continue
+        return moved
+    return None
+
+
+def lesion_imputation(
+    slices: list[Slice],
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    loaded: LoadedModel,
+    seed: int = 0,
+) -> dict:
+    """Does the answer need the lesion, on any masked data? Per lesion slice, the lesion (grown by
+    ``IMPUTATION_MARGIN``) is imputed from its surroundings as ROAD imputes (``noisy_linear_imputation``),
+    and so is, as a control, a region of the same shape moved elsewhere in the head: the explained class'
+    calibrated probability on the slice, without its lesion and without the control region, and the share
+    still answered as the true class. A probability that stays up without the lesion while the same area
+    elsewhere costs as much says the class is read from something other than the lesion; then no map can
+    be both on the lesion and faithful, and deletion against the centred Gaussian is lost on the model's
+    reliance, not on the map. Slices whose head leaves no room for the control are counted apart.
+    """
+    chosen = [i for i, item in enumerate(slices) if item.mask is not None and item.mask.any()]
+    if not chosen:
+        return {"n": 0, "n_without_control": 0, "per_class": {}}
+    config = loaded.preprocessing
+    inputs = to_tensor(np.stack([slices[i].image for i in chosen]), config)
+    rng = np.random.default_rng(seed)
+    without_lesion, without_control, has_control = [], [], []
+    for k, i in enumerate(chosen):
+        item = slices[i]
+        margin = max(1, int(round(IMPUTATION_MARGIN * max(item.mask.shape))))
+        lesion = ndimage.binary_dilation(item.mask, iterations=margin)
+        head = ndimage.binary_fill_holes(item.image > HEAD_LEVEL * 255)
+        control = _control_region(lesion, head, rng)
+        has_control.append(control is not None)
+        without_lesion.append(noisy_linear_imputation(inputs[k], lesion, rng=seed))
+        without_control.append(
+            inputs[k] if control is None else noisy_linear_imputation(inputs[k], control, rng=seed)
+        )
+    with torch.inference_mode():
+
+        def calibrated(batch: list[torch.Tensor]) -> np.ndarray:
+            stacked = torch.stack(batch)
+            logits = torch.cat([loaded.model(part).logits.float() for part in stacked.split(64)])
+            return torch.softmax(logits / loaded.info.temperature, dim=-1).numpy()
+
+        lesion_gone, control_gone = calibrated(without_lesion), calibrated(without_control)
+    rows = np.arange(len(chosen))
+    explained = targets[chosen]
+    truth = np.array([loaded.class_names.index(slices[i].label) for i in chosen])
+    labels = np.array([slices[i].label for i in chosen])
+    has_control = np.array(has_control)
+    per_class = {}
+    for name in loaded.class_names:
+        picked = labels == name
+        if not picked.any():
+            continue
+        controlled = picked & has_control
+        per_class[name] = {
+            "n": int(picked.sum()),
+            "probability_on_slice": float(probabilities[chosen, explained][picked].mean()),
+            "probability_lesion_imputed": float(lesion_gone[rows, explained][picked].mean()),
+            "probability_control_imputed": (
+                float(control_gone[rows, explained][controlled].mean()) if controlled.any() else float("nan")
+            ),
+            "n_with_control": int(controlled.sum()),
+            "accuracy_on_slice": float((probabilities[chosen].argmax(1) == truth)[picked].mean()),
+            "accuracy_lesion_imputed": float((lesion_gone.argmax(1) == truth)[picked].mean()),
+        }
+    return {"n": len(chosen), "n_without_control": int((~has_control).sum()), "per_class": per_class}
+
+
 def _macro(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float]]:
     """Mean of the per-class means over the classes that have values (NaNs left out)."""
     per_class = {}
@@ -643,6 +745,7 @@ def format_table(
     tolerance: str,
     lesion_reference: dict | None = None,
     reliance: dict | None = None,
+    imputation: dict | None = None,
 ) -> str:
     """The table of one explained class: pointing game overall and per lesion class, deletion per fill."""
     first = next(iter(summary.values()))
@@ -680,6 +783,17 @@ def format_table(
         lines.append(
             f"does the prediction need the lesion? explained class' probability, slice -> its healthy twin "
             f"({reliance['n']} lesion slices): {per_class}"
+        )
+    if imputation and imputation["n"]:
+        per_class = ", ".join(
+            f"{name} {values['probability_on_slice']:.2f} -> {values['probability_lesion_imputed']:.2f} "
+            f"(control {values['probability_control_imputed']:.2f}; "
+            f"accuracy {values['accuracy_on_slice']:.2f} -> {values['accuracy_lesion_imputed']:.2f})"
+            for name, values in imputation["per_class"].items()
+        )
+        lines.append(
+            f"does the answer need the lesion? explained class' probability, slice -> lesion imputed "
+            f"({imputation['n']} lesion slices; the same area imputed elsewhere as control): {per_class}"
         )
     lines.append("gain over each baseline, paired bootstrap 95% interval; 'yes' when it lies above 0:")
     for method, against in comparisons.items():
@@ -918,6 +1032,7 @@ def run(args: ExplainEvalOptions) -> dict:
             deletions[substrate] = deletion_scores(slices, deletion, maps, targets, loaded, **settings)
             references[substrate] = lesion_reference(slices, deletion, targets, loaded, grid, **settings)
         reliance = lesion_reliance(slices, targets, probabilities, loaded)
+        imputation = lesion_imputation(slices, targets, probabilities, loaded, args.seed)
         timings[f"scores_{explained}_s"] = time.perf_counter() - phase
         summary, comparisons = summarise(slices, pointing, deletions, predicted, class_names, args.seed)
         results[explained] = {
@@ -929,6 +1044,7 @@ def run(args: ExplainEvalOptions) -> dict:
             "comparisons": comparisons,
             "references": references,
             "reliance": reliance,
+            "imputation": imputation,
         }
 
     phase = time.perf_counter()
@@ -974,6 +1090,7 @@ def run(args: ExplainEvalOptions) -> dict:
                 "comparisons": result["comparisons"],
                 "lesion_mask_reference": result["references"],
                 "lesion_reliance": result["reliance"],
+                "lesion_imputation": result["imputation"],
             }
             for explained, result in results.items()
         },
@@ -1009,6 +1126,10 @@ def run(args: ExplainEvalOptions) -> dict:
             "lesion_reliance": "explained class' calibrated probability on each lesion slice and on the demo "
             "generator's lesion-free twin of it (same slice, pose and scanner draws), scaled as any input; "
             "mean per class",
+            "lesion_imputation": f"every lesion slice with its lesion grown by {IMPUTATION_MARGIN:.0%} of "
+            "the side imputed as ROAD does, and with the same shape moved elsewhere in the head (control): "
+            "the explained class' calibrated probability and the share answered as the true class; mean per "
+            "class",
             "baselines": {
                 "random": f"uniform random per slice, seed {args.seed}",
                 "gaussian": f"centred isotropic Gaussian, sigma {grid / 4:g} cells",
@@ -1032,6 +1153,7 @@ def run(args: ExplainEvalOptions) -> dict:
                 tolerance,
                 result["references"],
                 result["reliance"],
+                result["imputation"],
             )
         )
     print("timings: " + ", ".join(f"{name} {value:.1f}" for name, value in timings.items()))
