@@ -59,6 +59,10 @@ TIE_ATOL = 1e-6
 DEFAULT_TOLERANCE_PX = 15.0
 TOLERANCE_SIDE_PX = 224
 
+# A lesion imputed as a whole (``grown_lesion``) is first grown by this share of the image's side (2 px at
+# 96 px, about 4 px at 224 px), so that its bright rim and its edge leave with it.
+LESION_MARGIN = 0.02
+
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -245,6 +249,13 @@ def noisy_linear_imputation(
     filled = pixels.copy()
     filled[:, rows * width + cols] = solution.T
     return torch.as_tensor(filled.reshape(image.shape), dtype=image.dtype, device=image.device)
+
+
+def grown_lesion(mask: np.ndarray, margin: float = LESION_MARGIN) -> np.ndarray:
+    """``mask`` ``(H, W)`` grown by ``margin`` of its longer side (at least one pixel): what is imputed when
+    a lesion is removed whole (evaluation's lesion-imputation line, training's counterfactual slices)."""
+    mask = np.asarray(mask, dtype=bool)
+    return ndimage.binary_dilation(mask, iterations=max(1, int(round(margin * max(mask.shape)))))
 
 
 def deletion_inputs(

@@ -305,7 +305,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
-    names += ("teacher_fraction", "distill_weight")
+    names += ("teacher_fraction", "distill_weight", "counterfactual_class")
     options = _given(args, *names)
     if args.recipe == "gpu":
         require_cuda("--recipe gpu")
@@ -568,6 +568,11 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         "towards the tumour during training (training.guide); the other half is left for eval-explain",
     )
     p.add_argument("--guide-weight", type=float, help="weight of the guidance loss")
+    p.add_argument(
+        "--counterfactual-class",
+        help="with --guide-dir: the guide slices also train with their tumour imputed from the tissue "
+        "around it, labelled as this class (e.g. notumor), so the answer has to rest on the tumour",
+    )
     p.add_argument(
         "--erase-prob",
         type=float,

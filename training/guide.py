@@ -32,6 +32,7 @@ from neurovit.data.layout import discover
 from neurovit.data.masks import mask_on_input, mask_path, read_mask
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import rollout_relevance
+from neurovit.explain_metrics import grown_lesion, noisy_linear_imputation
 from neurovit.preprocessing import PreprocessConfig, canonicalise
 
 GUIDE_FILE = "guide.json"
@@ -106,4 +107,30 @@ def guide_loss(attentions: list[torch.Tensor], masks: torch.Tensor, start_layer:
     return -torch.log(share + 1e-6).mean()  # + not clamp: a map wholly off the mask still gets a gradient
 
 
-__all__ = ["DEFAULT_GUIDE_WEIGHT", "GUIDE_FILE", "GuideSet", "guide_loss", "in_guide_half", "load_guide_set"]
+def tumour_imputed(guide: GuideSet, seed: int = 0) -> np.ndarray:
+    """The guide slices with their tumour (grown by ``LESION_MARGIN``) imputed from the tissue around it, as
+    ROAD imputes (``noisy_linear_imputation``): canonical uint8 images, the counterfactual slices training
+    can label by what is left (``TrainConfig.counterfactual_class``).
+
+    On real slices the answer for glioma barely needs the tumour (docs/explainability.md, "Does the answer
+    need the tumour?"): a slice of the tumour collections is recognised as such from the rest of it. The
+    same slice without its tumour, labelled as having none, is the counterexample to that shortcut; imputed
+    rather than blacked out, so that it looks like tissue and not like a hole the model could learn instead.
+    """
+    imputed = []
+    for index, (image, mask) in enumerate(zip(guide.images, guide.masks, strict=True)):
+        pixels = torch.as_tensor(image, dtype=torch.float32)[None] / 255.0
+        filled = noisy_linear_imputation(pixels, grown_lesion(mask > 127), rng=seed + index)
+        imputed.append((filled[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy())
+    return np.stack(imputed) if imputed else np.zeros((0, *guide.images.shape[1:]), dtype=np.uint8)
+
+
+__all__ = [
+    "DEFAULT_GUIDE_WEIGHT",
+    "GUIDE_FILE",
+    "GuideSet",
+    "guide_loss",
+    "in_guide_half",
+    "load_guide_set",
+    "tumour_imputed",
+]

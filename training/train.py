@@ -29,7 +29,7 @@ from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassificatio
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
-from training.guide import GuideSet, guide_loss
+from training.guide import GuideSet, guide_loss, tumour_imputed
 from training.precision import MixedPrecision
 from training.teacher import distillation_loss, teacher_accuracy, train_teacher
 
@@ -79,6 +79,10 @@ class TrainConfig:
     # Weight of the tumour-mask guidance (``training.guide``) on the training slices that carry a mask; 0
     # (the default) trains exactly as before, masks or not.
     guide_weight: float = 0.0
+    # A class name (the no-tumour class): the guide slices also join training with their tumour imputed
+    # from the tissue around it, labelled as this class (``training.guide.tumour_imputed``), so that the
+    # answer has to rest on the tumour. None (the default) adds nothing.
+    counterfactual_class: str | None = None
     # Knowledge distillation (training.teacher): this share of ``time_budget_s`` first trains a small CNN
     # teacher, whose top class then joins the labels with weight ``distill_weight`` (DeiT's hard
     # distillation). 0 (the default) trains without a teacher.
@@ -329,6 +333,34 @@ def _save_best(model: NeuroViTForImageClassification, run_dir: Path, preprocessi
     return best
 
 
+def with_guide_slices(
+    train_data: tuple[np.ndarray, np.ndarray],
+    guide: GuideSet | None,
+    config: TrainConfig,
+    class_names: list[str],
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
+    """The training images and labels with the guide slices added (and, with ``counterfactual_class``, the
+    same slices with their tumour imputed, labelled as that class), and per image its mask (uint8, all
+    zero where there is none), or None without a guide."""
+    if guide is None:
+        return train_data, None
+    images = [train_data[0], guide.images]
+    labels = [train_data[1], guide.labels.astype(train_data[1].dtype)]
+    masks = [np.zeros_like(train_data[0]), guide.masks]
+    if config.counterfactual_class is not None:
+        if config.counterfactual_class not in class_names:
+            raise ValueError(
+                f"counterfactual_class {config.counterfactual_class!r} is not one of {class_names}"
+            )
+        imputed = tumour_imputed(guide, config.seed)
+        images.append(imputed)
+        labels.append(
+            np.full(len(imputed), class_names.index(config.counterfactual_class), train_data[1].dtype)
+        )
+        masks.append(np.zeros_like(imputed))  # no tumour left to guide the map towards
+    return (np.concatenate(images), np.concatenate(labels)), np.concatenate(masks)
+
+
 def train(
     train_data: tuple[np.ndarray, np.ndarray],
     val_data: tuple[np.ndarray, np.ndarray],
@@ -343,7 +375,8 @@ def train(
     """Train and keep the EMA weights with the best validation accuracy in ``run_dir/best``.
 
     ``guide`` (masked slices, ``training.guide``) joins the training images; with ``config.guide_weight``
-    above 0 their masks guide the rollout map (``guide_loss``).
+    above 0 their masks guide the rollout map (``guide_loss``); with ``config.counterfactual_class`` they
+    also join with their tumour imputed, labelled as that class.
 
     With ``resume`` and a checkpoint in ``run_dir`` from the same config, training continues where it
     stopped (model, optimiser, EMA, schedule, RNG and early-stopping state are all restored).
@@ -362,13 +395,7 @@ def train(
     model = place_for_training(start, device, config.channels_last)
     ema = AveragedModel(model, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate)
-    masks = None
-    if guide is not None:
-        masks = np.concatenate([np.zeros_like(train_data[0]), guide.masks])
-        train_data = (
-            np.concatenate([train_data[0], guide.images]),
-            np.concatenate([train_data[1], guide.labels]),
-        )
+    train_data, masks = with_guide_slices(train_data, guide, config, class_names)
     guided = masks is not None and config.guide_weight > 0
     train_loader = BatchLoader(
         *train_data,
@@ -646,4 +673,5 @@ __all__ = [
     "measure_step_ratio",
     "predict_logits",
     "train",
+    "with_guide_slices",
 ]

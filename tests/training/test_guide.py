@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from neurovit.errors import DataError
 from neurovit.explain import rollout_from_attentions, rollout_relevance
@@ -19,8 +20,8 @@ from neurovit.preprocessing import PreprocessConfig, to_tensor
 from neurovit.store import LocalStore
 from training.augment import AugmentConfig, augment_batch
 from training.cli import main as neurovit
-from training.guide import GUIDE_FILE, guide_loss, in_guide_half, load_guide_set
-from training.train import CHECKPOINT_FILE, TrainConfig, train
+from training.guide import GUIDE_FILE, guide_loss, in_guide_half, load_guide_set, tumour_imputed
+from training.train import CHECKPOINT_FILE, TrainConfig, train, with_guide_slices
 
 
 def _attentions(batch=2, heads=2, tokens=5, layers=3, seed=0):
@@ -173,3 +174,35 @@ def test_erasing_blacks_out_whole_token_cells_and_the_masks_lose_them():
     share = cells.mean(dim=(1, 2, 3))
     assert share.max() <= 0.5 + 3 / 16  # up to erase_max_fraction, a rectangle's rounding aside
     assert (share > 0).float().mean() > 0.6  # most images lose something (fraction ~ U(0, 0.5))
+
+
+def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_join_as_the_given_class(
+    tmp_path,
+):
+    _masked_slices(tmp_path / "masked", count=24)
+    classes = ["glioma", "meningioma", "notumor"]
+    guide = load_guide_set(tmp_path / "masked", classes, PreprocessConfig(32))
+    imputed = tumour_imputed(guide)
+    assert imputed.shape == guide.images.shape and imputed.dtype == np.uint8
+    for image, mask, after in zip(guide.images, guide.masks, imputed, strict=True):
+        tumour = mask > 127
+        assert image[tumour].mean() > 200  # the bright block ...
+        assert after[tumour].mean() < 90  # ... is now tissue like the noise around it (0-80)
+        far = ndimage.binary_dilation(tumour, iterations=3)
+        np.testing.assert_array_equal(after[~far], image[~far])  # the rest of the slice is untouched
+
+    rng = np.random.default_rng(0)
+    train_data = ((rng.random((6, 32, 32)) * 80).astype(np.uint8), np.array([0, 1, 2, 0, 1, 2]))
+    plain = TrainConfig(epochs=1, batch_size=4)
+    (images, labels), masks = with_guide_slices(train_data, guide, plain, classes)
+    assert len(images) == len(labels) == len(masks) == 6 + len(guide.images)
+    config = TrainConfig(epochs=1, batch_size=4, counterfactual_class="notumor")
+    (images, labels), masks = with_guide_slices(train_data, guide, config, classes)
+    n = len(guide.images)
+    assert len(images) == len(labels) == len(masks) == 6 + 2 * n
+    np.testing.assert_array_equal(images[6 + n :], imputed)
+    assert (labels[6 + n :] == classes.index("notumor")).all()
+    assert not masks[6 + n :].any() and masks[6 : 6 + n].any()  # only the real tumours guide the map
+    assert with_guide_slices(train_data, None, config, classes) == (train_data, None)
+    with pytest.raises(ValueError, match="counterfactual_class 'healthy' is not one of"):
+        with_guide_slices(train_data, guide, TrainConfig(counterfactual_class="healthy"), classes)

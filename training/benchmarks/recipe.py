@@ -58,6 +58,7 @@ def run(
     seed: int = TrainConfig.seed,
     guide_dir: Path | None = None,
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
+    counterfactual_class: str | None = None,
     erase_prob: float = BENCH_ERASE_PROB,
     teacher_fraction: float = TrainConfig.teacher_fraction,
     distill_weight: float = TrainConfig.distill_weight,
@@ -86,6 +87,7 @@ def run(
         device=device,
         seed=seed,
         guide_weight=guide_weight if guide_dir is not None else 0.0,
+        counterfactual_class=counterfactual_class if guide_dir is not None else None,
         channels_last=True,
         model=ModelConfig(image_size=image_size, stem_channels=stem_channels),
         amp=amp,
@@ -100,6 +102,11 @@ def run(
         + f"precision {resolve_amp(amp, pick_device(device))}"
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}"
+        + (
+            f"; the guide slices also with their tumour imputed, as {config.counterfactual_class}"
+            if config.counterfactual_class
+            else ""
+        )
         + (
             f"; a CNN teacher for {teacher_fraction:.0%} of the budget, distillation weight {distill_weight}"
             if teacher_fraction
@@ -156,6 +163,7 @@ def run(
         if guide_dir is None
         else len(json.loads((run_dir / GUIDE_FILE).read_text())["slices"]),
         "guide_weight": config.guide_weight,
+        "counterfactual_class": config.counterfactual_class,
     }
     print(json.dumps(summary), flush=True)
     return summary

@@ -82,11 +82,13 @@ from neurovit.explain import (
 )
 from neurovit.explain_metrics import (
     DEFAULT_TOLERANCE_PX,
+    LESION_MARGIN,
     TOLERANCE_SIDE_PX,
     centre_map,
     deletion_auc,
     deletion_curves,
     gaussian_map,
+    grown_lesion,
     lesion_hit,
     lesion_map,
     max_point,
@@ -136,12 +138,9 @@ SUBSTRATE_CHOICES = ("black", "mean", "blur", "road", "healthy")
 # ROAD solves a sparse system per perturbed input: fewer steps than cells keep it to minutes on a CPU (the
 # ROAD paper scores 9 removal fractions).
 ROAD_STEPS = 16
-# Lesion imputation (``lesion_imputation``): the mask grown by this share of the input's side (2 px at 96 px,
-# about 4 px at 224 px), so that the lesion's bright rim and its edge leave with it.
-IMPUTATION_MARGIN = 0.02
-# The control region is the grown lesion moved by up to this share of the side, to a place that lies at
-# least ``CONTROL_IN_HEAD`` inside the head and clear of the lesion (the first of ``CONTROL_TRIES`` seeded
-# draws that fits).
+# Lesion imputation (``lesion_imputation``): the control region is the grown lesion moved by up to this share
+# of the side, to a place that lies at least ``CONTROL_IN_HEAD`` inside the head and clear of the lesion (the
+# first of ``CONTROL_TRIES`` seeded draws that fits).
 CONTROL_SHIFT = 0.35
 CONTROL_IN_HEAD = 0.9
 CONTROL_TRIES = 200
@@ -506,9 +505,9 @@ def lesion_imputation(
     loaded: LoadedModel,
     seed: int = 0,
 ) -> dict:
-    """Does the answer need the lesion, on any masked data? Per lesion slice, the lesion (grown by
-    ``IMPUTATION_MARGIN``) is imputed from its surroundings as ROAD imputes (``noisy_linear_imputation``),
-    and so is, as a control, a region of the same shape moved elsewhere in the head: the explained class'
+    """Does the answer need the lesion, on any masked data? Per lesion slice, the lesion (``grown_lesion``)
+    is imputed from its surroundings as ROAD imputes (``noisy_linear_imputation``), and so is, as a control,
+    a region of the same shape moved elsewhere in the head: the explained class'
     calibrated probability on the slice, without its lesion and without the control region, and the share
     still answered as the true class. A probability that stays up without the lesion while the same area
     elsewhere costs as much says the class is read from something other than the lesion; then no map can
@@ -524,8 +523,7 @@ def lesion_imputation(
     without_lesion, without_control, has_control = [], [], []
     for k, i in enumerate(chosen):
         item = slices[i]
-        margin = max(1, int(round(IMPUTATION_MARGIN * max(item.mask.shape))))
-        lesion = ndimage.binary_dilation(item.mask, iterations=margin)
+        lesion = grown_lesion(item.mask)
         head = ndimage.binary_fill_holes(item.image > HEAD_LEVEL * 255)
         control = _control_region(lesion, head, rng)
         has_control.append(control is not None)
@@ -1126,7 +1124,7 @@ def run(args: ExplainEvalOptions) -> dict:
             "lesion_reliance": "explained class' calibrated probability on each lesion slice and on the demo "
             "generator's lesion-free twin of it (same slice, pose and scanner draws), scaled as any input; "
             "mean per class",
-            "lesion_imputation": f"every lesion slice with its lesion grown by {IMPUTATION_MARGIN:.0%} of "
+            "lesion_imputation": f"every lesion slice with its lesion grown by {LESION_MARGIN:.0%} of "
             "the side imputed as ROAD does, and with the same shape moved elsewhere in the head (control): "
             "the explained class' calibrated probability and the share answered as the true class; mean per "
             "class",
