@@ -63,6 +63,15 @@ TOLERANCE_SIDE_PX = 224
 # 96 px, about 4 px at 224 px), so that its bright rim and its edge leave with it.
 LESION_MARGIN = 0.02
 
+# A control region (``control_region``) is the grown lesion moved by up to this share of the side, to a place
+# that lies at least ``CONTROL_IN_HEAD`` inside the head and clear of the lesion (the first of
+# ``CONTROL_TRIES`` seeded draws that fits). The head: canonical pixels above ``HEAD_LEVEL`` of the range,
+# holes filled (a real slice's background is noise near 0, not exactly 0).
+CONTROL_SHIFT = 0.35
+CONTROL_IN_HEAD = 0.9
+CONTROL_TRIES = 200
+HEAD_LEVEL = 0.1
+
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -256,6 +265,29 @@ def grown_lesion(mask: np.ndarray, margin: float = LESION_MARGIN) -> np.ndarray:
     a lesion is removed whole (evaluation's lesion-imputation line, training's counterfactual slices)."""
     mask = np.asarray(mask, dtype=bool)
     return ndimage.binary_dilation(mask, iterations=max(1, int(round(margin * max(mask.shape)))))
+
+
+def control_region(lesion: np.ndarray, image: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """``lesion`` ``(H, W)`` moved to another place in the head of ``image`` (canonical uint8, same shape):
+    mostly inside the head and not touching the lesion; None when no seeded draw fits. Imputing it beside
+    imputing the lesion separates "the lesion mattered" from "any imputed patch of that size matters"."""
+    lesion = np.asarray(lesion, dtype=bool)
+    head = ndimage.binary_fill_holes(np.asarray(image) > HEAD_LEVEL * 255)
+    height, width = lesion.shape
+    reach = max(1, int(round(CONTROL_SHIFT * max(height, width))))
+    rows, cols = np.nonzero(lesion)
+    for _ in range(CONTROL_TRIES):
+        dy, dx = rng.integers(-reach, reach + 1, size=2)
+        y, x = rows + dy, cols + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        if inside.mean() < CONTROL_IN_HEAD:
+            continue
+        moved = np.zeros_like(lesion)
+        moved[y[inside], x[inside]] = True
+        if (moved & lesion).any() or (moved & head).sum() < CONTROL_IN_HEAD * len(rows):
+            continue
+        return moved
+    return None
 
 
 def deletion_inputs(

@@ -32,7 +32,7 @@ from neurovit.data.layout import discover
 from neurovit.data.masks import mask_on_input, mask_path, read_mask
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import rollout_relevance
-from neurovit.explain_metrics import grown_lesion, noisy_linear_imputation
+from neurovit.explain_metrics import control_region, grown_lesion, noisy_linear_imputation
 from neurovit.preprocessing import PreprocessConfig, canonicalise
 
 GUIDE_FILE = "guide.json"
@@ -107,22 +107,50 @@ def guide_loss(attentions: list[torch.Tensor], masks: torch.Tensor, start_layer:
     return -torch.log(share + 1e-6).mean()  # + not clamp: a map wholly off the mask still gets a gradient
 
 
-def tumour_imputed(guide: GuideSet, seed: int = 0) -> np.ndarray:
-    """The guide slices with their tumour (grown by ``LESION_MARGIN``) imputed from the tissue around it, as
-    ROAD imputes (``noisy_linear_imputation``): canonical uint8 images, the counterfactual slices training
-    can label by what is left (``TrainConfig.counterfactual_class``).
+@dataclass
+class Counterfactuals:
+    """The guide slices with their tumour imputed (``without_tumour``, one per guide slice) and, where the
+    head has room, with the same shape imputed elsewhere instead (``with_control``, tumour kept;
+    ``controlled`` indexes the guide slices they come from). Canonical uint8 images."""
+
+    without_tumour: np.ndarray
+    with_control: np.ndarray
+    controlled: np.ndarray
+
+
+def counterfactual_slices(guide: GuideSet, seed: int = 0) -> Counterfactuals:
+    """Each guide slice with its tumour (``grown_lesion``) imputed from the tissue around it as ROAD imputes
+    (``noisy_linear_imputation``), and, as its pair, with a patch of the same shape imputed elsewhere in the
+    head (``control_region``): the counterfactual slices training labels by what is left
+    (``TrainConfig.counterfactual_class``).
 
     On real slices the answer for glioma barely needs the tumour (docs/explainability.md, "Does the answer
     need the tumour?"): a slice of the tumour collections is recognised as such from the rest of it. The
     same slice without its tumour, labelled as having none, is the counterexample to that shortcut; imputed
-    rather than blacked out, so that it looks like tissue and not like a hole the model could learn instead.
+    rather than blacked out, so that it looks like tissue and not like a hole. The pair, an imputed patch
+    away from the tumour with the label kept, leaves "an imputed patch" itself saying nothing.
     """
-    imputed = []
-    for index, (image, mask) in enumerate(zip(guide.images, guide.masks, strict=True)):
+    rng = np.random.default_rng(seed)
+    without_tumour, with_control, controlled = [], [], []
+
+    def imputed(image: np.ndarray, region: np.ndarray, index: int) -> np.ndarray:
         pixels = torch.as_tensor(image, dtype=torch.float32)[None] / 255.0
-        filled = noisy_linear_imputation(pixels, grown_lesion(mask > 127), rng=seed + index)
-        imputed.append((filled[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy())
-    return np.stack(imputed) if imputed else np.zeros((0, *guide.images.shape[1:]), dtype=np.uint8)
+        filled = noisy_linear_imputation(pixels, region, rng=seed + index)
+        return (filled[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+
+    for index, (image, mask) in enumerate(zip(guide.images, guide.masks, strict=True)):
+        tumour = grown_lesion(mask > 127)
+        without_tumour.append(imputed(image, tumour, index))
+        control = control_region(tumour, image, rng)
+        if control is not None:
+            with_control.append(imputed(image, control, index))
+            controlled.append(index)
+    empty = np.zeros((0, *guide.images.shape[1:]), dtype=np.uint8)
+    return Counterfactuals(
+        np.stack(without_tumour) if without_tumour else empty,
+        np.stack(with_control) if with_control else empty,
+        np.asarray(controlled, dtype=np.int64),
+    )
 
 
 __all__ = [
@@ -132,5 +160,6 @@ __all__ = [
     "guide_loss",
     "in_guide_half",
     "load_guide_set",
-    "tumour_imputed",
+    "Counterfactuals",
+    "counterfactual_slices",
 ]

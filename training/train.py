@@ -29,7 +29,7 @@ from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassificatio
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
-from training.guide import GuideSet, guide_loss, tumour_imputed
+from training.guide import GuideSet, counterfactual_slices, guide_loss
 from training.precision import MixedPrecision
 from training.teacher import distillation_loss, teacher_accuracy, train_teacher
 
@@ -80,8 +80,9 @@ class TrainConfig:
     # (the default) trains exactly as before, masks or not.
     guide_weight: float = 0.0
     # A class name (the no-tumour class): the guide slices also join training with their tumour imputed
-    # from the tissue around it, labelled as this class (``training.guide.tumour_imputed``), so that the
-    # answer has to rest on the tumour. None (the default) adds nothing.
+    # from the tissue around it, labelled as this class, and with a patch imputed elsewhere, label kept
+    # (``training.guide.counterfactual_slices``), so that the answer has to rest on the tumour. None (the
+    # default) adds nothing.
     counterfactual_class: str | None = None
     # Knowledge distillation (training.teacher): this share of ``time_budget_s`` first trains a small CNN
     # teacher, whose top class then joins the labels with weight ``distill_weight`` (DeiT's hard
@@ -340,7 +341,8 @@ def with_guide_slices(
     class_names: list[str],
 ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
     """The training images and labels with the guide slices added (and, with ``counterfactual_class``, the
-    same slices with their tumour imputed, labelled as that class), and per image its mask (uint8, all
+    same slices with their tumour imputed, labelled as that class, and their pairs with a patch imputed
+    elsewhere, label kept: ``training.guide.counterfactual_slices``), and per image its mask (uint8, all
     zero where there is none), or None without a guide."""
     if guide is None:
         return train_data, None
@@ -352,12 +354,15 @@ def with_guide_slices(
             raise ValueError(
                 f"counterfactual_class {config.counterfactual_class!r} is not one of {class_names}"
             )
-        imputed = tumour_imputed(guide, config.seed)
-        images.append(imputed)
-        labels.append(
-            np.full(len(imputed), class_names.index(config.counterfactual_class), train_data[1].dtype)
-        )
-        masks.append(np.zeros_like(imputed))  # no tumour left to guide the map towards
+        pairs = counterfactual_slices(guide, config.seed)
+        images += [pairs.without_tumour, pairs.with_control]
+        label = class_names.index(config.counterfactual_class)
+        labels += [
+            np.full(len(pairs.without_tumour), label, train_data[1].dtype),
+            guide.labels[pairs.controlled].astype(train_data[1].dtype),
+        ]
+        # no tumour left to guide the map towards; the pair keeps its tumour, and its mask
+        masks += [np.zeros_like(pairs.without_tumour), guide.masks[pairs.controlled]]
     return (np.concatenate(images), np.concatenate(labels)), np.concatenate(masks)
 
 

@@ -20,7 +20,7 @@ from neurovit.preprocessing import PreprocessConfig, to_tensor
 from neurovit.store import LocalStore
 from training.augment import AugmentConfig, augment_batch
 from training.cli import main as neurovit
-from training.guide import GUIDE_FILE, guide_loss, in_guide_half, load_guide_set, tumour_imputed
+from training.guide import GUIDE_FILE, counterfactual_slices, guide_loss, in_guide_half, load_guide_set
 from training.train import CHECKPOINT_FILE, TrainConfig, train, with_guide_slices
 
 
@@ -182,27 +182,35 @@ def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_joi
     _masked_slices(tmp_path / "masked", count=24)
     classes = ["glioma", "meningioma", "notumor"]
     guide = load_guide_set(tmp_path / "masked", classes, PreprocessConfig(32))
-    imputed = tumour_imputed(guide)
-    assert imputed.shape == guide.images.shape and imputed.dtype == np.uint8
-    for image, mask, after in zip(guide.images, guide.masks, imputed, strict=True):
+    pairs = counterfactual_slices(guide)
+    n = len(guide.images)
+    assert pairs.without_tumour.shape == guide.images.shape and pairs.without_tumour.dtype == np.uint8
+    assert 0 < len(pairs.controlled) <= n and len(pairs.with_control) == len(pairs.controlled)
+    triples = zip(guide.images, guide.masks, pairs.without_tumour, strict=True)
+    for index, (image, mask, after) in enumerate(triples):
         tumour = mask > 127
+        near = ndimage.binary_dilation(tumour, iterations=3)
         assert image[tumour].mean() > 200  # the bright block ...
         assert after[tumour].mean() < 90  # ... is now tissue like the noise around it (0-80)
-        far = ndimage.binary_dilation(tumour, iterations=3)
-        np.testing.assert_array_equal(after[~far], image[~far])  # the rest of the slice is untouched
+        np.testing.assert_array_equal(after[~near], image[~near])  # the rest of the slice is untouched
+        if index in pairs.controlled:  # the pair keeps the tumour and loses a patch elsewhere
+            paired = pairs.with_control[list(pairs.controlled).index(index)]
+            np.testing.assert_array_equal(paired[tumour], image[tumour])
+            assert (paired != image).sum() >= 0.5 * tumour.sum()
 
     rng = np.random.default_rng(0)
     train_data = ((rng.random((6, 32, 32)) * 80).astype(np.uint8), np.array([0, 1, 2, 0, 1, 2]))
-    plain = TrainConfig(epochs=1, batch_size=4)
-    (images, labels), masks = with_guide_slices(train_data, guide, plain, classes)
-    assert len(images) == len(labels) == len(masks) == 6 + len(guide.images)
-    config = TrainConfig(epochs=1, batch_size=4, counterfactual_class="notumor")
+    (images, labels), masks = with_guide_slices(train_data, guide, TrainConfig(epochs=1), classes)
+    assert len(images) == len(labels) == len(masks) == 6 + n
+    config = TrainConfig(epochs=1, counterfactual_class="notumor")
     (images, labels), masks = with_guide_slices(train_data, guide, config, classes)
-    n = len(guide.images)
-    assert len(images) == len(labels) == len(masks) == 6 + 2 * n
-    np.testing.assert_array_equal(images[6 + n :], imputed)
-    assert (labels[6 + n :] == classes.index("notumor")).all()
-    assert not masks[6 + n :].any() and masks[6 : 6 + n].any()  # only the real tumours guide the map
+    k = len(pairs.controlled)
+    assert len(images) == len(labels) == len(masks) == 6 + 2 * n + k
+    np.testing.assert_array_equal(images[6 + n : 6 + 2 * n], pairs.without_tumour)
+    assert (labels[6 + n : 6 + 2 * n] == classes.index("notumor")).all()
+    assert not masks[6 + n : 6 + 2 * n].any()  # no tumour left to guide the map towards
+    np.testing.assert_array_equal(labels[6 + 2 * n :], guide.labels[pairs.controlled])  # pairs keep theirs
+    np.testing.assert_array_equal(masks[6 + 2 * n :], guide.masks[pairs.controlled])
     assert with_guide_slices(train_data, None, config, classes) == (train_data, None)
     with pytest.raises(ValueError, match="counterfactual_class 'healthy' is not one of"):
         with_guide_slices(train_data, guide, TrainConfig(counterfactual_class="healthy"), classes)

@@ -63,7 +63,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
-from scipy import ndimage
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
@@ -85,6 +84,7 @@ from neurovit.explain_metrics import (
     LESION_MARGIN,
     TOLERANCE_SIDE_PX,
     centre_map,
+    control_region,
     deletion_auc,
     deletion_curves,
     gaussian_map,
@@ -138,15 +138,6 @@ SUBSTRATE_CHOICES = ("black", "mean", "blur", "road", "healthy")
 # ROAD solves a sparse system per perturbed input: fewer steps than cells keep it to minutes on a CPU (the
 # ROAD paper scores 9 removal fractions).
 ROAD_STEPS = 16
-# Lesion imputation (``lesion_imputation``): the control region is the grown lesion moved by up to this share
-# of the side, to a place that lies at least ``CONTROL_IN_HEAD`` inside the head and clear of the lesion (the
-# first of ``CONTROL_TRIES`` seeded draws that fits).
-CONTROL_SHIFT = 0.35
-CONTROL_IN_HEAD = 0.9
-CONTROL_TRIES = 200
-# The head, for placing the control: canonical pixels above this share of the range, holes filled (real
-# slices' background is noise near 0, not exactly 0).
-HEAD_LEVEL = 0.1
 
 
 @dataclass
@@ -479,25 +470,6 @@ def lesion_reliance(
     return {"n": len(chosen), "per_class": per_class}
 
 
-def _control_region(lesion: np.ndarray, head: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """``lesion`` moved to another place in ``head`` (mostly inside it, not touching the lesion), or None."""
-    height, width = lesion.shape
-    reach = max(1, int(round(CONTROL_SHIFT * max(height, width))))
-    rows, cols = np.nonzero(lesion)
-    for _ in range(CONTROL_TRIES):
-        dy, dx = rng.integers(-reach, reach + 1, size=2)
-        y, x = rows + dy, cols + dx
-        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-        if inside.mean() < CONTROL_IN_HEAD:
-            continue
-        moved = np.zeros_like(lesion)
-        moved[y[inside], x[inside]] = True
-        if (moved & lesion).any() or (moved & head).sum() < CONTROL_IN_HEAD * len(rows):
-            continue
-        return moved
-    return None
-
-
 def lesion_imputation(
     slices: list[Slice],
     targets: np.ndarray,
@@ -524,8 +496,7 @@ def lesion_imputation(
     for k, i in enumerate(chosen):
         item = slices[i]
         lesion = grown_lesion(item.mask)
-        head = ndimage.binary_fill_holes(item.image > HEAD_LEVEL * 255)
-        control = _control_region(lesion, head, rng)
+        control = control_region(lesion, item.image, rng)
         has_control.append(control is not None)
         without_lesion.append(noisy_linear_imputation(inputs[k], lesion, rng=seed))
         without_control.append(
