@@ -507,7 +507,8 @@ def run_main_job(
     guide, extra_files = None, {}
     if guide_dir is not None:
         guide = load_guide_set(guide_dir, plan.classes, config.preprocessing())
-        guide.write(run_dir / GUIDE_FILE, {"guide_weight": config.guide_weight})
+        settings = {"guide_weight": config.guide_weight, "counterfactual_class": config.counterfactual_class}
+        guide.write(run_dir / GUIDE_FILE, settings)
         extra_files[GUIDE_FILE] = run_dir / GUIDE_FILE
         print(f"      guiding the rollout map with {len(guide.entries)} masked slices of {guide_dir}")
     result = train_stage(data_dir, run_dir / SPLIT_FILE, run_dir / "train", config, guide=guide)
