@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from neurovit.base_model import checkpoint_image_size, load_base_model
+from neurovit.errors import UsageError
 from neurovit.explain import ROLLOUT_START_LAYER
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
@@ -350,8 +351,8 @@ def with_guide_slices(
     labels = [train_data[1], guide.labels.astype(train_data[1].dtype)]
     masks = [np.zeros_like(train_data[0]), guide.masks]
     if config.counterfactual_class is not None:
-        if config.counterfactual_class not in class_names:
-            raise ValueError(
+        if config.counterfactual_class not in class_names:  # a usage error: exit status 2, not a crash
+            raise UsageError(
                 f"counterfactual_class {config.counterfactual_class!r} is not one of {class_names}"
             )
         pairs = counterfactual_slices(guide, config.seed)

@@ -20,6 +20,7 @@ from training.cli import main as neurovit
 from training.evaluations.explanations import (
     ROAD_STEPS,
     Slice,
+    impute_lesions,
     lesion_imputation,
     lesion_reliance,
     load_mask,
@@ -307,14 +308,15 @@ def _imputation(model, slices):
     with torch.no_grad():
         probabilities = torch.softmax(model(inputs).logits, dim=-1).numpy()
     targets = probabilities.argmax(axis=1)
-    return lesion_imputation(slices, targets, probabilities, loaded, seed=0), preprocessing
+    imputed = impute_lesions(slices, loaded, seed=0)
+    return lesion_imputation(imputed, slices, targets, probabilities, loaded.class_names)
 
 
 def test_a_model_that_reads_the_lesion_loses_its_answer_when_the_lesion_is_imputed():
     preprocessing = PreprocessConfig(image_size=48)
     level = float(to_tensor(np.full((1, 1), 185, dtype=np.uint8), preprocessing).max())
     slices = [_head_with_lesion(), _head_with_lesion(4)]
-    result, _ = _imputation(_BrightSpotModel(level), slices)
+    result = _imputation(_BrightSpotModel(level), slices)
     glioma = result["per_class"]["glioma"]
     assert result["n"] == 2 and result["n_without_control"] == 0 and glioma["n_with_control"] == 2
     assert glioma["probability_on_slice"] > 0.99 and glioma["accuracy_on_slice"] == 1.0
@@ -326,13 +328,13 @@ def test_a_model_that_reads_the_lesion_loses_its_answer_when_the_lesion_is_imput
 
 def test_a_model_that_ignores_the_lesion_keeps_its_answer_and_a_slice_without_room_has_no_control():
     blind = _BrightSpotModel(0.0, blind=True)
-    result, _ = _imputation(blind, [_head_with_lesion()])
+    result = _imputation(blind, [_head_with_lesion()])
     glioma = result["per_class"]["glioma"]
     assert glioma["probability_lesion_imputed"] == pytest.approx(glioma["probability_on_slice"])
     assert glioma["probability_control_imputed"] == pytest.approx(glioma["probability_on_slice"])
     # a lesion over most of the head leaves no place for the control: counted, never a crash
-    result, _ = _imputation(blind, [_head_with_lesion(30)])
+    result = _imputation(blind, [_head_with_lesion(30)])
     assert result["n_without_control"] == 1 and result["per_class"]["glioma"]["n_with_control"] == 0
     assert np.isnan(result["per_class"]["glioma"]["probability_control_imputed"])
     no_lesion = Slice("notumor/b.png", "notumor", np.zeros((48, 48), dtype=np.uint8), None)
-    assert _imputation(blind, [no_lesion])[0] == {"n": 0, "n_without_control": 0, "per_class": {}}
+    assert _imputation(blind, [no_lesion]) == {"n": 0, "n_without_control": 0, "per_class": {}}

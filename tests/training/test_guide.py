@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from neurovit.errors import DataError
+from neurovit.errors import DataError, UsageError
 from neurovit.explain import rollout_from_attentions, rollout_relevance
 from neurovit.model import ModelConfig, ModelInfo, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, to_tensor
@@ -212,5 +212,5 @@ def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_joi
     np.testing.assert_array_equal(labels[6 + 2 * n :], guide.labels[pairs.controlled])  # pairs keep theirs
     np.testing.assert_array_equal(masks[6 + 2 * n :], guide.masks[pairs.controlled])
     assert with_guide_slices(train_data, None, config, classes) == (train_data, None)
-    with pytest.raises(ValueError, match="counterfactual_class 'healthy' is not one of"):
+    with pytest.raises(UsageError, match="counterfactual_class .healthy. is not one of"):
         with_guide_slices(train_data, guide, TrainConfig(counterfactual_class="healthy"), classes)

@@ -64,6 +64,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from neurovit.calibration import apply_temperature
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
 from neurovit.data.imageio import read_image
@@ -470,67 +471,85 @@ def lesion_reliance(
     return {"n": len(chosen), "per_class": per_class}
 
 
-def lesion_imputation(
-    slices: list[Slice],
-    targets: np.ndarray,
-    probabilities: np.ndarray,
-    loaded: LoadedModel,
-    seed: int = 0,
-) -> dict:
-    """Does the answer need the lesion, on any masked data? Per lesion slice, the lesion (``grown_lesion``)
-    is imputed from its surroundings as ROAD imputes (``noisy_linear_imputation``), and so is, as a control,
-    a region of the same shape moved elsewhere in the head: the explained class'
-    calibrated probability on the slice, without its lesion and without the control region, and the share
-    still answered as the true class. A probability that stays up without the lesion while the same area
-    elsewhere costs as much says the class is read from something other than the lesion; then no map can
-    be both on the lesion and faithful, and deletion against the centred Gaussian is lost on the model's
-    reliance, not on the map. Slices whose head leaves no room for the control are counted apart.
-    """
+@dataclass(frozen=True)
+class ImputedLesions:
+    """Every lesion slice's calibrated probabilities with its lesion imputed and with the control region
+    imputed instead (``impute_lesions``): computed once, whichever classes the maps explain."""
+
+    chosen: list[int]  # indices of the lesion slices in the evaluated slices
+    without_lesion: np.ndarray  # (n, C)
+    without_control: np.ndarray  # (n, C); the slice's own where it has no control
+    has_control: np.ndarray  # (n,) bool
+
+
+def impute_lesions(slices: list[Slice], loaded: LoadedModel, seed: int = 0) -> ImputedLesions:
+    """Per lesion slice, the lesion (``grown_lesion``) imputed from its surroundings as ROAD imputes
+    (``noisy_linear_imputation``), and, as a control, a region of the same shape moved elsewhere in the
+    head (``control_region``); the model's calibrated probabilities on both. Slices whose head leaves no
+    room for the control have none (``has_control``)."""
     chosen = [i for i, item in enumerate(slices) if item.mask is not None and item.mask.any()]
     if not chosen:
-        return {"n": 0, "n_without_control": 0, "per_class": {}}
-    config = loaded.preprocessing
-    inputs = to_tensor(np.stack([slices[i].image for i in chosen]), config)
+        empty = np.zeros((0, len(loaded.class_names)))
+        return ImputedLesions([], empty, empty, np.zeros(0, dtype=bool))
+    inputs = to_tensor(np.stack([slices[i].image for i in chosen]), loaded.preprocessing)
     rng = np.random.default_rng(seed)
     without_lesion, without_control, has_control = [], [], []
     for k, i in enumerate(chosen):
-        item = slices[i]
-        lesion = grown_lesion(item.mask)
-        control = control_region(lesion, item.image, rng)
+        lesion = grown_lesion(slices[i].mask)
+        control = control_region(lesion, slices[i].image, rng)
         has_control.append(control is not None)
         without_lesion.append(noisy_linear_imputation(inputs[k], lesion, rng=seed))
         without_control.append(
             inputs[k] if control is None else noisy_linear_imputation(inputs[k], control, rng=seed)
         )
-    with torch.inference_mode():
 
-        def calibrated(batch: list[torch.Tensor]) -> np.ndarray:
-            stacked = torch.stack(batch)
-            logits = torch.cat([loaded.model(part).logits.float() for part in stacked.split(64)])
-            return torch.softmax(logits / loaded.info.temperature, dim=-1).numpy()
+    def calibrated(batch: list[torch.Tensor]) -> np.ndarray:
+        with torch.inference_mode():
+            parts = [loaded.model(part).logits.float() for part in torch.stack(batch).split(64)]
+        return apply_temperature(torch.cat(parts).numpy(), loaded.info.temperature)
 
-        lesion_gone, control_gone = calibrated(without_lesion), calibrated(without_control)
+    return ImputedLesions(
+        chosen, calibrated(without_lesion), calibrated(without_control), np.array(has_control)
+    )
+
+
+def lesion_imputation(
+    imputed: ImputedLesions,
+    slices: list[Slice],
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: list[str],
+) -> dict:
+    """Does the answer need the lesion, on any masked data? Per class over the lesion slices
+    (``impute_lesions``): the explained class' calibrated probability on the slice, without its lesion and
+    without the control region, and the share still answered as the true class. A probability that stays
+    up without the lesion while the same area elsewhere costs as much says the class is read from
+    something other than the lesion; then no map can be both on the lesion and faithful, and deletion
+    against the centred Gaussian is lost on the model's reliance, not on the map. Slices whose head leaves
+    no room for the control are counted apart.
+    """
+    chosen, has_control = imputed.chosen, imputed.has_control
+    if not chosen:
+        return {"n": 0, "n_without_control": 0, "per_class": {}}
     rows = np.arange(len(chosen))
     explained = targets[chosen]
-    truth = np.array([loaded.class_names.index(slices[i].label) for i in chosen])
+    truth = np.array([class_names.index(slices[i].label) for i in chosen])
     labels = np.array([slices[i].label for i in chosen])
-    has_control = np.array(has_control)
     per_class = {}
-    for name in loaded.class_names:
+    for name in class_names:
         picked = labels == name
         if not picked.any():
             continue
         controlled = picked & has_control
+        control = imputed.without_control[rows, explained][controlled]
         per_class[name] = {
             "n": int(picked.sum()),
             "probability_on_slice": float(probabilities[chosen, explained][picked].mean()),
-            "probability_lesion_imputed": float(lesion_gone[rows, explained][picked].mean()),
-            "probability_control_imputed": (
-                float(control_gone[rows, explained][controlled].mean()) if controlled.any() else float("nan")
-            ),
+            "probability_lesion_imputed": float(imputed.without_lesion[rows, explained][picked].mean()),
+            "probability_control_imputed": float(control.mean()) if controlled.any() else float("nan"),
             "n_with_control": int(controlled.sum()),
             "accuracy_on_slice": float((probabilities[chosen].argmax(1) == truth)[picked].mean()),
-            "accuracy_lesion_imputed": float((lesion_gone.argmax(1) == truth)[picked].mean()),
+            "accuracy_lesion_imputed": float((imputed.without_lesion.argmax(1) == truth)[picked].mean()),
         }
     return {"n": len(chosen), "n_without_control": int((~has_control).sum()), "per_class": per_class}
 
@@ -976,6 +995,7 @@ def run(args: ExplainEvalOptions) -> dict:
     true_classes = np.array([class_names.index(item.label) for item in slices])
     results: dict[str, dict] = {}
     probabilities = None
+    imputed = impute_lesions(slices, loaded, args.seed)  # the same for every explained class
     for explained in args.explained_class:
         phase = time.perf_counter()
         maps, targets, logits = compute_maps(
@@ -1001,7 +1021,7 @@ def run(args: ExplainEvalOptions) -> dict:
             deletions[substrate] = deletion_scores(slices, deletion, maps, targets, loaded, **settings)
             references[substrate] = lesion_reference(slices, deletion, targets, loaded, grid, **settings)
         reliance = lesion_reliance(slices, targets, probabilities, loaded)
-        imputation = lesion_imputation(slices, targets, probabilities, loaded, args.seed)
+        imputation = lesion_imputation(imputed, slices, targets, probabilities, class_names)
         timings[f"scores_{explained}_s"] = time.perf_counter() - phase
         summary, comparisons = summarise(slices, pointing, deletions, predicted, class_names, args.seed)
         results[explained] = {
