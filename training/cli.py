@@ -571,7 +571,8 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--counterfactual-class",
         help="with --guide-dir: the guide slices also train with their tumour imputed from the tissue "
-        "around it, labelled as this class (e.g. notumor), so the answer has to rest on the tumour",
+        "around it, labelled as this class (e.g. notumor) or, with 'uniform', as no class at all, so the "
+        "answer has to rest on the tumour",
     )
     p.add_argument(
         "--erase-prob",

@@ -36,6 +36,13 @@ from neurovit.explain_metrics import control_region, grown_lesion, noisy_linear_
 from neurovit.preprocessing import PreprocessConfig, canonicalise
 
 GUIDE_FILE = "guide.json"
+# ``TrainConfig.counterfactual_class`` value that trains the tumour-imputed slices towards the uniform
+# distribution ("no evidence for any class", Outlier Exposure's target: Hendrycks et al., ICLR 2019) rather
+# than towards a class: removing the evidence should remove the answer, not assert "no tumour" on a slice
+# whose oedema and mass effect still say otherwise.
+UNIFORM_TARGET = "uniform"
+# The label such a slice carries in the training arrays; no class has it.
+NO_EVIDENCE = -1
 # A tumour occupies a few of the 36-144 grid cells; the loss is -log of rollout's share on them, so a map
 # already on the tumour costs nothing and one elsewhere costs a lot. Weighted against the cross-entropy.
 DEFAULT_GUIDE_WEIGHT = 0.5
@@ -153,11 +160,20 @@ def counterfactual_slices(guide: GuideSet, seed: int = 0) -> Counterfactuals:
     )
 
 
+def uniform_target_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Per row, the cross-entropy with the uniform distribution over the classes (its minimum, log C,
+    where every class gets the same probability)."""
+    return -F.log_softmax(logits.float(), dim=1).mean(dim=1)
+
+
 __all__ = [
     "DEFAULT_GUIDE_WEIGHT",
     "GUIDE_FILE",
+    "NO_EVIDENCE",
+    "UNIFORM_TARGET",
     "GuideSet",
     "guide_loss",
+    "uniform_target_loss",
     "in_guide_half",
     "load_guide_set",
     "Counterfactuals",

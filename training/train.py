@@ -30,7 +30,14 @@ from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassificatio
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
-from training.guide import GuideSet, counterfactual_slices, guide_loss
+from training.guide import (
+    NO_EVIDENCE,
+    UNIFORM_TARGET,
+    GuideSet,
+    counterfactual_slices,
+    guide_loss,
+    uniform_target_loss,
+)
 from training.precision import MixedPrecision
 from training.teacher import distillation_loss, teacher_accuracy, train_teacher
 
@@ -82,8 +89,9 @@ class TrainConfig:
     guide_weight: float = 0.0
     # A class name (the no-tumour class): the guide slices also join training with their tumour imputed
     # from the tissue around it, labelled as this class, and with a patch imputed elsewhere, label kept
-    # (``training.guide.counterfactual_slices``), so that the answer has to rest on the tumour. None (the
-    # default) adds nothing.
+    # (``training.guide.counterfactual_slices``), so that the answer has to rest on the tumour. "uniform"
+    # (``training.guide.UNIFORM_TARGET``) trains the tumour-imputed slices towards no class at all rather
+    # than towards one. None (the default) adds nothing.
     counterfactual_class: str | None = None
     # Knowledge distillation (training.teacher): this share of ``time_budget_s`` first trains a small CNN
     # teacher, whose top class then joins the labels with weight ``distill_weight`` (DeiT's hard
@@ -342,22 +350,22 @@ def with_guide_slices(
     class_names: list[str],
 ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
     """The training images and labels with the guide slices added (and, with ``counterfactual_class``, the
-    same slices with their tumour imputed, labelled as that class, and their pairs with a patch imputed
-    elsewhere, label kept: ``training.guide.counterfactual_slices``), and per image its mask (uint8, all
-    zero where there is none), or None without a guide."""
+    same slices with their tumour imputed, labelled as that class or ``NO_EVIDENCE``, and their pairs with a
+    patch imputed elsewhere, label kept: ``training.guide.counterfactual_slices``), and per image its mask
+    (uint8, all zero where there is none), or None without a guide."""
     if guide is None:
         return train_data, None
     images = [train_data[0], guide.images]
     labels = [train_data[1], guide.labels.astype(train_data[1].dtype)]
     masks = [np.zeros_like(train_data[0]), guide.masks]
     if config.counterfactual_class is not None:
-        if config.counterfactual_class not in class_names:  # a usage error: exit status 2, not a crash
-            raise UsageError(
-                f"counterfactual_class {config.counterfactual_class!r} is not one of {class_names}"
-            )
+        targets = [*class_names, UNIFORM_TARGET]
+        if config.counterfactual_class not in targets:  # a usage error: exit status 2, not a crash
+            raise UsageError(f"counterfactual_class {config.counterfactual_class!r} is not one of {targets}")
         pairs = counterfactual_slices(guide, config.seed)
         images += [pairs.without_tumour, pairs.with_control]
-        label = class_names.index(config.counterfactual_class)
+        uniform = config.counterfactual_class == UNIFORM_TARGET
+        label = NO_EVIDENCE if uniform else class_names.index(config.counterfactual_class)
         labels += [
             np.full(len(pairs.without_tumour), label, train_data[1].dtype),
             guide.labels[pairs.controlled].astype(train_data[1].dtype),
@@ -365,6 +373,31 @@ def with_guide_slices(
         # no tumour left to guide the map towards; the pair keeps its tumour, and its mask
         masks += [np.zeros_like(pairs.without_tumour), guide.masks[pairs.controlled]]
     return (np.concatenate(images), np.concatenate(labels)), np.concatenate(masks)
+
+
+def labelled_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    distill_weight: float,
+    class_weights: torch.Tensor | None,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """``distillation_loss`` on the rows with a class, the uniform target on the ``NO_EVIDENCE`` rows
+    (tumour-imputed counterfactual slices), each row weighing the same in the mean."""
+    evidence = targets != NO_EVIDENCE
+    if bool(evidence.all()):
+        return distillation_loss(
+            logits, targets, teacher_logits, distill_weight, class_weights, label_smoothing
+        )
+    total = uniform_target_loss(logits[~evidence]).sum()
+    if bool(evidence.any()):
+        taught = teacher_logits[evidence] if teacher_logits is not None else None
+        answered = distillation_loss(
+            logits[evidence], targets[evidence], taught, distill_weight, class_weights, label_smoothing
+        )
+        total = total + evidence.sum() * answered
+    return total / len(targets)
 
 
 def train(
@@ -425,7 +458,8 @@ def train(
     schedule = WarmupCosine(round(config.warmup_epochs * steps_per_epoch), planned_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    counts = np.bincount(train_data[1], minlength=len(class_names)).astype(np.float64)
+    labelled = train_data[1][train_data[1] != NO_EVIDENCE]
+    counts = np.bincount(labelled, minlength=len(class_names)).astype(np.float64)
     if (counts == 0).any():
         missing = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
         raise ValueError(f"classes without training images: {missing}")
@@ -484,7 +518,7 @@ def train(
         epoch = state["epoch"] + 1
         model.train()
         started = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, with_class = 0.0, 0, 0, 0
         # A bar per batch on a terminal only; a log (kfp, CI, a file) gets the one line per epoch below.
         bar = progress_bar(
             train_loader.batches(generator),
@@ -502,7 +536,7 @@ def train(
             if teacher is not None:
                 with torch.no_grad(), precision.autocast():
                     teacher_logits = teacher(images).float()
-            loss = distillation_loss(
+            loss = labelled_loss(
                 logits.float(),
                 targets,
                 teacher_logits,
@@ -528,7 +562,8 @@ def train(
             loss_sum += loss.item() * len(targets)
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            with_class += int((targets != NO_EVIDENCE).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / max(with_class, 1):.3f}")
         epoch_seconds = time.perf_counter() - started
         state["train_seconds"] += epoch_seconds
         state["images_seen"] += seen
@@ -544,7 +579,7 @@ def train(
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
+            "train_accuracy": correct / max(with_class, 1),
             "val_accuracy": val_accuracy,
             "lr": scheduler.get_last_lr()[0],
             "seconds": epoch_seconds,

@@ -20,8 +20,16 @@ from neurovit.preprocessing import PreprocessConfig, to_tensor
 from neurovit.store import LocalStore
 from training.augment import AugmentConfig, augment_batch
 from training.cli import main as neurovit
-from training.guide import GUIDE_FILE, counterfactual_slices, guide_loss, in_guide_half, load_guide_set
-from training.train import CHECKPOINT_FILE, TrainConfig, train, with_guide_slices
+from training.guide import (
+    GUIDE_FILE,
+    NO_EVIDENCE,
+    counterfactual_slices,
+    guide_loss,
+    in_guide_half,
+    load_guide_set,
+)
+from training.teacher import distillation_loss
+from training.train import CHECKPOINT_FILE, TrainConfig, labelled_loss, train, with_guide_slices
 
 
 def _attentions(batch=2, heads=2, tokens=5, layers=3, seed=0):
@@ -214,3 +222,59 @@ def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_joi
     assert with_guide_slices(train_data, None, config, classes) == (train_data, None)
     with pytest.raises(UsageError, match="counterfactual_class .healthy. is not one of"):
         with_guide_slices(train_data, guide, TrainConfig(counterfactual_class="healthy"), classes)
+    # "uniform": the same slices, with no class at all for the tumour-imputed ones
+    config = TrainConfig(epochs=1, counterfactual_class="uniform")
+    (images, labels), masks = with_guide_slices(train_data, guide, config, classes)
+    np.testing.assert_array_equal(images[6 + n : 6 + 2 * n], pairs.without_tumour)
+    assert (labels[6 + n : 6 + 2 * n] == NO_EVIDENCE).all()
+    assert (labels[: 6 + n] >= 0).all() and (labels[6 + 2 * n :] >= 0).all()
+
+
+def test_slices_without_evidence_are_trained_towards_no_class_and_the_rest_as_before():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=generator) * 3
+    targets = torch.tensor([0, NO_EVIDENCE, 2, 3, NO_EVIDENCE, 1])
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    with_class = targets != NO_EVIDENCE
+    expected = distillation_loss(logits[with_class], targets[with_class], None, 0.0, weights, 0.1)
+    # rows without a class cost their cross-entropy with the uniform distribution; each row weighs the same
+    uniform = -torch.log_softmax(logits[~with_class], dim=1).mean(dim=1)
+    mixed = labelled_loss(logits, targets, None, 0.0, weights, 0.1)
+    torch.testing.assert_close(mixed, (4 * expected + uniform.sum()) / 6)
+    # all rows with a class: exactly the old loss; none: finite, and least where every class is as likely
+    torch.testing.assert_close(
+        labelled_loss(logits[with_class], targets[with_class], None, 0.0, weights, 0.1), expected
+    )
+    free = logits[~with_class].clone().requires_grad_(True)
+    for _ in range(200):
+        loss = labelled_loss(free, torch.full((2,), NO_EVIDENCE), None, 0.0, weights, 0.1)
+        (gradient,) = torch.autograd.grad(loss, free)
+        free = (free - 0.5 * gradient).detach().requires_grad_(True)
+    probabilities = free.softmax(dim=1)
+    torch.testing.assert_close(probabilities, torch.full_like(probabilities, 0.25), atol=1e-3, rtol=0)
+    torch.testing.assert_close(float(loss.detach()), float(np.log(4)), atol=1e-4, rtol=0)
+
+
+def test_training_with_uniform_counterfactuals_and_a_teacher_runs_to_the_end(tmp_path):
+    _masked_slices(tmp_path / "masked", count=24)
+    classes = ["glioma", "meningioma"]
+    preprocessing = PreprocessConfig(image_size=32)
+    guide = load_guide_set(tmp_path / "masked", classes, preprocessing)
+    rng = np.random.default_rng(1)
+    train_data = ((rng.random((16, 32, 32)) * 80).astype(np.uint8), np.arange(16) % 2)
+    model = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    config = TrainConfig(
+        epochs=3,
+        batch_size=8,
+        model=model,
+        counterfactual_class="uniform",
+        teacher_fraction=0.05,
+        time_budget_s=20,
+    )
+    result = train(
+        train_data, train_data, classes, preprocessing, config, tmp_path / "run", False, False, guide
+    )
+    history = result.history
+    assert result.teacher is not None and result.teacher["epochs"] >= 1
+    assert len(history) == 3 and all(np.isfinite(epoch["train_loss"]) for epoch in history)
+    assert all(0.0 <= epoch["train_accuracy"] <= 1.0 for epoch in history)

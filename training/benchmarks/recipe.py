@@ -103,7 +103,7 @@ def run(
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}"
         + (
-            f"; the guide slices also with their tumour imputed, as {config.counterfactual_class}"
+            f"; the guide slices also with their tumour imputed, target {config.counterfactual_class}"
             if config.counterfactual_class
             else ""
         )
