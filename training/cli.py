@@ -307,6 +307,8 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class")
     options = _given(args, *names)
+    if options.get("counterfactual_class") == "none":
+        options["counterfactual_class"] = None
     if args.recipe == "gpu":
         require_cuda("--recipe gpu")
         options = {**gpu_bench_options(), **options}  # options given on the command line still win
@@ -571,8 +573,8 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--counterfactual-class",
         help="with --guide-dir: the guide slices also train with their tumour imputed from the tissue "
-        "around it, labelled as this class (e.g. notumor) or, with 'uniform', as no class at all, so the "
-        "answer has to rest on the tumour",
+        "around it, towards no class at all ('uniform', the default) or labelled as a class (e.g. "
+        "notumor), so the answer has to rest on the tumour; 'none' adds no such slices",
     )
     p.add_argument(
         "--erase-prob",

@@ -118,14 +118,20 @@ def _rollout_share(run_dir, config, classes, guide) -> float:
     return float(torch.exp(-guide_loss(attentions, masks, 1)))
 
 
-def test_guided_training_puts_more_of_rollout_on_the_masks(tmp_path):
-    _masked_slices(tmp_path / "masked", count=48)
+def _tiny_guided_run(root, count):
+    """A guide set of ``count`` masked 32 px slices, 16 unmasked noise slices to train on, a tiny model."""
+    _masked_slices(root, count=count)
     classes = ["glioma", "meningioma"]
     preprocessing = PreprocessConfig(image_size=32)
-    guide = load_guide_set(tmp_path / "masked", classes, preprocessing)
+    guide = load_guide_set(root, classes, preprocessing)
     rng = np.random.default_rng(1)
     train_data = ((rng.random((16, 32, 32)) * 80).astype(np.uint8), np.arange(16) % 2)
     model = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    return classes, preprocessing, guide, train_data, model
+
+
+def test_guided_training_puts_more_of_rollout_on_the_masks(tmp_path):
+    classes, preprocessing, guide, train_data, model = _tiny_guided_run(tmp_path / "masked", 48)
     shares = {}
     for weight in (0.0, 5.0):
         config = TrainConfig(epochs=10, batch_size=8, learning_rate=3e-3, guide_weight=weight, model=model)
@@ -256,13 +262,7 @@ def test_slices_without_evidence_are_trained_towards_no_class_and_the_rest_as_be
 
 
 def test_training_with_uniform_counterfactuals_and_a_teacher_runs_to_the_end(tmp_path):
-    _masked_slices(tmp_path / "masked", count=24)
-    classes = ["glioma", "meningioma"]
-    preprocessing = PreprocessConfig(image_size=32)
-    guide = load_guide_set(tmp_path / "masked", classes, preprocessing)
-    rng = np.random.default_rng(1)
-    train_data = ((rng.random((16, 32, 32)) * 80).astype(np.uint8), np.arange(16) % 2)
-    model = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    classes, preprocessing, guide, train_data, model = _tiny_guided_run(tmp_path / "masked", 24)
     config = TrainConfig(
         epochs=3,
         batch_size=8,

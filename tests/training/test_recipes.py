@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import training.benchmarks.recipe as bench
+from training.benchmarks.recipe import run as bench_run  # before a test replaces it
 from training.cli import main
 from training.recipes import (
     FINE_TUNING_LEARNING_RATE,
@@ -69,3 +70,12 @@ def test_recipe_gpu_passes_the_recipe_and_given_options_win(monkeypatch, bench_c
     assert gpu == gpu_bench_options()
     assert given == {**gpu_bench_options(), "epochs": 5}
     assert cpu == {}
+
+
+def test_the_bench_trains_counterfactuals_towards_no_class_unless_told_otherwise(
+    bench_calls, tmp_path
+) -> None:
+    assert inspect.signature(bench_run).parameters["counterfactual_class"].default == "uniform"
+    for given in ("notumor", "none"):
+        assert main(["bench", "train", "--data-dir", str(tmp_path), "--counterfactual-class", given]) == 0
+    assert bench_calls == [{"counterfactual_class": "notumor"}, {"counterfactual_class": None}]
