@@ -120,16 +120,18 @@ def train_teacher(
     while total_steps is None or step < total_steps:
         epoch_started = time.perf_counter()
         for images, targets, *_ in loader.batches(generator):
-            if not bool((targets != NO_EVIDENCE).any()):  # nothing to learn (and a NaN loss)
-                continue
             if total_steps is not None:  # cosine to zero over the planned steps
                 progress = min(1.0, step / total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
             with precision.autocast():
                 logits = teacher(images)
-            # counterfactual slices without a class (training.guide.NO_EVIDENCE) teach the CNN nothing
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.1, ignore_index=NO_EVIDENCE)
+            # Counterfactual slices without a class (training.guide.NO_EVIDENCE) teach the CNN nothing: the
+            # mean over the other rows, written out so that a batch of none is 0, not NaN, with no host sync.
+            per_row = F.cross_entropy(
+                logits.float(), targets, label_smoothing=0.1, ignore_index=NO_EVIDENCE, reduction="none"
+            )
+            loss = per_row.sum() / (targets != NO_EVIDENCE).sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
             precision.backward(loss)
             precision.step(optimizer)
