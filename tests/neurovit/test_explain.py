@@ -268,11 +268,28 @@ def test_batched_maps_match_a_per_image_autograd_reference(model, images):
         expected_cam = grad_cam_from_tokens(tokens, tokens.grad)
         expected_hires = hires_cam_from_tokens(tokens, tokens.grad)
         np.testing.assert_allclose(maps["hirescam"][index], expected_hires[0], atol=1e-5)
-        expected_rollout = gradient_rollout_from_attentions(
-            attentions, [a.grad for a in attentions], GRADIENT_ROLLOUT_START_LAYER
-        )
+        # explain starts a model shallower than GRADIENT_ROLLOUT_START_LAYER at its last layer
+        start = min(GRADIENT_ROLLOUT_START_LAYER, len(attentions) - 1)
+        expected_rollout = gradient_rollout_from_attentions(attentions, [a.grad for a in attentions], start)
         np.testing.assert_allclose(maps["gradcam"][index], expected_cam[0], atol=1e-5)
         np.testing.assert_allclose(maps["gradient_rollout"][index], expected_rollout[0], atol=1e-5)
+
+
+def test_the_served_heatmap_reads_the_layers_from_its_start_layer_on(images):
+    # A model deep enough for GRADIENT_ROLLOUT_START_LAYER to matter (the test model above clamps it).
+    torch.manual_seed(0)
+    layers = GRADIENT_ROLLOUT_START_LAYER + 2
+    deep = build_model(
+        ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=layers, num_heads=2),
+        ["a", "b", "c"],
+    ).eval()
+    served = explain(deep, images[:1], methods=("gradient_rollout",), target=[1])["gradient_rollout"][0]
+    attentions, _ = reference_tensors(deep, images[0], 1)
+    gradients = [a.grad for a in attentions]
+    from_start = gradient_rollout_from_attentions(attentions, gradients, GRADIENT_ROLLOUT_START_LAYER)[0]
+    from_first = gradient_rollout_from_attentions(attentions, gradients, 0)[0]
+    np.testing.assert_allclose(served, from_start, atol=1e-5)
+    assert not np.allclose(served, from_first, atol=1e-3)
 
 
 def test_maps_do_not_depend_on_the_position_in_the_batch(model, images):
