@@ -84,6 +84,10 @@ class TrainConfig:
     # the end of the schedule; validation is then only watched, so a calibration fitted on it is fitted on
     # slices nothing was selected on).
     keep: str = "best"
+    # With keep="last" nothing is selected on validation, so it (and the EMA's BatchNorm re-estimate before
+    # it) runs only every this many epochs and at the last: each pass costs about a tenth of a 96 px epoch
+    # on the CPU, time the budget then spends on training steps. keep="best" validates every epoch.
+    validate_every: int = 1
     # Weight of the tumour-mask guidance (``training.guide``) on the training slices that carry a mask; 0
     # (the default) trains exactly as before, masks or not.
     guide_weight: float = 0.0
@@ -125,6 +129,11 @@ class TrainConfig:
             raise ValueError("epochs=None plans the epochs from the time budget: give time_budget_s")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        if self.validate_every < 1 or (self.keep == "best" and self.validate_every != 1):
+            raise ValueError(
+                f"validate_every must be 1 with keep='best' (validation selects the weights) and at least 1 "
+                f"with keep='last', got {self.validate_every}"
+            )
         if not 0.0 <= self.teacher_fraction < 0.8:
             raise ValueError(f"teacher_fraction must be in [0, 0.8), got {self.teacher_fraction}")
         if self.teacher_fraction and not self.time_budget_s:
@@ -317,10 +326,32 @@ def predict_logits(
 
 def epoch_line(record: dict) -> str:
     """The one line a training epoch writes: epoch, loss, accuracy, validation accuracy and seconds."""
+    val = "-" if record["val_accuracy"] is None else f"{record['val_accuracy']:.3f}"
     return (
         f"epoch {record['epoch']}: loss {record['train_loss']:.3f} train acc {record['train_accuracy']:.3f}"
-        f" val acc {record['val_accuracy']:.3f} ({record['seconds']:.0f}s)"
+        f" val acc {val} ({record['seconds']:.0f}s)"
     )
+
+
+def _refit_to_budget(config: TrainConfig, state: dict, epoch: int, progress: bool) -> None:
+    """Set ``state["planned_epochs"]`` to the epochs that fit the budget at the mean epoch time so far."""
+    per_epoch = state["wall_seconds"] / epoch
+    remaining = config.time_budget_s - state.get("teacher_seconds", 0.0) - state["wall_seconds"]
+    affordable = epoch + max(0, int(remaining // per_epoch))
+    if config.epochs is not None:
+        affordable = min(config.epochs, affordable)
+    if abs(affordable - state.get("announced_epochs", -10)) >= 5:
+        # The plan is printed after the first epoch and whenever it has moved by 5 or more since.
+        message = (
+            f"time budget {config.time_budget_s:.0f} s at {per_epoch:.1f} s per epoch "
+            f"(validation included): {affordable} epochs planned"
+            + (f" (capped at {config.epochs})" if config.epochs is not None else "")
+        )
+        log.info(message)
+        if progress:
+            print(message, flush=True)
+        state["announced_epochs"] = affordable
+    state["planned_epochs"] = affordable
 
 
 def _save_atomically(state: dict, path: Path) -> None:
@@ -567,15 +598,26 @@ def train(
         epoch_seconds = time.perf_counter() - started
         state["train_seconds"] += epoch_seconds
         state["images_seen"] += seen
+        state["wall_seconds"] = state.get("wall_seconds", 0.0) + epoch_seconds
+        if config.time_budget_s:
+            # Refit the schedule to the budget after every epoch (validation included): the cosine decay
+            # must reach its end inside the budget even when the machine gets slower or faster mid-run.
+            _refit_to_budget(config, state, epoch, progress)
+            schedule.total_steps = max(state["planned_epochs"] * steps_per_epoch, schedule.warmup_steps + 1)
+        last_epoch = epoch >= state["planned_epochs"]
 
-        # The EMA weights need BatchNorm statistics of their own: averaging the live model's running
-        # statistics lags the weights, and early in a short run the eval-mode model then answers one
-        # class for every image while training accuracy climbs ("precise BN", Wu & Johnson 2021).
-        # Its own seeded generator: the training stream stays as it was (and resumes identically).
-        bn_batches = bn_loader.batches(torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        update_bn(itertools.islice(bn_batches, BN_BATCHES), ema.module)
-        val_logits, val_labels = predict_logits(ema.module, val_loader)
-        val_accuracy = float((val_logits.argmax(1) == val_labels).mean())
+        val_accuracy = None
+        if last_epoch or epoch % config.validate_every == 0:
+            validation_started = time.perf_counter()
+            # The EMA weights need BatchNorm statistics of their own: averaging the live model's running
+            # statistics lags the weights, and early in a short run the eval-mode model then answers one
+            # class for every image while training accuracy climbs ("precise BN", Wu & Johnson 2021).
+            # Its own seeded generator: the training stream stays as it was (and resumes identically).
+            bn_batches = bn_loader.batches(torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            update_bn(itertools.islice(bn_batches, BN_BATCHES), ema.module)
+            val_logits, val_labels = predict_logits(ema.module, val_loader)
+            val_accuracy = float((val_logits.argmax(1) == val_labels).mean())
+            state["wall_seconds"] += time.perf_counter() - validation_started
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -592,29 +634,7 @@ def train(
             state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch
             _save_best(ema.module, run_dir, preprocessing, info)
 
-        state["wall_seconds"] = state.get("wall_seconds", 0.0) + time.perf_counter() - started
-        if config.time_budget_s:
-            # Refit the schedule to the budget after every epoch (validation included): the cosine decay
-            # must reach its end inside the budget even when the machine gets slower or faster mid-run.
-            per_epoch = state["wall_seconds"] / epoch
-            remaining = config.time_budget_s - state.get("teacher_seconds", 0.0) - state["wall_seconds"]
-            affordable = epoch + max(0, int(remaining // per_epoch))
-            if config.epochs is not None:
-                affordable = min(config.epochs, affordable)
-            if abs(affordable - state.get("announced_epochs", -10)) >= 5:
-                # The plan is printed after the first epoch and whenever it has moved by 5 or more since.
-                message = (
-                    f"time budget {config.time_budget_s:.0f} s at {per_epoch:.1f} s per epoch "
-                    f"(validation included): {affordable} epochs planned"
-                    + (f" (capped at {config.epochs})" if config.epochs is not None else "")
-                )
-                log.info(message)
-                if progress:
-                    print(message, flush=True)
-                state["announced_epochs"] = affordable
-            state["planned_epochs"] = affordable
-            schedule.total_steps = max(affordable * steps_per_epoch, schedule.warmup_steps + 1)
-        if config.keep == "last" and epoch >= state["planned_epochs"]:
+        if config.keep == "last" and last_epoch:
             # Saved before the checkpoint that says the schedule is done: a run killed in between resumes
             # into an empty loop, and must find its weights already there.
             state["best_accuracy"], state["best_epoch"] = val_accuracy, epoch

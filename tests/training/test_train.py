@@ -247,11 +247,30 @@ def test_without_an_epoch_count_the_budget_plans_the_epochs_and_the_last_weights
     assert load_model(result.best_dir).class_names == CLASSES
 
 
+def test_keeping_the_last_weights_validates_only_every_nth_epoch_and_always_the_last(data, tmp_path):
+    train_data, val_data = data
+    config = tiny_config(epochs=5, keep="last", validate_every=2)
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    validated = [record["epoch"] for record in result.history if record["val_accuracy"] is not None]
+    assert validated == [2, 4, 5]
+    assert result.best_epoch == 5 and result.best_val_accuracy == result.history[-1]["val_accuracy"]
+    # The kept weights are the ones validated last: they answer the val split as the loop scored it.
+    model = load_model(result.best_dir).model
+    pixels = standardise(torch.as_tensor(val_data[0]).unsqueeze(1).float() / 255.0, PREPROCESSING)
+    with torch.no_grad():
+        logits = model(pixels).logits
+    assert float((logits.argmax(1).numpy() == val_data[1]).mean()) == pytest.approx(result.best_val_accuracy)
+
+
 def test_an_open_schedule_needs_a_budget_and_keep_is_checked():
     with pytest.raises(ValueError, match="time budget"):
         tiny_config(epochs=None)
     with pytest.raises(ValueError, match="keep"):
         tiny_config(keep="median")
+    with pytest.raises(ValueError, match="validate_every"):
+        tiny_config(keep="best", validate_every=2)
+    with pytest.raises(ValueError, match="validate_every"):
+        tiny_config(keep="last", validate_every=0)
 
 
 def test_cpu_bf16_training_learns_and_saves_fp32_weights(data, tmp_path):
