@@ -12,8 +12,8 @@ The CPU recipe buys epochs, because in 30 CPU minutes the model underfits: 96 px
 128 px one, at the price of 6x6 explanation maps instead of 8x8), a narrower stem (0.84 of a step),
 channels_last, and bf16 autocast where the CPU runs it natively (0.55 of an fp32 step). The epochs are
 planned from the budget, not capped, and the last EMA weights are kept, so the val split only calibrates.
-Held-out 0.906-0.914 over the guided runs on an fp32 CPU (54-91 epochs), 0.945-0.949 where bf16 fits
-190-206 epochs (docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the
+Held-out 0.87-0.91 where 54-91 epochs fit the budget (slower CPUs), 0.945-0.949 where 190-206 do
+(bf16 on AMX; docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the
 wide stem, 230 epochs, mixed precision: ``training.recipes``) reached 0.96.
 """
 
