@@ -600,8 +600,9 @@ def train(
         state["images_seen"] += seen
         state["wall_seconds"] = state.get("wall_seconds", 0.0) + epoch_seconds
         if config.time_budget_s:
-            # Refit the schedule to the budget after every epoch (validation included): the cosine decay
-            # must reach its end inside the budget even when the machine gets slower or faster mid-run.
+            # Refit the schedule to the budget after every epoch (earlier epochs' validations included; this
+            # one's is not yet run, as whether it runs depends on the plan): the cosine decay must reach its
+            # end inside the budget even when the machine gets slower or faster mid-run.
             _refit_to_budget(config, state, epoch, progress)
             schedule.total_steps = max(state["planned_epochs"] * steps_per_epoch, schedule.warmup_steps + 1)
         last_epoch = epoch >= state["planned_epochs"]
