@@ -31,6 +31,18 @@ class AugmentConfig:
     # the random stream, and `make demo`, stay as they were.
     erase_prob: float = 0.0
     erase_max_fraction: float = 0.5  # of the cells, drawn uniformly up to this
+    # MRI acquisition changes, each drawn per image with its probability (0, the default, draws nothing, so
+    # `make demo` trains as before), as in nnU-Net's and TorchIO's training transforms, batched here:
+    # a gamma curve (intensity ** exp(U(-max_log_gamma, max_log_gamma)), TorchIO RandomGamma's range), a
+    # smooth multiplicative bias field (exp of a coarse random field, the scanner's coil inhomogeneity, as
+    # TorchIO RandomBiasField) and Gaussian noise (std up to ``max_noise_std`` of the [0, 1] range). Black
+    # background stays black under the first two.
+    gamma_prob: float = 0.0
+    max_log_gamma: float = 0.3
+    bias_field_prob: float = 0.0
+    bias_field_strength: float = 0.3  # the field's log-amplitude, drawn uniformly up to this
+    noise_prob: float = 0.0
+    max_noise_std: float = 0.03
 
 
 def augment_batch(
@@ -78,12 +90,49 @@ def augment_batch(
     contrast = uniform(1 - config.contrast, 1 + config.contrast).view(n, 1, 1, 1)
     brightness = uniform(-config.brightness, config.brightness).view(n, 1, 1, 1)
     jittered = ((warped - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    jittered = acquisition_changes(jittered, config, generator)
     if config.erase_prob > 0:
         kept = erase_cells_mask(n, images.shape[-2:], cell, config, generator).to(device)
         jittered = jittered * kept
         if warped_masks is not None:
             warped_masks = warped_masks * kept
     return jittered if warped_masks is None else (jittered, warped_masks)
+
+
+def acquisition_changes(
+    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Gamma, bias field and noise (``AugmentConfig``) on a float batch (N, 1, H, W) in [0, 1], each on the
+    images its probability picks (only those are computed: the step budget is tight); a change whose
+    probability is 0 draws nothing from ``generator``."""
+    n, device = images.shape[0], images.device
+    if not (config.gamma_prob or config.bias_field_prob or config.noise_prob):
+        return images
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=generator.device).to(device)
+
+    def picked(probability: float) -> torch.Tensor:
+        return torch.nonzero(draw(n) < probability).flatten()
+
+    images = images.clone()
+    if config.gamma_prob > 0:
+        index = picked(config.gamma_prob)
+        gamma = torch.exp((draw(len(index)) * 2 - 1) * config.max_log_gamma).view(-1, 1, 1, 1)
+        images[index] = images[index].clamp(min=0.0).pow(gamma)
+    if config.bias_field_prob > 0:
+        index = picked(config.bias_field_prob)
+        amplitude = (draw(len(index)) * config.bias_field_strength).view(-1, 1, 1, 1)
+        coarse = draw(len(index), 1, 4, 4) * 2 - 1  # a 4x4 field in [-1, 1], smooth once upsampled
+        field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=True)
+        images[index] = images[index] * torch.exp(field.clamp(-1.0, 1.0) * amplitude)
+    if config.noise_prob > 0:
+        index = picked(config.noise_prob)
+        std = (draw(len(index)) * config.max_noise_std).view(-1, 1, 1, 1)
+        shape = (len(index), *images.shape[1:])
+        noise = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        images[index] = images[index] + noise * std
+    return images.clamp_(0.0, 1.0)
 
 
 def erase_cells_mask(

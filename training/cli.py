@@ -305,7 +305,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
 
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
-    names += ("teacher_fraction", "distill_weight", "counterfactual_class")
+    names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -581,6 +581,13 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         type=float,
         help="share of training slices that lose random token cells to black (default 0: none)",
     )
+    p.add_argument(
+        "--acquisition-prob",
+        type=float,
+        help="share of training slices given each MRI acquisition change: a gamma curve, a bias field, "
+        "noise (training.augment; default 0: none)",
+    )
+    p.add_argument("--dropout", type=float, help="dropout on the transformer's hidden states (default 0)")
     p.add_argument(
         "--teacher-fraction",
         type=float,

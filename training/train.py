@@ -295,6 +295,10 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
         self.warmup_steps = max(1, warmup_steps)
+        self.plan(total_steps)
+
+    def plan(self, total_steps: int) -> None:
+        """Decay to zero over ``total_steps`` (at least one step past the warm-up)."""
         self.total_steps = max(total_steps, self.warmup_steps + 1)
 
     def __call__(self, step: int) -> float:
@@ -517,7 +521,7 @@ def train(
             scheduler.load_state_dict(saved["scheduler"])
             generator.set_state(saved["generator"].to(generator.get_state().device))
             state = saved["state"]
-            schedule.total_steps = max(state["planned_epochs"] * steps_per_epoch, schedule.warmup_steps + 1)
+            schedule.plan(state["planned_epochs"] * steps_per_epoch)
             log.info("resumed from epoch %d", state["epoch"])
         else:
             log.warning("checkpoint in %s is from another config: starting afresh", run_dir)
@@ -604,7 +608,7 @@ def train(
             # one's is not yet run, as whether it runs depends on the plan): the cosine decay must reach its
             # end inside the budget even when the machine gets slower or faster mid-run.
             _refit_to_budget(config, state, epoch, progress)
-            schedule.total_steps = max(state["planned_epochs"] * steps_per_epoch, schedule.warmup_steps + 1)
+            schedule.plan(state["planned_epochs"] * steps_per_epoch)
         last_epoch = epoch >= state["planned_epochs"]
 
         val_accuracy = None

@@ -44,6 +44,11 @@ CPU_BENCH_STEM_CHANNELS = (24, 48, 96, 192)
 # in 177-190 (0.933 at 0.25); in those long runs it turned a clear black-cell deletion loss against the
 # centred Gaussian (-0.07) into a tie (docs/explainability.md). `--erase-prob` turns it on.
 BENCH_ERASE_PROB = 0.0
+# MRI acquisition changes (training.augment: gamma, bias field, noise), each with this probability per
+# slice; `--acquisition-prob` sets it.
+BENCH_ACQUISITION_PROB = 0.0
+# Dropout on the transformer's hidden states (not on attention: rollout reads clean attention maps).
+BENCH_DROPOUT = ModelConfig.dropout
 # Nothing is selected on the val split, so it is scored (with the EMA's BatchNorm re-estimate) every tenth
 # epoch and at the last only: every epoch it took about 13 % of a 96 px run's budget (bf16, 2 cores).
 BENCH_VALIDATE_EVERY = 10
@@ -71,6 +76,8 @@ def run(
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
     counterfactual_class: str | None = BENCH_COUNTERFACTUAL,
     erase_prob: float = BENCH_ERASE_PROB,
+    acquisition_prob: float = BENCH_ACQUISITION_PROB,
+    dropout: float = BENCH_DROPOUT,
     teacher_fraction: float = TrainConfig.teacher_fraction,
     distill_weight: float = TrainConfig.distill_weight,
     amp: str = TrainConfig.amp,
@@ -90,7 +97,12 @@ def run(
         epochs=epochs,
         keep="last",
         validate_every=BENCH_VALIDATE_EVERY,
-        augment=AugmentConfig(erase_prob=erase_prob),
+        augment=AugmentConfig(
+            erase_prob=erase_prob,
+            gamma_prob=acquisition_prob,
+            bias_field_prob=acquisition_prob,
+            noise_prob=acquisition_prob,
+        ),
         teacher_fraction=teacher_fraction,
         distill_weight=distill_weight,
         batch_size=batch_size,
@@ -101,7 +113,7 @@ def run(
         guide_weight=guide_weight if guide_dir is not None else 0.0,
         counterfactual_class=counterfactual_class if guide_dir is not None else None,
         channels_last=True,
-        model=ModelConfig(image_size=image_size, stem_channels=stem_channels),
+        model=ModelConfig(image_size=image_size, stem_channels=stem_channels, dropout=dropout),
         amp=amp,
         base_model=base_model,
         learning_rate=learning_rate,
@@ -115,6 +127,7 @@ def run(
         + f"precision {resolve_amp(amp, pick_device(device))}"
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}"
+        + f"; gamma, bias field and noise each p={acquisition_prob}; dropout {dropout}"
         + (
             f"; the guide slices also with their tumour imputed, target {config.counterfactual_class}"
             if config.counterfactual_class
@@ -153,6 +166,8 @@ def run(
         "epochs": result.epochs_run,
         "epochs_planned": result.epochs_planned,
         "erase_prob": erase_prob,
+        "acquisition_prob": acquisition_prob,
+        "dropout": dropout,
         "teacher": result.teacher,
         "distill_weight": distill_weight if teacher_fraction else None,
         "best_epoch": result.best_epoch,
