@@ -25,6 +25,7 @@ from neurovit.calibration import apply_temperature, fit_temperature
 from neurovit.metrics import (
     DEFAULT_ECE_BINS,
     classification_metrics,
+    ece_if_calibrated,
     per_class_intervals,
     reliability_bins,
     roc_curves,
@@ -164,9 +165,11 @@ def write_evaluation(
     Returns:
         The dict written to ``metrics.json``: the calibrated metrics of ``classification_metrics`` at top
         level plus ``temperature``, ``temperature_source``, ``ece_before_calibration``,
-        ``ece_after_calibration``, ``nll_before_calibration``, ``nll_after_calibration`` and
+        ``ece_after_calibration``, ``nll_before_calibration``, ``nll_after_calibration``,
         ``per_class_intervals`` (bootstrap 95 % intervals of each class' sensitivity, specificity and AUC
-        after calibration, seeded: ``neurovit.metrics.per_class_intervals``).
+        after calibration, seeded: ``neurovit.metrics.per_class_intervals``) and ``ece_if_calibrated``
+        (mean and 95th percentile of the ECE a calibrated model would show here:
+        ``neurovit.metrics.ece_if_calibrated``).
     """
     out_path = Path(out_dir)
     labels = np.asarray(y_true)
@@ -185,6 +188,8 @@ def write_evaluation(
         "nll_before_calibration": before["nll"],
         "nll_after_calibration": after["nll"],
         "per_class_intervals": per_class_intervals(labels, probs_after, class_names),
+        # What chance alone gives a calibrated model on this many images: the yardstick for the ECE above.
+        "ece_if_calibrated": ece_if_calibrated(probs_after),
     }
 
     out_path.mkdir(parents=True, exist_ok=True)

@@ -265,6 +265,8 @@ def build_card(
             "ece_bins": DEFAULT_ECE_BINS,
             "ece_before": metrics.get("ece_before_calibration"),
             "ece_after": metrics.get("ece_after_calibration"),
+            # 95th percentile of the ECE a calibrated model would show on the evaluated images
+            "ece_if_calibrated_p95": (metrics.get("ece_if_calibrated") or {}).get("p95"),
         },
         "out_of_distribution": _ood(metrics, MonitoringReference.load(model_dir)),
         "explanations": _explanations(_read_json(eval_dir / EXPLAIN_RESULTS)),
@@ -351,7 +353,14 @@ def render_markdown(card: dict) -> str:
         "",
         f"{calibration['method'].capitalize()}: T = {calibration['temperature']:.3f}. Expected calibration "
         f"error ({calibration['ece_bins']} bins) {_number(calibration['ece_before'], 4)} before, "
-        f"{_number(calibration['ece_after'], 4)} after.",
+        f"{_number(calibration['ece_after'], 4)} after"
+        + (
+            " (a perfectly calibrated model would show up to "
+            f"{_number(calibration['ece_if_calibrated_p95'], 4)} on as many images, 95th percentile: small "
+            "test sets inflate ECE)."
+            if calibration.get("ece_if_calibrated_p95") is not None
+            else "."
+        ),
         "",
         "## Out of distribution",
         "",

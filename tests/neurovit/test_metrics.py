@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from neurovit.metrics import (
     classification_metrics,
+    ece_if_calibrated,
     expected_calibration_error,
     per_class_intervals,
     rank_auc,
@@ -128,6 +129,33 @@ def test_reliability_bins_put_a_confidence_on_an_edge_into_the_lower_bin():
 def test_perfect_confident_predictions_have_zero_ece():
     probs = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     assert expected_calibration_error(probs, np.array([0, 1, 0])) == pytest.approx(0.0)
+
+
+def test_a_calibrated_model_shows_an_ece_that_shrinks_with_the_test_set():
+    rng = np.random.default_rng(1)
+
+    def confident(n):  # top-label confidence spread over 0.4-1.0, as a 4-class model's
+        top = rng.uniform(0.4, 1.0, n)
+        return np.column_stack([top, *[(1 - top) / 3] * 3])
+
+    small, large = ece_if_calibrated(confident(200)), ece_if_calibrated(confident(20000))
+    assert small["mean"] > 5 * large["mean"] and small["p95"] > small["mean"]  # ECE noise ~ 1/sqrt(n)
+    assert large["p95"] < 0.015
+    # it is the ECE of labels drawn from the confidences: such labels score inside the band
+    probs = confident(500)
+    y = np.where(rng.random(500) < probs[:, 0], 0, 1)
+    band = ece_if_calibrated(probs)
+    assert expected_calibration_error(probs, y) < band["p95"] * 1.5
+    # and an overconfident model (right half the time at 0.95) far outside it
+    sure = np.column_stack([np.full(500, 0.95), np.full((500, 3), 0.05 / 3)])
+    assert expected_calibration_error(sure, np.arange(500) % 2) > 5 * ece_if_calibrated(sure)["p95"]
+
+
+def test_a_model_always_fully_confident_has_no_room_for_chance():
+    probs = np.tile([1.0, 0.0, 0.0], (50, 1))
+    assert ece_if_calibrated(probs) == {"mean": 0.0, "p95": 0.0}
+    with pytest.raises(ValueError, match="draws"):
+        ece_if_calibrated(probs, draws=0)
 
 
 @pytest.mark.filterwarnings("error")

@@ -60,6 +60,7 @@ def test_the_card_says_what_the_run_recorded(outputs):
     assert glioma["sensitivity"]["value"] == metrics["per_class"]["glioma"]["sensitivity"]
     assert glioma["auc"]["ci_low"] <= glioma["auc"]["value"] <= glioma["auc"]["ci_high"]
     assert card["calibration"]["ece_before"] == 0.12 and card["calibration"]["ece_after"] == 0.04
+    assert card["calibration"]["ece_if_calibrated_p95"] == 0.03
     assert card["out_of_distribution"]["threshold"] == 1.25
     assert card["out_of_distribution"]["false_positive_rate_held_out"] == 0.05
     assert card["explanations"]["measured"] is False
@@ -79,6 +80,9 @@ def test_the_markdown_is_rendered_from_the_json(outputs, tmp_path):
     assert f"{row['value']:.3f} ({row['ci_low']:.3f}-{row['ci_high']:.3f})" in markdown
     card["performance"]["accuracy"] = 0.5
     assert "Accuracy 0.500" in render_markdown(card)
+    assert "0.0400 after (a perfectly calibrated model would show up to 0.0300" in markdown
+    card["calibration"]["ece_if_calibrated_p95"] = None  # a version evaluated before the band existed
+    assert "0.0400 after.\n" in render_markdown(card)
 
 
 def test_explanation_scores_join_the_card_when_the_run_measured_them(outputs):
