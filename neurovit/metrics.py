@@ -116,13 +116,16 @@ def ece_if_calibrated(
     bins = reliability_bins(probs, np.argmax(probs, axis=1), n_bins)  # the bins depend on confidence only
     confidence = np.asarray(probs, dtype=np.float64).max(axis=1)
     bin_index = np.searchsorted(bins["edges"][1:-1], confidence, side="left")
-    one_hot = np.zeros((confidence.shape[0], n_bins))
+    one_hot = np.zeros((confidence.shape[0], n_bins), dtype=np.float32)
     one_hot[np.arange(confidence.shape[0]), bin_index] = 1.0
-    correct = np.random.default_rng(seed).random((draws, confidence.shape[0])) < confidence
     filled = bins["count"] > 0
-    accuracy = (correct @ one_hot)[:, filled] / bins["count"][filled]
-    gaps = np.abs(accuracy - bins["confidence"][filled])
-    eces = gaps @ bins["count"][filled] / confidence.shape[0]
+    rng, eces = np.random.default_rng(seed), []
+    for chunk in np.array_split(np.arange(draws), max(1, draws // 100)):  # bounded memory on big sets
+        correct = (rng.random((len(chunk), confidence.shape[0])) < confidence).astype(np.float32)
+        accuracy = (correct @ one_hot)[:, filled] / bins["count"][filled]
+        gaps = np.abs(accuracy - bins["confidence"][filled])
+        eces.append(gaps @ bins["count"][filled] / confidence.shape[0])
+    eces = np.concatenate(eces)
     return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95))}
 
 
