@@ -68,6 +68,15 @@ def check_probabilities(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarr
     return labels.astype(np.int64), matrix / row_sums[:, None]
 
 
+def _confidence_bins(confidence: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_bins + 1`` equal-width edges over [0, 1] and each confidence's bin index."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # side="left" on the inner edges puts a confidence equal to an edge into the bin below it.
+    return edges, np.searchsorted(edges[1:-1], confidence, side="left")
+
+
 def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> dict:
     """Top-label reliability statistics in ``n_bins`` equal-width confidence bins over [0, 1].
 
@@ -75,14 +84,10 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = DEFAUL
     Guo et al. 2017. Returns ``edges`` (n_bins + 1,), and per bin ``count``, ``confidence`` (mean top
     probability) and ``accuracy`` (fraction correct); the last two are NaN for empty bins.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     labels, matrix = check_probabilities(y_true, probs)
     confidence = matrix.max(axis=1)
     correct = (matrix.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # side="left" on the inner edges puts a confidence equal to an edge into the bin below it.
-    bin_index = np.searchsorted(edges[1:-1], confidence, side="left")
+    edges, bin_index = _confidence_bins(confidence, n_bins)
     count = np.bincount(bin_index, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN on purpose
         mean_confidence = np.bincount(bin_index, weights=confidence, minlength=n_bins) / count
@@ -113,18 +118,20 @@ def ece_if_calibrated(
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    bins = reliability_bins(probs, np.argmax(probs, axis=1), n_bins)  # the bins depend on confidence only
-    confidence = np.asarray(probs, dtype=np.float64).max(axis=1)
-    bin_index = np.searchsorted(bins["edges"][1:-1], confidence, side="left")
+    _, matrix = check_probabilities(np.argmax(probs, axis=1), probs)  # the bins depend on confidence only
+    confidence = matrix.max(axis=1)
+    _, bin_index = _confidence_bins(confidence, n_bins)
+    count = np.bincount(bin_index, minlength=n_bins)
+    filled = count > 0
+    mean_confidence = np.bincount(bin_index, weights=confidence, minlength=n_bins)[filled] / count[filled]
     one_hot = np.zeros((confidence.shape[0], n_bins), dtype=np.float32)
     one_hot[np.arange(confidence.shape[0]), bin_index] = 1.0
-    filled = bins["count"] > 0
     rng, eces = np.random.default_rng(seed), []
     for chunk in np.array_split(np.arange(draws), max(1, draws // 100)):  # bounded memory on big sets
         correct = (rng.random((len(chunk), confidence.shape[0])) < confidence).astype(np.float32)
-        accuracy = (correct @ one_hot)[:, filled] / bins["count"][filled]
-        gaps = np.abs(accuracy - bins["confidence"][filled])
-        eces.append(gaps @ bins["count"][filled] / confidence.shape[0])
+        accuracy = (correct @ one_hot)[:, filled] / count[filled]
+        gaps = np.abs(accuracy - mean_confidence)
+        eces.append(gaps @ count[filled] / confidence.shape[0])
     eces = np.concatenate(eces)
     return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95))}
 
