@@ -8,7 +8,7 @@ minutes-long budget heavy mixup/RandAugment slows convergence more than it regul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,17 @@ class AugmentConfig:
     bias_field_strength: float = 0.3  # the field's log-amplitude, drawn uniformly up to this
     noise_prob: float = 0.0
     max_noise_std: float = 0.03
+
+    def with_geometry(self, factor: float) -> AugmentConfig:
+        """These ranges with the rotation, the scale's distance from 1 and the shift multiplied by ``factor``
+        (1: unchanged), the one knob for how far a slice may move from where the scanner put it."""
+        low, high = self.scale_range
+        return replace(
+            self,
+            max_rotation_deg=self.max_rotation_deg * factor,
+            scale_range=(1 - (1 - low) * factor, 1 + (high - 1) * factor),
+            max_translate=self.max_translate * factor,
+        )
 
 
 def augment_batch(

@@ -306,6 +306,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
+    names += ("geometry",)
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -588,6 +589,11 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         "noise (training.augment; default 0: none)",
     )
     p.add_argument("--dropout", type=float, help="dropout on the transformer's hidden states (default 0)")
+    p.add_argument(
+        "--geometry",
+        type=float,
+        help="multiply the training rotation, scale and shift ranges (default 1: 10 degrees, 0.9-1.1, 6 %%)",
+    )
     p.add_argument(
         "--teacher-fraction",
         type=float,

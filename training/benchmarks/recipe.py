@@ -51,6 +51,9 @@ BENCH_ACQUISITION_PROB = 0.0
 # Dropout on the transformer's hidden states (not on attention: rollout reads clean attention maps). Off:
 # 0.1 cost 10 % more per step and took seed 0 from 0.945 to 0.939 (161 epochs; docs/benchmarks.md).
 BENCH_DROPOUT = ModelConfig.dropout
+# The rotation, scale and shift ranges of training.augment times this (`--geometry`): 1 keeps them as the
+# demo trains (10 degrees, 0.9-1.1, 6 % of the side).
+BENCH_GEOMETRY = 1.0
 # Nothing is selected on the val split, so it is scored (with the EMA's BatchNorm re-estimate) every tenth
 # epoch and at the last only: every epoch it took about 13 % of a 96 px run's budget (bf16, 2 cores).
 BENCH_VALIDATE_EVERY = 10
@@ -80,6 +83,7 @@ def run(
     erase_prob: float = BENCH_ERASE_PROB,
     acquisition_prob: float = BENCH_ACQUISITION_PROB,
     dropout: float = BENCH_DROPOUT,
+    geometry: float = BENCH_GEOMETRY,
     teacher_fraction: float = TrainConfig.teacher_fraction,
     distill_weight: float = TrainConfig.distill_weight,
     amp: str = TrainConfig.amp,
@@ -104,7 +108,7 @@ def run(
             gamma_prob=acquisition_prob,
             bias_field_prob=acquisition_prob,
             noise_prob=acquisition_prob,
-        ),
+        ).with_geometry(geometry),
         teacher_fraction=teacher_fraction,
         distill_weight=distill_weight,
         batch_size=batch_size,
@@ -130,6 +134,7 @@ def run(
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}"
         + f"; gamma, bias field and noise each p={acquisition_prob}; dropout {dropout}"
+        + f"; rotation, scale and shift ranges x{geometry}"
         + (
             f"; the guide slices also with their tumour imputed, target {config.counterfactual_class}"
             if config.counterfactual_class
@@ -172,6 +177,7 @@ def run(
         "erase_prob": erase_prob,
         "acquisition_prob": acquisition_prob,
         "dropout": dropout,
+        "geometry": geometry,
         "teacher": result.teacher,
         "distill_weight": distill_weight if teacher_fraction else None,
         "best_epoch": result.best_epoch,
