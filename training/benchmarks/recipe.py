@@ -54,6 +54,10 @@ BENCH_DROPOUT = ModelConfig.dropout
 # The rotation, scale and shift ranges of training.augment times this (`--geometry`): 1 keeps them as the
 # demo trains (10 degrees, 0.9-1.1, 6 % of the side).
 BENCH_GEOMETRY = 1.0
+# The training forward under torch.compile (TrainConfig.compile): 0.57 of an eager bf16 step on 2 cores
+# (96 px, batch 64, attentions out for the guide), so about 1.7 times the epochs once its ~100 s of
+# compiling are paid. `--no-compile` trains eagerly.
+BENCH_COMPILE = True
 # Nothing is selected on the val split, so it is scored (with the EMA's BatchNorm re-estimate) every tenth
 # epoch and at the last only: every epoch it took about 13 % of a 96 px run's budget (bf16, 2 cores).
 BENCH_VALIDATE_EVERY = 10
@@ -84,6 +88,7 @@ def run(
     acquisition_prob: float = BENCH_ACQUISITION_PROB,
     dropout: float = BENCH_DROPOUT,
     geometry: float = BENCH_GEOMETRY,
+    compile: bool = BENCH_COMPILE,
     teacher_fraction: float = TrainConfig.teacher_fraction,
     distill_weight: float = TrainConfig.distill_weight,
     amp: str = TrainConfig.amp,
@@ -119,6 +124,7 @@ def run(
         guide_weight=guide_weight if guide_dir is not None else 0.0,
         counterfactual_class=counterfactual_class if guide_dir is not None else None,
         channels_last=True,
+        compile=compile,
         model=ModelConfig(image_size=image_size, stem_channels=stem_channels, dropout=dropout),
         amp=amp,
         base_model=base_model,
@@ -135,6 +141,7 @@ def run(
         + f"; cell erasing p={erase_prob}"
         + f"; gamma, bias field and noise each p={acquisition_prob}; dropout {dropout}"
         + f"; rotation, scale and shift ranges x{geometry}"
+        + ("; the training forward compiled (torch.compile)" if compile else "")
         + (
             f"; the guide slices also with their tumour imputed, target {config.counterfactual_class}"
             if config.counterfactual_class
@@ -178,6 +185,7 @@ def run(
         "acquisition_prob": acquisition_prob,
         "dropout": dropout,
         "geometry": geometry,
+        "compiled": result.compiled,
         "teacher": result.teacher,
         "distill_weight": distill_weight if teacher_fraction else None,
         "best_epoch": result.best_epoch,
