@@ -108,8 +108,9 @@ class TrainConfig:
     # `make demo` keeps training, bit for bit, the model its explanation figures were measured on;
     # `bench-train` turns it on for the epochs.
     channels_last: bool = False
-    # Run the training forward through torch.compile (``compiled_forward``): a 96 px bf16 step of the bench
-    # recipe then costs 0.57 of eager on 2 CPU cores, after about 100 s of compiling in the first epoch.
+    # Run the training forward through torch.compile (``compiled_forward``): the forward and backward of a
+    # 96 px bf16 bench step then cost 0.57 of eager on 2 CPU cores, a whole epoch about 0.75, after up to
+    # ~100 s of compiling in the first epoch.
     # Off by default: `make demo` and the tests train for a few minutes, which the compile would dominate.
     compile: bool = False
     # The intensity window of the model's PreprocessConfig (neurovit.preprocessing.INTENSITY_WINDOWS). The

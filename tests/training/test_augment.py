@@ -1,5 +1,6 @@
 """MRI acquisition changes (gamma, bias field, noise): what each does to a slice, and that off means off."""
 
+import pytest
 import torch
 
 from training.augment import AugmentConfig, acquisition_changes, augment_batch
@@ -69,3 +70,21 @@ def test_each_change_touches_about_its_share_of_the_slices_only():
     changed = acquisition_changes(images, config, torch.Generator().manual_seed(0))
     touched = (changed != images).flatten(1).any(1).float().mean()
     assert 0.22 < touched < 0.38
+
+
+def test_geometry_factor_scales_rotation_scale_and_shift_and_one_changes_nothing():
+    base = AugmentConfig()
+    assert base.with_geometry(1.0) == base
+    wider = base.with_geometry(2.0)
+    assert wider.max_rotation_deg == 2 * base.max_rotation_deg
+    assert wider.max_translate == 2 * base.max_translate
+    assert wider.scale_range == pytest.approx(
+        (1 - 2 * (1 - base.scale_range[0]), 1 + 2 * (base.scale_range[1] - 1))
+    )
+    assert (wider.brightness, wider.contrast, wider.hflip) == (base.brightness, base.contrast, base.hflip)
+    # and none moves nothing: without a flip, a geometry of 0 leaves a slice where it was
+    still = AugmentConfig(hflip=False, brightness=0.0, contrast=0.0).with_geometry(0.0)
+    images = brain_like()
+    torch.testing.assert_close(
+        augment_batch(images, still, torch.Generator().manual_seed(0)), images, atol=1e-5, rtol=0
+    )

@@ -16,7 +16,7 @@ from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import on_terminal
 from training.augment import AugmentConfig, augment_batch
 from training.teacher import TEACHER_FILE, TeacherCNN, distillation_loss
-from training.train import TrainConfig, measure_step_ratio, place_for_training, train
+from training.train import TrainConfig, compiled_forward, measure_step_ratio, place_for_training, train
 
 CLASSES = ["vertical", "horizontal"]
 PREPROCESSING = PreprocessConfig(image_size=32)
@@ -187,6 +187,30 @@ def test_cpu_training_layout_changes_memory_not_values(tmp_path):
     with torch.no_grad():
         reloaded = load_model(tmp_path).model(images).logits
     torch.testing.assert_close(reloaded, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_training_learns_and_saves_the_plain_model(data, tmp_path):
+    # torch.compile wraps the forward only: the saved weights must be the trained ones, under their own names
+    # (no "_orig_mod." prefix), and load back into an ordinary model.
+    train_data, val_data = data
+    config = tiny_config(compile=True, amp="bf16", channels_last=True)
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    assert result.compiled and result.best_val_accuracy >= 0.9
+    loaded = load_model(result.best_dir)
+    assert not any("_orig_mod" in name for name in loaded.model.state_dict())
+    assert not any(
+        "_orig_mod" in name for name in torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    )
+
+
+def test_without_a_cxx_compiler_training_runs_eagerly(monkeypatch, caplog):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    model = build_model(tiny_config().model, CLASSES)
+    forward, compiled = compiled_forward(model, torch.device("cpu"))
+    assert forward is model and not compiled
+    assert "no C++ compiler" in caplog.text
 
 
 # ---- progress output ---------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ preloaded batch, measured in the same run).
 
 The CPU recipe buys epochs, because in 30 CPU minutes the model underfits: 96 px (a step costs half a
 128 px one, at the price of 6x6 explanation maps instead of 8x8), a narrower stem (0.84 of a step),
-channels_last, and bf16 autocast where the CPU runs it natively (0.55 of an fp32 step). The epochs are
+channels_last, bf16 autocast where the CPU runs it natively (0.55 of an fp32 step) and a compiled
+training forward (torch.compile: 0.57 of an eager forward and backward, 0.75 of a whole epoch). The epochs are
 planned from the budget, not capped, and the last EMA weights are kept, so the val split only calibrates.
 Held-out 0.87-0.91 where 54-91 epochs fit the budget (slower CPUs), 0.945-0.949 where 180-206 do
 (three seeds, bf16 on AMX; docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the wide stem,
@@ -54,9 +55,10 @@ BENCH_DROPOUT = ModelConfig.dropout
 # The rotation, scale and shift ranges of training.augment times this (`--geometry`): 1 keeps them as the
 # demo trains (10 degrees, 0.9-1.1, 6 % of the side).
 BENCH_GEOMETRY = 1.0
-# The training forward under torch.compile (TrainConfig.compile): 0.57 of an eager bf16 step on 2 cores
-# (96 px, batch 64, attentions out for the guide), so about 1.7 times the epochs once its ~100 s of
-# compiling are paid. `--no-compile` trains eagerly.
+# The training forward under torch.compile (TrainConfig.compile): its forward and backward cost 0.57 of
+# eager (bf16, 2 cores, 96 px, batch 64, attentions out for the guide: 197 against 344 ms); a whole epoch,
+# with the loader, the optimiser and the EMA around it, 15-16 s against 20-21 s: about 1.3 times the
+# epochs, after up to ~100 s of compiling in the first (Inductor caches it). `--no-compile` trains eagerly.
 BENCH_COMPILE = True
 # Nothing is selected on the val split, so it is scored (with the EMA's BatchNorm re-estimate) every tenth
 # epoch and at the last only: every epoch it took about 13 % of a 96 px run's budget (bf16, 2 cores).
