@@ -592,7 +592,7 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        help="run the training forward under torch.compile (default on: about 1.7 times the epochs on a "
+        help="run the training forward under torch.compile (default on: about 1.3 times the epochs on a "
         "CPU, after ~100 s of compiling; needs a C++ compiler, else it trains eagerly)",
     )
     p.add_argument(

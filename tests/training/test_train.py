@@ -16,7 +16,14 @@ from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import on_terminal
 from training.augment import AugmentConfig, augment_batch
 from training.teacher import TEACHER_FILE, TeacherCNN, distillation_loss
-from training.train import TrainConfig, compiled_forward, measure_step_ratio, place_for_training, train
+from training.train import (
+    TrainConfig,
+    compiled_forward,
+    ema_for,
+    measure_step_ratio,
+    place_for_training,
+    train,
+)
 
 CLASSES = ["vertical", "horizontal"]
 PREPROCESSING = PreprocessConfig(image_size=32)
@@ -211,6 +218,31 @@ def test_without_a_cxx_compiler_training_runs_eagerly(monkeypatch, caplog):
     forward, compiled = compiled_forward(model, torch.device("cpu"))
     assert forward is model and not compiled
     assert "no C++ compiler" in caplog.text
+
+
+def test_the_foreach_ema_averages_as_the_per_tensor_one_warm_up_included():
+    torch.manual_seed(0)
+    model = build_model(tiny_config().model, CLASSES)
+    per_tensor, foreach = ema_for(model, 0.99), ema_for(model, 0.99, foreach=True)
+    for _ in range(6):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param))
+        per_tensor.update_parameters(model)
+        foreach.update_parameters(model)
+    averaged = foreach.module.state_dict()
+    for name, value in per_tensor.module.state_dict().items():
+        torch.testing.assert_close(averaged[name].float(), value.float())
+    # An average, not a copy of the last weights.
+    name, last = next(iter(model.named_parameters()))
+    assert not torch.equal(averaged[name], last.detach())
+
+
+def test_training_with_fused_updates_learns(data, tmp_path):
+    train_data, val_data = data
+    config = tiny_config(fused_updates=True)
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
+    assert result.best_val_accuracy >= 0.9
 
 
 # ---- progress output ---------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ preloaded batch, measured in the same run).
 
 The CPU recipe buys epochs, because in 30 CPU minutes the model underfits: 96 px (a step costs half a
 128 px one, at the price of 6x6 explanation maps instead of 8x8), a narrower stem (0.84 of a step),
-channels_last, bf16 autocast where the CPU runs it natively (0.55 of an fp32 step) and a compiled
-training forward (torch.compile: 0.57 of an eager forward and backward, 0.75 of a whole epoch). The epochs are
+channels_last, bf16 autocast where the CPU runs it natively (0.55 of an fp32 step), a compiled
+training forward (torch.compile: 0.57 of an eager forward and backward, 0.75 of a whole epoch) and fused
+optimiser and EMA updates (TrainConfig.fused_updates: 10 ms a step instead of 31). The epochs are
 planned from the budget, not capped, and the last EMA weights are kept, so the val split only calibrates.
 Held-out 0.87-0.91 where 54-91 epochs fit the budget (slower CPUs), 0.945-0.949 where 180-206 do
 (three seeds, bf16 on AMX; docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the wide stem,
@@ -127,6 +128,7 @@ def run(
         counterfactual_class=counterfactual_class if guide_dir is not None else None,
         channels_last=True,
         compile=compile,
+        fused_updates=True,
         model=ModelConfig(image_size=image_size, stem_channels=stem_channels, dropout=dropout),
         amp=amp,
         base_model=base_model,
