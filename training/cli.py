@@ -306,7 +306,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
-    names += ("geometry", "compile")
+    names += ("geometry", "compile", "label_smoothing")
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -589,6 +589,12 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         "noise (training.augment; default 0: none)",
     )
     p.add_argument("--dropout", type=float, help="dropout on the transformer's hidden states (default 0)")
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        help="label smoothing of the training loss (default TrainConfig's, 0.1); it shapes how far "
+        "temperature scaling can calibrate",
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -79,3 +79,10 @@ def test_the_bench_trains_counterfactuals_towards_no_class_unless_told_otherwise
     for given in ("notumor", "none"):
         assert main(["bench", "train", "--data-dir", str(tmp_path), "--counterfactual-class", given]) == 0
     assert bench_calls == [{"counterfactual_class": "notumor"}, {"counterfactual_class": None}]
+
+
+def test_label_smoothing_zero_reaches_the_bench_and_its_default_is_training_s(bench_calls, tmp_path) -> None:
+    # 0 is a real choice (no smoothing), not "not given"
+    assert main(["bench", "train", "--data-dir", str(tmp_path), "--label-smoothing", "0"]) == 0
+    assert bench_calls == [{"label_smoothing": 0.0}]
+    assert inspect.signature(bench_run).parameters["label_smoothing"].default == TrainConfig.label_smoothing
