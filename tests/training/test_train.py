@@ -327,6 +327,9 @@ def test_an_open_schedule_needs_a_budget_and_keep_is_checked():
         tiny_config(keep="best", validate_every=2)
     with pytest.raises(ValueError, match="validate_every"):
         tiny_config(keep="last", validate_every=0)
+    for smoothing in (-0.1, 1.0):  # torch would only refuse it at the first step, minutes in
+        with pytest.raises(ValueError, match="label_smoothing"):
+            tiny_config(label_smoothing=smoothing)
 
 
 def test_cpu_bf16_training_learns_and_saves_fp32_weights(data, tmp_path):
