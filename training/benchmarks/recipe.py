@@ -70,9 +70,10 @@ BENCH_VALIDATE_EVERY = 10
 # and held-out accuracy did not drop (0.868/0.890 against 0.861 without, same day). "notumor" as the target
 # missed a third of those gliomas (docs/explainability.md, "Does the answer need the tumour?").
 BENCH_COUNTERFACTUAL = UNIFORM_TARGET
-# Label smoothing stays TrainConfig's 0.1: 0 calibrates (ECE 0.017/0.027 against 0.041/0.047 on two seeds)
-# but cost the maps their black-cell deletion lead over the centred Gaussian on one seed; 0.05 sat between
-# on both counts and lowest on accuracy (docs/benchmarks.md, "How much label smoothing").
+# Label smoothing stays TrainConfig's 0.1: 0 calibrates better (ECE 0.017-0.027 on three seeds against
+# 0.025-0.047 on four) but kept the maps' black-cell deletion lead over the centred Gaussian on one seed of
+# three (lost it on one, tied on one), where 0.1 kept it on all four; 0.05 sat between on both counts and
+# lowest on accuracy (docs/benchmarks.md, "How much label smoothing").
 # `--label-smoothing` sets it.
 BENCH_LABEL_SMOOTHING = TrainConfig.label_smoothing
 
