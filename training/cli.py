@@ -306,7 +306,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
-    names += ("geometry", "compile", "label_smoothing")
+    names += ("geometry", "compile", "label_smoothing", "erase_max_fraction")
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -347,6 +347,17 @@ def _lazy_type(module: str, name: str) -> Callable[[str], object]:
 
     convert.__name__ = name
     return convert
+
+
+def _share(text: str) -> float:
+    """A probability or a fraction of a slice: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
 
 
 def _ints(text: str) -> list[int]:
@@ -579,12 +590,18 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     )
     p.add_argument(
         "--erase-prob",
-        type=float,
+        type=_share,
         help="share of training slices that lose random token cells to black (default 0: none)",
     )
     p.add_argument(
+        "--erase-max-fraction",
+        type=_share,
+        help="with --erase-prob: the most of a slice's token cells one draw erases (default 0.5); small "
+        "holes teach that a missing cell is no evidence without often erasing the tumour itself",
+    )
+    p.add_argument(
         "--acquisition-prob",
-        type=float,
+        type=_share,
         help="share of training slices given each MRI acquisition change: a gamma curve, a bias field, "
         "noise (training.augment; default 0: none)",
     )

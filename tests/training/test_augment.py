@@ -1,5 +1,7 @@
 """MRI acquisition changes (gamma, bias field, noise): what each does to a slice, and that off means off."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -88,3 +90,22 @@ def test_geometry_factor_scales_rotation_scale_and_shift_and_one_changes_nothing
     torch.testing.assert_close(
         augment_batch(images, still, torch.Generator().manual_seed(0)), images, atol=1e-5, rtol=0
     )
+
+
+def test_a_smaller_erase_max_fraction_makes_smaller_holes():
+    images = torch.rand(256, 1, 48, 48) * 0.8 + 0.2  # nothing black before erasing
+    config = AugmentConfig(erase_prob=1.0, brightness=0.0, contrast=0.0, max_rotation_deg=0, max_translate=0)
+
+    def erased_share(max_fraction: float) -> torch.Tensor:
+        erased = augment_batch(
+            images,
+            replace(config, scale_range=(1.0, 1.0), erase_max_fraction=max_fraction),
+            torch.Generator().manual_seed(0),
+            cell=8,
+        )
+        return (erased == 0).float().mean(dim=(1, 2, 3))
+
+    small, large = erased_share(0.15), erased_share(0.5)
+    # a 6x6 grid: up to 15 % is about 5 of 36 cells, a rectangle's rounding allowing one more row
+    assert small.max() <= 0.15 + 6 / 36
+    assert large.max() > 0.3 and small.mean() < large.mean() / 2

@@ -86,3 +86,17 @@ def test_label_smoothing_zero_reaches_the_bench_and_its_default_is_training_s(be
     assert main(["bench", "train", "--data-dir", str(tmp_path), "--label-smoothing", "0"]) == 0
     assert bench_calls == [{"label_smoothing": 0.0}]
     assert inspect.signature(bench_run).parameters["label_smoothing"].default == TrainConfig.label_smoothing
+
+
+def test_erasing_options_reach_the_bench_and_shares_outside_zero_to_one_are_usage_errors(
+    bench_calls, tmp_path, capsys
+) -> None:
+    argv = ["bench", "train", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--erase-prob", "0.5", "--erase-max-fraction", "0.15"]) == 0
+    assert bench_calls == [{"erase_prob": 0.5, "erase_max_fraction": 0.15}]
+    bad = (("--erase-prob", "1.5", "outside [0, 1]"), ("--erase-max-fraction", "-0.1", "outside [0, 1]"))
+    for option, value, reason in (*bad, ("--acquisition-prob", "x", "not a number")):
+        assert main([*argv, option, value]) == 2
+        err = capsys.readouterr().err
+        assert option in err and reason in err
+    assert len(bench_calls) == 1  # nothing ran on a bad value

@@ -94,6 +94,7 @@ def run(
     guide_weight: float = DEFAULT_GUIDE_WEIGHT,
     counterfactual_class: str | None = BENCH_COUNTERFACTUAL,
     erase_prob: float = BENCH_ERASE_PROB,
+    erase_max_fraction: float = AugmentConfig.erase_max_fraction,
     acquisition_prob: float = BENCH_ACQUISITION_PROB,
     dropout: float = BENCH_DROPOUT,
     label_smoothing: float = BENCH_LABEL_SMOOTHING,
@@ -120,6 +121,7 @@ def run(
         validate_every=BENCH_VALIDATE_EVERY,
         augment=AugmentConfig(
             erase_prob=erase_prob,
+            erase_max_fraction=erase_max_fraction,
             gamma_prob=acquisition_prob,
             bias_field_prob=acquisition_prob,
             noise_prob=acquisition_prob,
@@ -151,6 +153,7 @@ def run(
         + f"precision {resolve_amp(amp, pick_device(device))}"
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}"
+        + (f", up to {erase_max_fraction:.0%} of the cells" if erase_prob else "")
         + f"; gamma, bias field and noise each p={acquisition_prob}; dropout {dropout}"
         + f"; label smoothing {label_smoothing}"
         + f"; rotation, scale and shift ranges x{geometry}"
@@ -195,6 +198,7 @@ def run(
         "epochs": result.epochs_run,
         "epochs_planned": result.epochs_planned,
         "erase_prob": erase_prob,
+        "erase_max_fraction": erase_max_fraction,
         "acquisition_prob": acquisition_prob,
         "dropout": dropout,
         "label_smoothing": label_smoothing,
