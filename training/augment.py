@@ -31,6 +31,11 @@ class AugmentConfig:
     # the random stream, and `make demo`, stay as they were.
     erase_prob: float = 0.0
     erase_max_fraction: float = 0.5  # of the cells, drawn uniformly up to this
+    # Erase only where no tumour is: slices that may hold an unmarked tumour keep every cell, a masked slice
+    # keeps the cells its tumour touches, and the no-tumour slices (and tumour-imputed ones) erase as before.
+    # Label-kept erasing anywhere can black out a small tumour whole and so teach that the answer survives
+    # without it; this way a hole only ever removes what is not evidence. Needs ``tumour_free`` per slice.
+    erase_spares_tumours: bool = False
     # MRI acquisition changes, each drawn per image with its probability (0, the default, draws nothing, so
     # `make demo` trains as before), as in nnU-Net's and TorchIO's training transforms, batched here:
     # a gamma curve (intensity ** exp(U(-max_log_gamma, max_log_gamma)), TorchIO RandomGamma's range), a
@@ -62,13 +67,15 @@ def augment_batch(
     generator: torch.Generator,
     masks: torch.Tensor | None = None,
     cell: int = 16,
+    tumour_free: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Randomly flip, rotate, scale, shift and jitter a float batch (N, 1, H, W) with values in [0, 1],
     then (``erase_prob`` > 0) black out token cells of ``cell`` pixels (the model's patch size).
 
     With ``masks`` (N, 1, H, W), each mask gets its image's flip, rotation, scale and shift (not the
     intensity jitter) and loses its erased cells (the guide must not ask for attention on a black cell);
-    ``(images, masks)`` is returned; the random draws are the same either way.
+    ``(images, masks)`` is returned; the random draws are the same either way. ``tumour_free`` (N bool:
+    the slice holds no tumour its mask does not mark) is what ``erase_spares_tumours`` needs.
     """
     n = images.shape[0]
     device = images.device
@@ -104,6 +111,8 @@ def augment_batch(
     jittered = acquisition_changes(jittered, config, generator)
     if config.erase_prob > 0:
         kept = erase_cells_mask(n, images.shape[-2:], cell, config, generator).to(device)
+        if config.erase_spares_tumours:
+            kept = spare_tumours(kept, tumour_free, warped_masks, cell)
         jittered = jittered * kept
         if warped_masks is not None:
             warped_masks = warped_masks * kept
@@ -144,6 +153,23 @@ def acquisition_changes(
         noise = torch.randn(shape, generator=generator, device=generator.device).to(device)
         images[index] = images[index] + noise * std
     return images.clamp_(0.0, 1.0)
+
+
+def spare_tumours(
+    kept: torch.Tensor, tumour_free: torch.Tensor | None, masks: torch.Tensor | None, cell: int
+) -> torch.Tensor:
+    """``kept`` (N, 1, H, W of 1 kept, 0 erased) with every cell kept on a slice that is not ``tumour_free``
+    and every cell a mask touches kept on one that is."""
+    if tumour_free is None:
+        raise ValueError("erase_spares_tumours needs tumour_free: which slices hold no unmarked tumour")
+    keep_all = ~tumour_free.to(kept.device).bool().view(-1, 1, 1, 1)
+    spared = keep_all.expand_as(kept)
+    if masks is not None:
+        height, width = kept.shape[-2:]
+        touched = F.max_pool2d(masks, cell, ceil_mode=True) > 0  # per cell: any of its pixels on the tumour
+        touched = touched.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[..., :height, :width]
+        spared = spared | touched
+    return torch.where(spared, torch.ones_like(kept), kept)
 
 
 def erase_cells_mask(

@@ -306,7 +306,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names = ("time_budget", "epochs", "image_size", "stem_channels", "batch_size", "patience", "run_dir")
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
-    names += ("geometry", "compile", "label_smoothing", "erase_max_fraction")
+    names += ("geometry", "compile", "label_smoothing", "erase_max_fraction", "erase_spares_tumours")
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -598,6 +598,13 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         type=_share,
         help="with --erase-prob: the most of a slice's token cells one draw erases (default 0.5); small "
         "holes teach that a missing cell is no evidence without often erasing the tumour itself",
+    )
+    p.add_argument(
+        "--erase-spares-tumours",
+        action="store_true",
+        default=None,
+        help="with --erase-prob: erase only no-tumour slices and masked slices outside their tumour, so a "
+        "hole never removes evidence under a kept label",
     )
     p.add_argument(
         "--acquisition-prob",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from neurovit.base_model import checkpoint_image_size, load_base_model
+from neurovit.data.layout import NO_TUMOUR_CLASS
 from neurovit.errors import UsageError
 from neurovit.explain import ROLLOUT_START_LAYER
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
@@ -201,6 +202,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def tumour_free_slices(labels: np.ndarray, masks: np.ndarray | None, class_names: list[str]) -> np.ndarray:
+    """Per training image, whether it holds no tumour that its mask does not mark: a no-tumour slice, a
+    slice trained towards no class (its tumour imputed), or one whose mask marks its tumour."""
+    free = labels == NO_EVIDENCE
+    if NO_TUMOUR_CLASS in class_names:
+        free = free | (labels == class_names.index(NO_TUMOUR_CLASS))
+    if masks is not None:
+        free = free | (masks.reshape(len(masks), -1).max(axis=1) > 0)
+    return free
+
+
 class BatchLoader:
     """Shuffled, augmented, standardised batches drawn from a uint8 image tensor held in memory."""
 
@@ -216,6 +228,7 @@ class BatchLoader:
         drop_last: bool = True,
         masks: np.ndarray | torch.Tensor | None = None,
         cell: int = 16,
+        tumour_free: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         self.images = torch.as_tensor(images).to(device)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
@@ -227,6 +240,8 @@ class BatchLoader:
         self.device = device
         self.augment = augment
         self.cell = cell  # the model's token cell in pixels: augmentation erases whole cells
+        # per image, whether it holds no tumour its mask does not mark (``tumour_free_slices``)
+        self.tumour_free = None if tumour_free is None else torch.as_tensor(tumour_free).to(device)
         self.shuffle = shuffle
         # drop_last keeps every training batch the same shape (steady speed, sane BatchNorm statistics)
         self.drop_last = drop_last and len(self.labels) > batch_size
@@ -246,14 +261,17 @@ class BatchLoader:
             index = slice(b * self.batch_size, (b + 1) * self.batch_size)
             picked = order[index] if order is not None else torch.arange(n, device=self.device)[index]
             images = self.images[picked].unsqueeze(1).float().div_(255.0)
+            free = None if self.tumour_free is None else self.tumour_free[picked]
             if self.masks is None:
                 if self.augment is not None:
-                    images = augment_batch(images, self.augment, generator, cell=self.cell)
+                    images = augment_batch(images, self.augment, generator, cell=self.cell, tumour_free=free)
                 yield standardise(images, self.preprocessing), self.labels[picked]
                 continue
             masks = self.masks[picked].unsqueeze(1).float().div_(255.0)
             if self.augment is not None:
-                images, masks = augment_batch(images, self.augment, generator, masks, cell=self.cell)
+                images, masks = augment_batch(
+                    images, self.augment, generator, masks, cell=self.cell, tumour_free=free
+                )
             yield standardise(images, self.preprocessing), self.labels[picked], masks
 
 
@@ -526,6 +544,7 @@ def train(
         config.augment,
         masks=masks,
         cell=config.model.patch_size,
+        tumour_free=tumour_free_slices(train_data[1], masks, class_names),
     )
     val_loader = BatchLoader(*val_data, 256, preprocessing, device, shuffle=False, drop_last=False)
     # Un-augmented training images for the EMA model's BatchNorm statistics (see below); it reuses the
@@ -740,7 +759,14 @@ def measure_step_ratio(
     start, _ = initial_model(config, class_names, preprocessing)
     model = place_for_training(start, device, config.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loader = BatchLoader(*train_data, config.batch_size, preprocessing, device, config.augment)
+    loader = BatchLoader(
+        *train_data,
+        config.batch_size,
+        preprocessing,
+        device,
+        config.augment,
+        tumour_free=tumour_free_slices(train_data[1], None, class_names),
+    )
     generator = torch.Generator(device=device).manual_seed(config.seed)
     preloaded, preloaded_targets = next(loader.batches(generator))
     preloaded, preloaded_targets = preloaded.clone(), preloaded_targets.clone()
@@ -787,5 +813,6 @@ __all__ = [
     "measure_step_ratio",
     "predict_logits",
     "train",
+    "tumour_free_slices",
     "with_guide_slices",
 ]

@@ -42,6 +42,8 @@ SPLIT_ORDER = ("train", "val", "test")
 MASK_SUFFIX = ".mask.png"
 
 # "no tumour" is spelt a dozen ways across public collections; all of them are one class.
+# The one name every spelling of the no-tumour class folder ("no_tumor", "No Tumour", ...) is read as.
+NO_TUMOUR_CLASS = "notumor"
 _NO_TUMOUR = re.compile(r"^no[\s_\-]*tumou?r$")
 
 _EXPECTED = (
@@ -93,7 +95,7 @@ class DatasetIndex:
 def canonical_class(name: str) -> str:
     """Folder or CSV class name -> canonical label (lower case, stripped, 'no tumour' spellings unified)."""
     label = name.strip().lower()
-    return "notumor" if _NO_TUMOUR.match(label) else label
+    return NO_TUMOUR_CLASS if _NO_TUMOUR.match(label) else label
 
 
 def canonical_split(name: str) -> str | None:
@@ -365,6 +367,7 @@ def _is_hidden(name: str) -> bool:
 
 __all__ = [
     "MASK_SUFFIX",
+    "NO_TUMOUR_CLASS",
     "SPLIT_NAMES",
     "SPLIT_ORDER",
     "DatasetIndex",

@@ -109,3 +109,24 @@ def test_a_smaller_erase_max_fraction_makes_smaller_holes():
     # a 6x6 grid: up to 15 % is about 5 of 36 cells, a rectangle's rounding allowing one more row
     assert small.max() <= 0.15 + 6 / 36
     assert large.max() > 0.3 and small.mean() < large.mean() / 2
+
+
+def test_erasing_that_spares_tumours_never_blacks_out_a_tumour_cell_or_a_slice_that_may_hide_one():
+    images = torch.rand(64, 1, 32, 32) * 0.8 + 0.2  # nothing black before erasing
+    masks = torch.zeros(64, 1, 32, 32)
+    masks[:32, :, 8:16, 8:16] = 1.0  # the first half marks its tumour: one 8-px cell
+    tumour_free = torch.arange(64) < 48  # the last 16 may hold a tumour no mask marks
+    config = AugmentConfig(
+        erase_prob=1.0, erase_spares_tumours=True, brightness=0.0, contrast=0.0, max_rotation_deg=0
+    )
+    config = replace(config, scale_range=(1.0, 1.0), max_translate=0.0, hflip=False)
+    erased, erased_masks = augment_batch(
+        images, config, torch.Generator().manual_seed(0), masks, cell=8, tumour_free=tumour_free
+    )
+    black = (erased == 0).flatten(1).any(dim=1)
+    assert not black[48:].any()  # possibly an unmarked tumour: every cell kept
+    assert black[:48].float().mean() > 0.6  # the rest erase as before
+    assert (erased[:32, :, 8:16, 8:16] > 0).all()  # a marked tumour keeps its cells
+    assert torch.equal(erased_masks, masks)  # so the guide keeps the whole tumour
+    with pytest.raises(ValueError, match="tumour_free"):
+        augment_batch(images, config, torch.Generator().manual_seed(0), cell=8)

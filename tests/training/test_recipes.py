@@ -93,10 +93,15 @@ def test_erasing_options_reach_the_bench_and_shares_outside_zero_to_one_are_usag
 ) -> None:
     argv = ["bench", "train", "--data-dir", str(tmp_path)]
     assert main([*argv, "--erase-prob", "0.5", "--erase-max-fraction", "0.15"]) == 0
-    assert bench_calls == [{"erase_prob": 0.5, "erase_max_fraction": 0.15}]
+    assert main([*argv, "--erase-prob", "0.5", "--erase-spares-tumours"]) == 0
+    assert bench_calls == [
+        {"erase_prob": 0.5, "erase_max_fraction": 0.15},
+        {"erase_prob": 0.5, "erase_spares_tumours": True},
+    ]
+    assert inspect.signature(bench_run).parameters["erase_spares_tumours"].default is False
     bad = (("--erase-prob", "1.5", "outside [0, 1]"), ("--erase-max-fraction", "-0.1", "outside [0, 1]"))
     for option, value, reason in (*bad, ("--acquisition-prob", "x", "not a number")):
         assert main([*argv, option, value]) == 2
         err = capsys.readouterr().err
         assert option in err and reason in err
-    assert len(bench_calls) == 1  # nothing ran on a bad value
+    assert len(bench_calls) == 2  # nothing ran on a bad value

@@ -15,6 +15,7 @@ from neurovit.model import ModelConfig, ModelInfo, build_model, load_model, save
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import on_terminal
 from training.augment import AugmentConfig, augment_batch
+from training.guide import NO_EVIDENCE
 from training.teacher import TEACHER_FILE, TeacherCNN, distillation_loss
 from training.train import (
     TrainConfig,
@@ -23,6 +24,7 @@ from training.train import (
     measure_step_ratio,
     place_for_training,
     train,
+    tumour_free_slices,
 )
 
 CLASSES = ["vertical", "horizontal"]
@@ -382,3 +384,14 @@ def test_a_teacher_needs_a_budget_and_sane_weights():
         tiny_config(teacher_fraction=0.9, time_budget_s=10)
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_config(distill_weight=1.5)
+
+
+def test_tumour_free_slices_are_the_no_tumour_the_imputed_and_the_masked_ones():
+    classes = ["glioma", "meningioma", "notumor", "pituitary"]
+    labels = np.array([0, 1, 2, 3, NO_EVIDENCE, 0])
+    masks = np.zeros((6, 4, 4), dtype=np.uint8)
+    masks[5, 1, 1] = 255  # a glioma whose tumour is marked
+    assert tumour_free_slices(labels, masks, classes).tolist() == [False, False, True, False, True, True]
+    assert tumour_free_slices(labels, None, classes).tolist() == [False, False, True, False, True, False]
+    # a collection without a no-tumour class: only what is known to be free
+    assert tumour_free_slices(np.array([0, 1]), None, ["glioma", "pituitary"]).tolist() == [False, False]

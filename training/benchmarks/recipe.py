@@ -97,6 +97,7 @@ def run(
     counterfactual_class: str | None = BENCH_COUNTERFACTUAL,
     erase_prob: float = BENCH_ERASE_PROB,
     erase_max_fraction: float = AugmentConfig.erase_max_fraction,
+    erase_spares_tumours: bool = AugmentConfig.erase_spares_tumours,
     acquisition_prob: float = BENCH_ACQUISITION_PROB,
     dropout: float = BENCH_DROPOUT,
     label_smoothing: float = BENCH_LABEL_SMOOTHING,
@@ -124,6 +125,7 @@ def run(
         augment=AugmentConfig(
             erase_prob=erase_prob,
             erase_max_fraction=erase_max_fraction,
+            erase_spares_tumours=erase_spares_tumours,
             gamma_prob=acquisition_prob,
             bias_field_prob=acquisition_prob,
             noise_prob=acquisition_prob,
@@ -156,6 +158,7 @@ def run(
         + (" (this CPU runs bf16 natively)" if bf16 and pick_device(device).type == "cpu" else "")
         + f"; cell erasing p={erase_prob}"
         + (f", up to {erase_max_fraction:.0%} of the cells" if erase_prob else "")
+        + (", never on a tumour or a slice that may hide one" if erase_prob and erase_spares_tumours else "")
         + f"; gamma, bias field and noise each p={acquisition_prob}; dropout {dropout}"
         + f"; label smoothing {label_smoothing}"
         + f"; rotation, scale and shift ranges x{geometry}"
@@ -201,6 +204,7 @@ def run(
         "epochs_planned": result.epochs_planned,
         "erase_prob": erase_prob,
         "erase_max_fraction": erase_max_fraction,
+        "erase_spares_tumours": erase_spares_tumours,
         "acquisition_prob": acquisition_prob,
         "dropout": dropout,
         "label_smoothing": label_smoothing,
