@@ -41,8 +41,8 @@ SPLIT_ORDER = ("train", "val", "test")
 # Lesion masks the demo data keeps beside each image; they are not images to classify.
 MASK_SUFFIX = ".mask.png"
 
-# "no tumour" is spelt a dozen ways across public collections; all of them are one class.
-# The one name every spelling of the no-tumour class folder ("no_tumor", "No Tumour", ...) is read as.
+# "no tumour" is spelt a dozen ways across public collections ("no_tumor", "No Tumour", ...); all of them
+# are one class, read as this name.
 NO_TUMOUR_CLASS = "notumor"
 _NO_TUMOUR = re.compile(r"^no[\s_\-]*tumou?r$")
 
