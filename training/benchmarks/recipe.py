@@ -46,7 +46,8 @@ CPU_BENCH_STEM_CHANNELS = (24, 48, 96, 192)
 # in 177-190 (0.933 at 0.25); in those long runs it turned a clear black-cell deletion loss against the
 # centred Gaussian (-0.07) into a tie (docs/explainability.md). Smaller holes (`--erase-max-fraction
 # 0.15`, 177 epochs) kept accuracy (0.949 against 0.953) and lost deletion by more (-0.018, -0.040 against
-# -0.014, -0.015). `--erase-prob` turns it on.
+# -0.014, -0.015); sparing the tumours (`--erase-spares-tumours`, 125 epochs) cost gradient rollout its
+# deletion lead (-0.026 against +0.10 without erasing, seed 0). `--erase-prob` turns it on.
 BENCH_ERASE_PROB = 0.0
 # MRI acquisition changes (training.augment: gamma, bias field, noise), each with this probability per
 # slice; `--acquisition-prob` sets it. Off: at 0.3 held-out 0.947 and 0.949 (seeds 0/1) against 0.945 and
