@@ -49,6 +49,12 @@ class AugmentConfig:
     noise_prob: float = 0.0
     max_noise_std: float = 0.03
 
+    def __post_init__(self) -> None:
+        shares = ("erase_prob", "erase_max_fraction", "gamma_prob", "bias_field_prob", "noise_prob")
+        for name in shares:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a share and must be in [0, 1], got {getattr(self, name)}")
+
     def with_geometry(self, factor: float) -> AugmentConfig:
         """These ranges with the rotation, the scale's distance from 1 and the shift multiplied by ``factor``
         (1: unchanged), the one knob for how far a slice may move from where the scanner put it."""
@@ -165,10 +171,8 @@ def spare_tumours(
     keep_all = ~tumour_free.to(kept.device).bool().view(-1, 1, 1, 1)
     spared = keep_all.expand_as(kept)
     if masks is not None:
-        height, width = kept.shape[-2:]
         touched = F.max_pool2d(masks, cell, ceil_mode=True) > 0  # per cell: any of its pixels on the tumour
-        touched = touched.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[..., :height, :width]
-        spared = spared | touched
+        spared = spared | cells_to_pixels(touched, cell, kept.shape[-2:])
     return torch.where(spared, torch.ones_like(kept), kept)
 
 
@@ -205,5 +209,12 @@ def erase_cells_mask(
         & (c < (left + block_cols).view(n, 1, 1))
     )
     erased = torch.where(as_block.view(n, 1, 1), block, scattered) & picked.view(n, 1, 1)
-    pixels = erased.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :height, :width]
-    return (~pixels).float().unsqueeze(1)
+    return (~cells_to_pixels(erased, cell, (height, width))).float().unsqueeze(1)
+
+
+def cells_to_pixels(cells: torch.Tensor, cell: int, size: tuple[int, int]) -> torch.Tensor:
+    """A per-cell grid (..., rows, cols) blown up to pixels (..., H, W): each value repeated over its
+    ``cell`` x ``cell`` pixels, cut to ``size`` where the last cells overhang the image."""
+    height, width = size
+    pixels = cells.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
+    return pixels[..., :height, :width]

@@ -130,3 +130,11 @@ def test_erasing_that_spares_tumours_never_blacks_out_a_tumour_cell_or_a_slice_t
     assert torch.equal(erased_masks, masks)  # so the guide keeps the whole tumour
     with pytest.raises(ValueError, match="tumour_free"):
         augment_batch(images, config, torch.Generator().manual_seed(0), cell=8)
+
+
+@pytest.mark.parametrize("name", ["erase_prob", "erase_max_fraction", "gamma_prob", "noise_prob"])
+def test_a_share_outside_zero_to_one_is_refused_where_the_config_is_made(name):
+    with pytest.raises(ValueError, match=name):
+        AugmentConfig(**{name: 1.5})
+    with pytest.raises(ValueError, match=name):
+        AugmentConfig(**{name: -0.1})
