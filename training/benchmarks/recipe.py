@@ -37,6 +37,9 @@ from training.precision import resolve_amp
 from training.stages import run_main_job
 from training.train import TrainConfig, cpu_has_native_bf16, measure_step_ratio, pick_device
 
+# 96 px (6x6 token cells). 128 px (8x8) was measured on 2 AMD EPYC cores: a step costs 1.5 times as much,
+# 73-75 epochs fit the 30 minutes instead of 117-121, held-out 0.925/0.914 against 0.941/0.931 (seeds 0/1),
+# for maps that point at the real tumours more often (docs/explainability.md, "A finer grid").
 CPU_BENCH_IMAGE_SIZE = 96
 # A narrower conv stem than the model's default (32, 64, 128, 192): a step costs about 0.84 of it, so the
 # budget fits more epochs, which is what 2 cores lack (equal-CPU-cost GPU runs: held-out 0.908 vs 0.894).
