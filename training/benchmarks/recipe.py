@@ -8,15 +8,15 @@ printed is one JSON object: version, val_accuracy (on the held-out folder), trai
 images_per_second and step_ratio (a training step through the real loader / the bare step on a
 preloaded batch, measured in the same run).
 
-The CPU recipe buys epochs, because in 30 CPU minutes the model underfits: 96 px (a step costs half a
-128 px one, at the price of 6x6 explanation maps instead of 8x8), a narrower stem (0.84 of a step),
-channels_last, bf16 autocast where the CPU runs it natively (0.55 of an fp32 step), a compiled
-training forward (torch.compile: 0.57 of an eager forward and backward, 0.75 of a whole epoch) and fused
-optimiser and EMA updates (TrainConfig.fused_updates: 10 ms a step instead of 31). The epochs are
-planned from the budget, not capped, and the last EMA weights are kept, so the val split only calibrates.
-Held-out 0.87-0.91 where 54-91 epochs fit the budget (slower CPUs), 0.945-0.949 where 180-206 do
-(three seeds, bf16 on AMX; docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the wide stem,
-230 epochs, mixed precision: ``training.recipes``) reached 0.96.
+The CPU recipe buys epochs, because in 30 CPU minutes the model underfits: 96 px (a step costs half a 128
+px one in eager fp32, two thirds compiled in bf16, at the price of 6x6 explanation maps instead of 8x8), a
+narrower stem (0.84 of a step), channels_last, bf16 autocast where the CPU runs it natively (0.55 of an
+fp32 step), a compiled training forward (torch.compile: 0.57 of an eager forward and backward, 0.75 of a
+whole epoch) and fused optimiser and EMA updates (TrainConfig.fused_updates: 10 ms a step instead of 31).
+The epochs are planned from the budget, not capped, and the last EMA weights are kept, so the val split
+only calibrates. Held-out 0.87-0.91 where 54-91 epochs fit the budget (slower CPUs), 0.945-0.949 where
+180-206 do (three seeds, bf16 on AMX; docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the wide
+stem, 230 epochs, mixed precision: ``training.recipes``) reached 0.96.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from training.train import TrainConfig, cpu_has_native_bf16, measure_step_ratio,
 
 # 96 px (6x6 token cells). 128 px (8x8) was measured on 2 AMD EPYC cores: a step costs 1.5 times as much,
 # 73-75 epochs fit the 30 minutes instead of 117-121, held-out 0.925/0.914 against 0.941/0.931 (seeds 0/1),
-# for maps that point at the real tumours more often (docs/explainability.md, "A finer grid").
+# for maps that point at the real tumours more often but lost black-cell deletion on seed 1
+# (docs/explainability.md, "A finer grid").
 CPU_BENCH_IMAGE_SIZE = 96
 # A narrower conv stem than the model's default (32, 64, 128, 192): a step costs about 0.84 of it, so the
 # budget fits more epochs, which is what 2 cores lack (equal-CPU-cost GPU runs: held-out 0.908 vs 0.894).
