@@ -20,8 +20,8 @@
   cells' outline in the image, an input unlike any training image that a model may answer to (and that
   says where the map pointed); the imputed tissue continues its surroundings instead.
 - ``random_map`` (seeded) and ``gaussian_map`` (a centred blob: "the lesion is somewhere in the middle")
-  are the baselines an explainer must beat; ``lesion_map`` (the ground-truth mask on the patch grid) is a
-  reference, not an explainer: how low deletion goes when the lesion is removed first.
+  are the baselines an explainer must beat; ``lesion_map`` (the ground-truth mask on the patch grid, then
+  outward from it) is a reference, not an explainer: how low deletion goes when the lesion is removed first.
 
 Both scores depend only on the ORDER of a map's values (its argmax, its ranking), so any monotone rescaling
 of a map leaves them unchanged.
@@ -438,10 +438,14 @@ def centre_map(size: int) -> np.ndarray:
 
 
 def lesion_map(mask: np.ndarray, grid: int) -> np.ndarray:
-    """The lesion's share of each cell's pixels ``(grid, grid)``, on the cells deletion uses (``cell_index``).
+    """The lesion first, then outward from it: a ``(grid, grid)`` map on the cells deletion uses.
 
-    Deletion following this map removes the lesion's cells first (the most-covered first; cells without
-    lesion tie and go in raster order). ``mask`` is ``(H, W)`` boolean or 0/1 and must not be empty.
+    Cells holding lesion score ``0.5 + 0.5 * share`` (their share of lesion pixels: the most-covered cell
+    first); the others score below 0.5, the nearer their nearest pixel to the lesion the higher, so deletion
+    following this map removes the lesion, then the tissue around it. Without that order the cells without
+    lesion would tie and go in raster order, from the top-left corner: mostly background, which costs a
+    model nothing, so the reference's deletion curve flattened after the lesion whatever the model read
+    around it. ``mask`` is ``(H, W)`` boolean or 0/1 and must not be empty.
     """
     mask = np.asarray(mask).astype(bool)
     if mask.ndim != 2:
@@ -450,7 +454,13 @@ def lesion_map(mask: np.ndarray, grid: int) -> np.ndarray:
         raise ValueError("the mask is empty: a slice without a lesion has no lesion map")
     cells = cell_index((grid, grid), *mask.shape).reshape(-1)
     lesion_pixels = np.bincount(cells, weights=mask.reshape(-1), minlength=grid * grid)
-    return (lesion_pixels / np.bincount(cells, minlength=grid * grid)).reshape(grid, grid)
+    share = lesion_pixels / np.bincount(cells, minlength=grid * grid)
+    distance = ndimage.distance_transform_edt(~mask).reshape(-1)
+    nearest = np.full(grid * grid, np.inf)
+    np.minimum.at(nearest, cells, distance)
+    # In (0, 1]; cells equally near the lesion tie and keep raster order.
+    closeness = 1.0 - nearest / (nearest.max() + 1.0)
+    return np.where(share > 0, 0.5 + 0.5 * share, 0.5 * closeness).reshape(grid, grid)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -295,15 +295,27 @@ def test_the_gaussian_map_peaks_at_the_centre():
         gaussian_map(8, sigma=0)
 
 
-def test_the_lesion_map_is_the_lesion_share_of_each_cell():
+def test_the_lesion_map_removes_the_lesion_by_its_share_of_each_cell():
     mask = np.zeros((8, 8), dtype=bool)
     mask[0:4, 0:2] = True  # half of the top-left 4x4 cell
     mask[4:8, 4:8] = True  # all of the bottom-right cell
-    np.testing.assert_allclose(lesion_map(mask, 2), [[0.5, 0.0], [0.0, 1.0]])
+    reference = lesion_map(mask, 2)
+    np.testing.assert_allclose(reference[[0, 1], [0, 1]], [0.75, 1.0])
+    assert (reference[[0, 1], [1, 0]] < 0.5).all()
     # deletion following it removes the fully covered cell, then the half-covered one, then the rest
-    assert deletion_order(lesion_map(mask, 2)).tolist() == [3, 0, 1, 2]
+    assert deletion_order(reference).tolist()[:2] == [3, 0]
     with pytest.raises(ValueError, match="empty"):
         lesion_map(np.zeros((8, 8), dtype=bool), 2)
+
+
+def test_after_the_lesion_the_lesion_map_goes_outward_not_in_raster_order():
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[31:34, 31:34] = True  # a small lesion in cell (3, 3) of a 4x4 grid of 10 px cells
+    order = deletion_order(lesion_map(mask, 4)).tolist()
+    assert order[0] == 15
+    # then its neighbours (right next to the lesion's cell), and the far corner (0, 0) last
+    assert set(order[1:4]) == {10, 11, 14}
+    assert order[-1] == 0
 
 
 def test_paired_bootstrap_of_a_constant_difference():

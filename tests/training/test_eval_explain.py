@@ -179,7 +179,7 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     assert "2.1 px at 32 px" in result["settings"]["pointing_game"]["tolerance"]
     assert result["settings"]["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.0, "start_layer": 2}
     assert result["settings"]["gradient_rollout"] == {"start_layer": 2}
-    assert "the lesion mask as the map (2 lesion slices, black fill)" in printed
+    assert "the lesion mask as the map, then outward (2 lesion slices, black fill)" in printed
     assert "healthy twin" not in printed
     assert "does the answer need the lesion? explained class' probability, slice -> lesion imputed" in printed
     road = tmp_path / "road"

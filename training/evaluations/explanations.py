@@ -422,7 +422,8 @@ def lesion_reference(
     steps: int | None,
     batch_size: int,
 ) -> dict:
-    """Mean deletion AUC over the lesion slices with the lesion mask itself as the map, and their count.
+    """Mean deletion AUC over the lesion slices with the lesion mask as the map (then the cells around it,
+    ``lesion_map``), and their count.
 
     Not an explainer: it says how far deletion can fall on this model when the lesion goes first, so the
     explainers' deletion scores can be read against it as well as against the baselines.
@@ -759,7 +760,8 @@ def format_table(
                 for method, values in summary.items()
             )
             lines.append(
-                f"reference, the lesion mask as the map ({reference['n']} lesion slices, {substrate} fill): "
+                f"reference, the lesion mask as the map, then outward ({reference['n']} lesion slices, "
+                f"{substrate} fill): "
                 f"deletion AUC {reference['deletion_auc_lesion_slices']:.3f}; "
                 f"on the same slices: {same_slices}"
             )
