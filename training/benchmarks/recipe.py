@@ -14,9 +14,11 @@ narrower stem (0.84 of a step), channels_last, bf16 autocast where the CPU runs 
 fp32 step), a compiled training forward (torch.compile: 0.57 of an eager forward and backward, 0.75 of a
 whole epoch) and fused optimiser and EMA updates (TrainConfig.fused_updates: 10 ms a step instead of 31).
 The epochs are planned from the budget, not capped, and the last EMA weights are kept, so the val split
-only calibrates. Held-out 0.87-0.91 where 54-91 epochs fit the budget (slower CPUs), 0.945-0.949 where
-180-206 do (three seeds, bf16 on AMX; docs/benchmarks.md). With a GPU, `--recipe gpu` (128 px, the wide
-stem, 230 epochs, mixed precision: ``training.recipes``) reached 0.96.
+only calibrates. Held-out 0.87-0.91 where 54-91 epochs fit the budget (fp32 CPUs), 0.931-0.941 where
+117-149 do, 0.945-0.953 where 180-260 do (docs/benchmarks.md); the maps keep their black-cell deletion lead
+over a centred Gaussian at 117-149 epochs and lose it on most seeds beyond (docs/explainability.md). With
+a GPU, `--recipe gpu` (128 px, the wide stem, 230 epochs, mixed precision: ``training.recipes``) reached
+0.96.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from training.train import TrainConfig, cpu_has_native_bf16, measure_step_ratio,
 CPU_BENCH_IMAGE_SIZE = 96
 # A narrower conv stem than the model's default (32, 64, 128, 192): a step costs about 0.84 of it, so the
 # budget fits more epochs, which is what 2 cores lack (equal-CPU-cost GPU runs: held-out 0.908 vs 0.894).
+# Where it saves only ~5 % (2 EPYC cores at 600 images/s, ~250 epochs) the wide stem was no better: held-out
+# 0.953 against 0.953 (seed 0), 0.949-0.955 against 0.949 (seed 1), and no better calibrated
+# (docs/benchmarks.md).
 CPU_BENCH_STEM_CHANNELS = (24, 48, 96, 192)
 # Token-cell erasing (training.augment, erase_prob) is off: at 0.5 (half the slices losing up to half their
 # cells, seed 0, guided) held-out accuracy fell from 0.906 to 0.855 in 80 epochs, and from 0.945 to 0.921
