@@ -15,7 +15,7 @@ fp32 step), a compiled training forward (torch.compile: 0.57 of an eager forward
 whole epoch) and fused optimiser and EMA updates (TrainConfig.fused_updates: 10 ms a step instead of 31).
 The epochs are planned from the budget, not capped, and the last EMA weights are kept, so the val split
 only calibrates. Held-out 0.87-0.91 where 54-91 epochs fit the budget (fp32 CPUs), 0.931-0.941 where
-117-149 do, 0.945-0.953 where 180-271 do (docs/benchmarks.md); both maps keep their black-cell deletion
+117-149 do, 0.935-0.953 where 176-271 do (docs/benchmarks.md); both maps keep their black-cell deletion
 lead over a centred Gaussian at 117-149 epochs (four seeds) and on one run of seven beyond 170
 (docs/explainability.md). With a GPU, `--recipe gpu` (128 px, the wide stem, 230 epochs, mixed precision:
 ``training.recipes``) reached 0.96.
