@@ -11,7 +11,7 @@ instance of the one request is answered (status: the first error's, if any; more
 a BYTES output. A body the envelope cannot parse is a 4xx too (``neurovit.torchserve.guard_envelopes``). The
 response shape is ``handlers/response.schema.json``.
 
-Model, preprocessing, class names, temperature and limits come from the archive (``load_model`` reads the
+Model, preprocessing, class names, calibration and limits come from the archive (``load_model`` reads the
 model folder; the ``handler`` section of the archive's model config holds ``ServingOptions``).
 """
 

@@ -7,8 +7,8 @@ classifier reads and attention rollout follows), eager attention so per-layer at
 returned, and ``save_pretrained``/``from_pretrained`` round trips.
 
 A model folder holds ``config.json`` + ``model.safetensors`` (HF), ``preprocessing.json`` (the transform's
-parameters) and ``neurovit.json`` (class names and the calibration temperature). ``load_model`` reads all
-three back, so no stage ever re-declares them.
+parameters) and ``neurovit.json`` (class names, the calibration temperature and confidence map).
+``load_model`` reads all three back, so no stage ever re-declares them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.utils import logging as hf_logging
 
+from neurovit.confidence_map import ConfidenceMap
 from neurovit.preprocessing import PreprocessConfig
 
 MODEL_INFO_FILE = "neurovit.json"
@@ -89,17 +90,23 @@ class ModelInfo:
 
     class_names: list[str]
     temperature: float = 1.0
+    # Applied after the temperature (neurovit.confidence_map); None: the temperature alone calibrates.
+    confidence_map: ConfidenceMap | None = None
     extra: dict = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> None:
         payload = {"class_names": self.class_names, "temperature": self.temperature, **self.extra}
+        if self.confidence_map is not None:
+            payload["confidence_map"] = self.confidence_map.to_dict()
         (Path(folder) / MODEL_INFO_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelInfo:
         payload = json.loads((Path(folder) / MODEL_INFO_FILE).read_text())
         names, temperature = payload.pop("class_names"), float(payload.pop("temperature", 1.0))
-        return cls(class_names=names, temperature=temperature, extra=payload)
+        saved_map = payload.pop("confidence_map", None)  # absent in versions published before it
+        confidence_map = None if saved_map is None else ConfidenceMap.from_dict(saved_map)
+        return cls(class_names=names, temperature=temperature, confidence_map=confidence_map, extra=payload)
 
 
 class ConvStem(nn.Module):

@@ -29,8 +29,8 @@ envelope):
 The explanation wanted is one of ``none``, ``rollout`` (attention rollout, class-agnostic, computed from the
 forward's own attentions), ``heatmap`` (gradient-weighted rollout for the predicted class) or ``all``; a
 comma-separated list
-or a JSON list of names also works. Preprocessing, class names, temperature and the limits come from the
-model folder and ``ServingOptions``, never from constants here.
+or a JSON list of names also works. Preprocessing, class names, temperature, confidence map and the limits
+come from the model folder and ``ServingOptions``, never from constants here.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from neurovit import RESEARCH_DISCLAIMER
+from neurovit.confidence_map import apply_confidence_map
 from neurovit.data.imageio import DEFAULT_MAX_DECODED_BYTES, decode_image
 from neurovit.drift import MonitoringReference, image_features
 from neurovit.errors import (
@@ -489,6 +490,7 @@ class Predictor:
         if not temperature > 0:
             raise ValueError(f"the model's temperature must be positive, got {temperature}")
         self.temperature = temperature
+        self.confidence_map = loaded.info.confidence_map  # after the temperature; None for older versions
 
     @classmethod
     def load(
@@ -520,6 +522,7 @@ class Predictor:
             "model": {"name": self.name, "version": self.version},
             "class_names": self.class_names,
             "temperature": self.temperature,
+            "confidence_map": None if self.confidence_map is None else self.confidence_map.to_dict(),
             "preprocessing": asdict(self.loaded.preprocessing),
             "limits": asdict(self.options),
             "explanations": list(EXPLANATIONS),
@@ -593,7 +596,9 @@ class Predictor:
                 with torch.no_grad():
                     logits = self.model(pixels).logits.float().cpu()
                 timings["forward"] = time.perf_counter() - start
-        probabilities = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
+        probabilities = apply_confidence_map(
+            torch.softmax(logits.double() / self.temperature, dim=-1).numpy(), self.confidence_map
+        )
         ood_scores = self.ood_scorer.score(stack_features(features)) if self.ood_scorer else None
         start = time.perf_counter()
         answers = [

@@ -2,8 +2,8 @@
 images' paths, ``predictions.csv`` (one row per image).
 
 The inference loop lives elsewhere; this module only turns (labels, logits) into the report. The
-temperature is fitted on validation logits (``fit_on``), never on the test logits being reported, so the
-"after calibration" numbers are honest.
+temperature and the confidence map are fitted on validation logits (``fit_on``), never on the test logits
+being reported, so the "after calibration" numbers are honest.
 
 Plots are drawn on bare ``Figure`` objects with the Agg canvas: no pyplot state, no display needed, safe
 to call from a server thread.
@@ -22,10 +22,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from neurovit.calibration import apply_temperature, fit_temperature
+from neurovit.confidence_map import ConfidenceMap, apply_confidence_map, fit_confidence_map
 from neurovit.metrics import (
     DEFAULT_ECE_BINS,
     classification_metrics,
     ece_if_calibrated,
+    expected_calibration_error,
     per_class_intervals,
     reliability_bins,
     roc_curves,
@@ -107,24 +109,13 @@ def _draw_reliability(axes, probs: np.ndarray, y_true: np.ndarray, title: str) -
     axes.legend(loc="upper left")
 
 
-def plot_reliability(
-    y_true: np.ndarray, probs_before: np.ndarray, probs_after: np.ndarray, metrics: dict, path: Path
-) -> None:
-    """Reliability diagrams side by side, before and after temperature scaling, with ECE in the titles."""
-    figure = Figure(figsize=(11.0, 5.0), layout="constrained")
-    before_axes, after_axes = figure.subplots(1, 2)
-    _draw_reliability(
-        before_axes,
-        probs_before,
-        y_true,
-        f"Before calibration (T = 1)\nECE = {metrics['ece_before_calibration']:.4f}",
-    )
-    _draw_reliability(
-        after_axes,
-        probs_after,
-        y_true,
-        f"After calibration (T = {metrics['temperature']:.3f})\nECE = {metrics['ece_after_calibration']:.4f}",
-    )
+def plot_reliability(y_true: np.ndarray, panels: Sequence[tuple[np.ndarray, str]], path: Path) -> None:
+    """Reliability diagrams side by side, one per (probabilities, title): before calibration, after the
+    temperature and, for a model that has one, after the confidence map."""
+    figure = Figure(figsize=(5.5 * len(panels), 5.0), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    for panel_axes, (probs, title) in zip(axes, panels, strict=True):
+        _draw_reliability(panel_axes, probs, y_true, title)
     _save(figure, path)
 
 
@@ -142,6 +133,22 @@ def _choose_temperature(
     return 1.0, "none"
 
 
+def _choose_confidence_map(
+    confidence_map: ConfidenceMap | None,
+    fit_on: tuple[np.ndarray, np.ndarray] | None,
+    temperature: float,
+) -> tuple[ConfidenceMap | None, str]:
+    """The confidence map to apply after the temperature, and a sentence on where it came from."""
+    if confidence_map is not None and fit_on is not None:
+        raise ValueError("pass either confidence_map or fit_on, not both")
+    if fit_on is not None:
+        validation_logits, validation_labels = fit_on
+        return fit_confidence_map(apply_temperature(validation_logits, temperature), validation_labels)
+    if confidence_map is not None:
+        return confidence_map, "confidence map: given"
+    return None, "no confidence map"
+
+
 def write_evaluation(
     out_dir: str | Path,
     y_true: np.ndarray,
@@ -150,8 +157,11 @@ def write_evaluation(
     *,
     temperature: float | None = None,
     fit_on: tuple[np.ndarray, np.ndarray] | None = None,
+    confidence_map: ConfidenceMap | None = None,
 ) -> dict:
-    """Compute metrics before and after temperature scaling and write the report into ``out_dir``.
+    """Compute metrics before and after calibration and write the report into ``out_dir``.
+
+    Calibration is the temperature, then the confidence map (``neurovit.confidence_map``) where there is one.
 
     Args:
         out_dir: folder to write into (created if missing).
@@ -159,23 +169,27 @@ def write_evaluation(
         logits: (N, C) raw model outputs for the same samples.
         class_names: C names in logit column order.
         temperature: a temperature fitted earlier (e.g. saved with the model); exclusive with ``fit_on``.
-        fit_on: (validation logits, validation labels) to fit the temperature on. With neither argument
-            T = 1 and the before/after numbers coincide.
+        fit_on: (validation logits, validation labels) to fit the temperature and then the confidence map
+            on. With neither argument T = 1 and the before/after numbers coincide.
+        confidence_map: a map fitted earlier (saved with the model); exclusive with ``fit_on``.
 
     Returns:
         The dict written to ``metrics.json``: the calibrated metrics of ``classification_metrics`` at top
-        level plus ``temperature``, ``temperature_source``, ``ece_before_calibration``,
-        ``ece_after_calibration``, ``nll_before_calibration``, ``nll_after_calibration``,
-        ``per_class_intervals`` (bootstrap 95 % intervals of each class' sensitivity, specificity and AUC
-        after calibration, seeded: ``neurovit.metrics.per_class_intervals``) and ``ece_if_calibrated``
-        (mean and 95th percentile of the ECE a calibrated model would show here:
-        ``neurovit.metrics.ece_if_calibrated``).
+        level plus ``temperature``, ``temperature_source``, ``confidence_map`` (its knots, or None),
+        ``confidence_map_source`` (a sentence: fitted on how many answers, given, or why not),
+        ``ece_before_calibration``, ``ece_temperature_only``, ``ece_after_calibration``,
+        ``nll_before_calibration``, ``nll_after_calibration``, ``per_class_intervals`` (bootstrap 95 %
+        intervals of each class' sensitivity, specificity and AUC after calibration, seeded:
+        ``neurovit.metrics.per_class_intervals``) and ``ece_if_calibrated`` (mean and 95th percentile of the
+        ECE a calibrated model would show here: ``neurovit.metrics.ece_if_calibrated``).
     """
     out_path = Path(out_dir)
     labels = np.asarray(y_true)
     chosen_temperature, source = _choose_temperature(temperature, fit_on)
+    chosen_map, map_source = _choose_confidence_map(confidence_map, fit_on, chosen_temperature)
     probs_before = apply_temperature(logits, 1.0)
-    probs_after = apply_temperature(logits, chosen_temperature)
+    probs_temperature = apply_temperature(logits, chosen_temperature)
+    probs_after = apply_confidence_map(probs_temperature, chosen_map)
     before = classification_metrics(labels, probs_before, class_names)
     after = classification_metrics(labels, probs_after, class_names)
 
@@ -183,7 +197,10 @@ def write_evaluation(
         **after,
         "temperature": chosen_temperature,
         "temperature_source": source,
+        "confidence_map": None if chosen_map is None else chosen_map.to_dict(),
+        "confidence_map_source": map_source,
         "ece_before_calibration": before["ece"],
+        "ece_temperature_only": expected_calibration_error(probs_temperature, labels),
         "ece_after_calibration": after["ece"],
         "nll_before_calibration": before["nll"],
         "nll_after_calibration": after["nll"],
@@ -201,7 +218,19 @@ def write_evaluation(
     plot_roc_curves(
         labels, probs_after, metrics["class_names"], metrics["per_class"], out_path / ROC_CURVES_PLOT
     )
-    plot_reliability(labels, probs_before, probs_after, metrics, out_path / RELIABILITY_PLOT)
+    panels = [
+        (probs_before, f"Before calibration (T = 1)\nECE = {metrics['ece_before_calibration']:.4f}"),
+        (
+            probs_temperature,
+            f"After the temperature (T = {chosen_temperature:.3f})\n"
+            f"ECE = {metrics['ece_temperature_only']:.4f}",
+        ),
+    ]
+    if chosen_map is not None:
+        panels.append(
+            (probs_after, f"After the confidence map\nECE = {metrics['ece_after_calibration']:.4f}")
+        )
+    plot_reliability(labels, panels, out_path / RELIABILITY_PLOT)
     return metrics
 
 
@@ -214,16 +243,17 @@ def write_predictions(
     temperature: float,
     ood_scores: np.ndarray | None = None,
     ood_threshold: float | None = None,
+    confidence_map: ConfidenceMap | None = None,
 ) -> Path:
     """``predictions.csv`` in ``out_dir``: one row per image, in the order given.
 
     Columns: ``path`` (relative to the data folder: the file name is the only thing about a patient it
-    carries), ``true_class``, ``predicted_class``, ``p_<class>`` (temperature-calibrated probability, one
-    column per class), ``ood_score`` and ``ood_flagged`` (score above the version's threshold; both empty
-    for a model without an OOD scorer).
+    carries), ``true_class``, ``predicted_class``, ``p_<class>`` (calibrated probability: the temperature,
+    then the confidence map where the model has one; one column per class), ``ood_score`` and
+    ``ood_flagged`` (score above the version's threshold; both empty for a model without an OOD scorer).
     """
     labels = np.asarray(y_true)
-    probs = apply_temperature(np.asarray(logits), temperature)
+    probs = apply_confidence_map(apply_temperature(np.asarray(logits), temperature), confidence_map)
     if not len(relpaths) == len(labels) == len(probs):
         raise ValueError(f"{len(relpaths)} paths, {len(labels)} labels and {len(probs)} rows of logits")
     if (ood_scores is None) != (ood_threshold is None):

@@ -252,7 +252,8 @@ def build_card(
                 "pred": {
                     "type": "probabilities",
                     "classes": info.class_names,
-                    "calibration": "softmax of the logits divided by the temperature",
+                    "calibration": "softmax of the logits divided by the temperature"
+                    + ("" if info.confidence_map is None else ", then the top label's confidence map"),
                 }
             },
         },
@@ -260,10 +261,14 @@ def build_card(
         "training_data": _training_data(split, report),
         "performance": _performance(metrics),
         "calibration": {
-            "method": "temperature scaling, fitted on the validation split",
+            "method": "temperature scaling"
+            + ("" if info.confidence_map is None else ", then a top-label confidence map (isotonic)")
+            + ", fitted on the validation split",
             "temperature": info.temperature,
+            "confidence_map": None if info.confidence_map is None else info.confidence_map.to_dict(),
             "ece_bins": DEFAULT_ECE_BINS,
             "ece_before": metrics.get("ece_before_calibration"),
+            "ece_temperature_only": metrics.get("ece_temperature_only"),
             "ece_after": metrics.get("ece_after_calibration"),
             # 95th percentile of the ECE a calibrated model would show on the evaluated images
             "ece_if_calibrated_p95": (metrics.get("ece_if_calibrated") or {}).get("p95"),
@@ -353,7 +358,12 @@ def render_markdown(card: dict) -> str:
         "",
         f"{calibration['method'].capitalize()}: T = {calibration['temperature']:.3f}. Expected calibration "
         f"error ({calibration['ece_bins']} bins) {_number(calibration['ece_before'], 4)} before, "
-        f"{_number(calibration['ece_after'], 4)} after"
+        + (
+            f"{_number(calibration['ece_temperature_only'], 4)} after the temperature, "
+            if calibration.get("confidence_map") is not None
+            else ""
+        )
+        + f"{_number(calibration['ece_after'], 4)} after"
         + (
             " (a perfectly calibrated model would show up to "
             f"{_number(calibration['ece_if_calibrated_p95'], 4)} on as many images, 95th percentile: small "

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neurovit.confidence_map import apply_confidence_map
 from neurovit.drift import MonitoringReference, image_features
 from neurovit.model import LoadedModel, load_model
 from neurovit.ood import OODScorer, capture_features, stack_features, threshold_for_fpr
@@ -45,7 +46,7 @@ def write_monitoring_reference(
     target_fpr: float = DEFAULT_TARGET_FPR,
 ) -> dict:
     """Fit the OOD scorer and the drift reference of the calibrated model in ``model_dir`` (its class names
-    and temperature come from the folder); save both there. Returns a summary for the evaluation's metrics
+    and calibration come from the folder); save both there. Returns a summary for the evaluation's metrics
     (threshold, validation flag rate)."""
     (train_images, train_labels), (val_images, _) = train, val
     loaded = load_model(model_dir, device=pick_device("auto"))
@@ -55,13 +56,15 @@ def write_monitoring_reference(
     scorer = OODScorer.fit(train_features, train_labels, val_features, target_fpr)
     val_scores = scorer.score(val_features)
     threshold = threshold_for_fpr(val_scores, target_fpr)
-    val_confidence = (
-        torch.softmax(torch.from_numpy(val_logits).double() / loaded.info.temperature, -1).max(-1).values
-    )
+    # The confidence the service reports: the temperature, then the confidence map.
+    val_confidence = apply_confidence_map(
+        torch.softmax(torch.from_numpy(val_logits).double() / loaded.info.temperature, -1).numpy(),
+        loaded.info.confidence_map,
+    ).max(axis=1)
 
     features = {
         **image_features(train_images),
-        "confidence": val_confidence.numpy(),
+        "confidence": val_confidence,
         "ood_score": val_scores,
     }
     reference = MonitoringReference.build(

@@ -241,7 +241,8 @@ def evaluate(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
 ):
-    """Fit the temperature on val, evaluate on test; the calibrated model carries the temperature."""
+    """Fit the temperature and the confidence map on val, evaluate on test; the calibrated model carries
+    both."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -255,13 +256,15 @@ def evaluate(
         shutil.copytree(Path(work) / "evaluation", evaluation.path, dirs_exist_ok=True)
         shutil.copytree(Path(work) / "model", calibrated_model.path, dirs_exist_ok=True)
 
-    for name in ("accuracy", "macro_f1", "ece", "ece_before_calibration", "temperature"):
+    logged = ("accuracy", "macro_f1", "ece", "ece_before_calibration", "ece_temperature_only", "temperature")
+    for name in logged:
         metrics.log_metric(name, float(results[name]))
     confusion.log_confusion_matrix(results["class_names"], results["confusion_matrix"])
     evaluation.metadata.update({"evaluated_on": results["evaluated_on"], "n": results["n"]})
     calibrated_model.metadata.update(
         {
             "temperature": float(results["temperature"]),
+            "confidence_map": results["confidence_map"] is not None,
             "evaluated_on": results["evaluated_on"],
             "accuracy": float(results["accuracy"]),
             "macro_f1": float(results["macro_f1"]),

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import neurovit
+from neurovit.confidence_map import ConfidenceMap
 from neurovit.config import MODEL_NAME
 from neurovit.data import analysis, split
 from neurovit.data.arrays import load_arrays_kept
@@ -237,9 +238,10 @@ def calibrate_and_evaluate_stage(
     out_dir: str | Path,
     model_out: str | Path,
 ) -> dict:
-    """Fit the temperature on val, evaluate on test (val when there is no test), save the calibrated model.
+    """Fit the temperature and the confidence map on val, evaluate on test (val when there is no test), save
+    the calibrated model.
 
-    ``model_out`` receives a copy of the model whose neurovit.json carries the fitted temperature, plus the
+    ``model_out`` receives a copy of the model whose neurovit.json carries the fitted calibration, plus the
     monitoring reference (drift bins, class mix, OOD scorer and threshold: ``training.monitoring_reference``).
     ``out_dir`` gets the report (``training.evaluation_report``) and ``predictions.csv`` of the evaluated
     images, whose OOD flag rate (real MRI the threshold never saw, when there is a test split) joins the
@@ -268,6 +270,8 @@ def calibrate_and_evaluate_stage(
 
     info = loaded.info
     info.temperature = float(metrics["temperature"])
+    saved_map = metrics["confidence_map"]
+    info.confidence_map = None if saved_map is None else ConfidenceMap.from_dict(saved_map)
     info.extra["data_fingerprint"] = plan.fingerprint
     model_out = Path(model_out)
     shutil.rmtree(model_out, ignore_errors=True)
@@ -277,7 +281,15 @@ def calibrate_and_evaluate_stage(
     scores, threshold = _ood_scores(model_out, test_features)
     metrics["monitoring"]["ood_evaluated_flagged_rate"] = float(np.mean(scores > threshold))
     write_predictions(
-        out_dir, test_paths, test_labels, test_logits, plan.classes, info.temperature, scores, threshold
+        out_dir,
+        test_paths,
+        test_labels,
+        test_logits,
+        plan.classes,
+        info.temperature,
+        scores,
+        threshold,
+        info.confidence_map,
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -313,7 +325,12 @@ def evaluate_model_stage(
     )
     logits, labels, features = _logits(Path(model_dir), images, labels, "evaluating")
     metrics = write_evaluation(
-        out_dir, labels, logits, loaded.class_names, temperature=loaded.info.temperature
+        out_dir,
+        labels,
+        logits,
+        loaded.class_names,
+        temperature=loaded.info.temperature,
+        confidence_map=loaded.info.confidence_map,
     )
     metrics["data_dir"] = str(Path(data_dir).resolve())
     metrics["images"] = "held-out test split of the version" if only is not None else "all readable"
@@ -323,7 +340,15 @@ def evaluate_model_stage(
         metrics["ood"] = {"threshold": threshold, "flagged_rate": float(np.mean(scores > threshold))}
     relpaths = [index.records[i].relpath for i in kept]
     write_predictions(
-        out_dir, relpaths, labels, logits, loaded.class_names, loaded.info.temperature, scores, threshold
+        out_dir,
+        relpaths,
+        labels,
+        logits,
+        loaded.class_names,
+        loaded.info.temperature,
+        scores,
+        threshold,
+        loaded.info.confidence_map,
     )
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -434,6 +459,7 @@ def publish_stage(
                 "macro_f1",
                 "ece",
                 "ece_before_calibration",
+                "ece_temperature_only",
                 "ece_after_calibration",
                 "ece_if_calibrated",
                 "temperature",
@@ -524,8 +550,9 @@ def run_main_job(
     print(
         f"      {metrics['evaluated_on']}: accuracy {metrics['accuracy']:.3f}, "
         f"macro F1 {metrics['macro_f1']:.3f}, "
-        f"ECE {metrics['ece_before_calibration']:.3f} -> {metrics['ece_after_calibration']:.3f} "
-        f"(T={metrics['temperature']:.2f}; a calibrated model shows up to "
+        f"ECE {metrics['ece_before_calibration']:.3f} -> {metrics['ece_temperature_only']:.3f} "
+        f"(T={metrics['temperature']:.2f}) -> {metrics['ece_after_calibration']:.3f} "
+        f"({metrics['confidence_map_source']}; a calibrated model shows up to "
         f"{metrics['ece_if_calibrated']['p95']:.3f} on {metrics['n']} images); "
         f"plots in {run_dir / 'evaluation'}"
     )

@@ -23,6 +23,7 @@ from fixtures.handler_harness import (
 )
 from fixtures.serving_samples import (
     CLASS_NAMES,
+    CONFIDENCE_MAP,
     TEMPERATURE,
     TEST_OPTIONS,
     VERSION,
@@ -134,6 +135,24 @@ def test_confidence_is_the_temperature_scaled_softmax(handler_and_context, image
     assert [answer["probabilities"][name] for name in CLASS_NAMES] == pytest.approx(expected, abs=1e-6)
     assert answer["confidence"] == pytest.approx(expected.max(), abs=1e-6)
     assert answer["index"] == int(np.argmax(expected))
+
+
+def test_a_model_with_a_confidence_map_serves_the_mapped_confidence(tmp_path, images):
+    mapped_model = save_tiny_model(tmp_path / "model", monitoring=False, confidence_map=CONFIDENCE_MAP)
+    handler_and_context = handler_for(mapped_model)
+    handler = handler_and_context[0]
+    (answer,), _ = run(handler_and_context, [request(images["png"], "image/png")])
+    prepared = handler.predictor.prepare(parse_item({"body": images["png"]}))
+    pixels = torch.as_tensor(prepared.image, dtype=torch.float32)[None, None] / 255.0
+    with torch.no_grad():
+        logits = handler.predictor.model((pixels - 0.5) / 0.5).logits.double()
+    scaled = torch.softmax(logits / TEMPERATURE, dim=-1).numpy()
+    expected = CONFIDENCE_MAP.apply(scaled)[0]
+    assert abs(expected.max() - scaled.max()) > 0.05  # the map moves this confidence: the test can fail
+    assert [answer["probabilities"][name] for name in CLASS_NAMES] == pytest.approx(expected, abs=1e-6)
+    assert answer["confidence"] == pytest.approx(expected.max(), abs=1e-6)
+    assert answer["index"] == int(np.argmax(scaled))  # the map never changes the answer
+    assert handler.predictor.describe()["confidence_map"] == CONFIDENCE_MAP.to_dict()
 
 
 def test_the_served_maps_are_the_cores_gradient_rollout_and_rollout(handler_and_context, images):

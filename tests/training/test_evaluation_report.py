@@ -1,4 +1,4 @@
-"""write_evaluation: metrics.json contents and the three plots."""
+"""write_evaluation: metrics.json contents, the three plots, and the calibration it fits or is given."""
 
 import json
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+from neurovit.confidence_map import ConfidenceMap
 from training.evaluation_report import (
     CONFUSION_MATRIX_PLOT,
     METRICS_FILE,
@@ -110,3 +111,49 @@ def test_temperature_and_fit_on_are_exclusive(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         write_evaluation(tmp_path, labels, logits, NAMES, temperature=1.5, fit_on=(logits, labels))
     assert not (tmp_path / METRICS_FILE).exists()
+
+
+def bunched_split(n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences in two bunches one temperature cannot both calibrate: most answers at a wide logit gap and
+    right 0.99 of the time, a fifth at a narrower gap and right 0.70 of the time (label smoothing's shape)."""
+    rng = np.random.default_rng(seed)
+    unsure = rng.random(n_samples) < 0.2
+    labels = rng.integers(0, len(NAMES), size=n_samples)
+    right = rng.random(n_samples) < np.where(unsure, 0.70, 0.99)
+    predicted = np.where(right, labels, (labels + rng.integers(1, len(NAMES), size=n_samples)) % len(NAMES))
+    logits = rng.normal(scale=0.2, size=(n_samples, len(NAMES)))
+    logits[np.arange(n_samples), predicted] += np.where(unsure, 2.4, 3.8)
+    return logits, labels
+
+
+def test_the_confidence_map_fitted_on_validation_calibrates_beyond_the_temperature(tmp_path):
+    val_logits, val_labels = bunched_split(400, seed=5)
+    test_logits, test_labels = bunched_split(3000, seed=6)
+    metrics = write_evaluation(tmp_path, test_labels, test_logits, NAMES, fit_on=(val_logits, val_labels))
+    assert metrics["confidence_map"] is not None
+    assert "400 validation answers" in metrics["confidence_map_source"]
+    assert metrics["ece_temperature_only"] > 0.04
+    assert metrics["ece_after_calibration"] < 0.6 * metrics["ece_temperature_only"]
+    assert metrics["ece"] == metrics["ece_after_calibration"]
+    assert metrics["accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == test_labels))
+    # Saved with the model, the same map gives the same figures on the same slices.
+    given = ConfidenceMap.from_dict(metrics["confidence_map"])
+    again = write_evaluation(
+        tmp_path / "again",
+        test_labels,
+        test_logits,
+        NAMES,
+        temperature=metrics["temperature"],
+        confidence_map=given,
+    )
+    assert again["ece_after_calibration"] == pytest.approx(metrics["ece_after_calibration"])
+    assert again["confidence_map_source"] == "confidence map: given"
+
+
+def test_too_few_wrong_validation_answers_leave_the_temperature_alone(tmp_path):
+    logits, labels = bunched_split(400, seed=7)
+    labels = logits.argmax(axis=1)  # every validation answer right: nothing to trace a curve with
+    metrics = write_evaluation(tmp_path, labels, logits, NAMES, fit_on=(logits, labels))
+    assert metrics["confidence_map"] is None
+    assert "0 wrong" in metrics["confidence_map_source"]
+    assert metrics["ece_after_calibration"] == metrics["ece_temperature_only"]

@@ -13,6 +13,7 @@ from fixtures.run_outputs import CLASSES, FINGERPRINT, write_run_outputs
 from fixtures.serving_samples import CLASS_NAMES, save_tiny_model
 
 from neurovit import RESEARCH_DISCLAIMER
+from neurovit.confidence_map import ConfidenceMap
 from neurovit.data.split import load_split
 from neurovit.model import ModelInfo
 from neurovit.preprocessing import PreprocessConfig
@@ -83,6 +84,23 @@ def test_the_markdown_is_rendered_from_the_json(outputs, tmp_path):
     assert "0.0400 after (a perfectly calibrated model would show up to 0.0300" in markdown
     card["calibration"]["ece_if_calibrated_p95"] = None  # a version evaluated before the band existed
     assert "0.0400 after.\n" in render_markdown(card)
+
+
+def test_a_version_with_a_confidence_map_says_so_with_both_eces(outputs):
+    confidence_map = ConfidenceMap((0.5, 0.9, 0.97), (0.45, 0.8, 0.99))
+    ModelInfo(class_names=CLASSES, temperature=1.5, confidence_map=confidence_map).save(outputs["model"])
+    metrics_file = outputs["evaluation"] / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "ece_temperature_only": 0.07}))
+    card = card_of(outputs)
+    assert "confidence map" in card["calibration"]["method"]
+    assert card["calibration"]["confidence_map"] == confidence_map.to_dict()
+    assert "confidence map" in card["network_data_format"]["outputs"]["pred"]["calibration"]
+    assert "0.1200 before, 0.0700 after the temperature, 0.0400 after" in render_markdown(card)
+    assert (
+        "confidence map"
+        not in card_of(write_run_outputs(outputs["model"].parent.parent / "plain"))["calibration"]["method"]
+    )
 
 
 def test_explanation_scores_join_the_card_when_the_run_measured_them(outputs):

@@ -206,6 +206,8 @@ def run(
         "val_accuracy": round(metrics["accuracy"], 4),
         "val_macro_f1": round(metrics["macro_f1"], 4),
         "val_ece": round(metrics["ece"], 4),
+        "val_ece_temperature_only": round(metrics["ece_temperature_only"], 4),
+        "confidence_map": metrics["confidence_map"] is not None,
         # the ECE a perfectly calibrated model would stay under (95 %) on these images: chance at this size
         "val_ece_if_calibrated_p95": round(metrics["ece_if_calibrated"]["p95"], 4),
         "held_out_images": metrics["n"],
