@@ -2,6 +2,7 @@
 through the image geometry, bad masks left out and counted, every method scored and written, lesion
 reliance against the healthy twins and against the lesion imputed (any masked data)."""
 
+import csv
 import hashlib
 import json
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from neurovit.confidence_map import ConfidenceMap
 from neurovit.data.demo import DEMO_CLASSES, generate_demo_dataset
 from neurovit.data.split import SplitEntry, SplitPlan
 from neurovit.model import LoadedModel, ModelConfig, ModelInfo, build_model, save_model
@@ -133,7 +135,8 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
         build_model(config, classes),
         version_dir / "model",
         PreprocessConfig(image_size=32),
-        ModelInfo(class_names=classes, temperature=1.5),
+        # The map lifts every confidence to 0.9 or more: the per-image file must show it, as the service does.
+        ModelInfo(classes, temperature=1.5, confidence_map=ConfidenceMap((0.5, 1.0), (0.9, 0.95))),
     )
     SplitPlan(entries, classes, {}).write(version_dir / "split.json")
     store = tmp_path / "store"
@@ -197,6 +200,8 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     assert "healthy substrate needs the demo generator's lesion-free twin" in capsys.readouterr().err
     for name in ("gallery.png", "gallery-true.png", "deletion_curves.png", "per_image.csv"):
         assert (out / name).stat().st_size > 0
+    with (out / "per_image.csv").open() as handle:
+        assert min(float(row["probability"]) for row in csv.DictReader(handle)) >= 0.9
     # an unknown fill is a usage error (exit 2) before anything runs
     assert main([*argv, "--substrate", "black,grey"]) == 2
 
