@@ -90,7 +90,6 @@ class ConfidenceMap:
     def to_dict(self) -> dict:
         return {
             "method": "top-label centred isotonic regression after the temperature",
-            "prior_weight": PRIOR_WEIGHT,
             "confidences": list(self.confidences),
             "values": list(self.values),
         }

@@ -17,12 +17,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.utils import logging as hf_logging
 
-from neurovit.confidence_map import ConfidenceMap
+from neurovit.confidence_map import ConfidenceMap, apply_confidence_map
 from neurovit.preprocessing import PreprocessConfig
 
 MODEL_INFO_FILE = "neurovit.json"
@@ -107,6 +108,12 @@ class ModelInfo:
         saved_map = payload.pop("confidence_map", None)  # absent in versions published before it
         confidence_map = None if saved_map is None else ConfidenceMap.from_dict(saved_map)
         return cls(class_names=names, temperature=temperature, confidence_map=confidence_map, extra=payload)
+
+    def probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """The calibrated (N, C) probabilities the service reports: softmax of the logits divided by the
+        temperature, then the confidence map where there is one."""
+        scaled = torch.softmax(torch.as_tensor(logits).double() / self.temperature, dim=-1).numpy()
+        return apply_confidence_map(scaled, self.confidence_map)
 
 
 class ConvStem(nn.Module):

@@ -52,7 +52,6 @@ import numpy as np
 import torch
 
 from neurovit import RESEARCH_DISCLAIMER
-from neurovit.confidence_map import apply_confidence_map
 from neurovit.data.imageio import DEFAULT_MAX_DECODED_BYTES, decode_image
 from neurovit.drift import MonitoringReference, image_features
 from neurovit.errors import (
@@ -596,9 +595,7 @@ class Predictor:
                 with torch.no_grad():
                     logits = self.model(pixels).logits.float().cpu()
                 timings["forward"] = time.perf_counter() - start
-        probabilities = apply_confidence_map(
-            torch.softmax(logits.double() / self.temperature, dim=-1).numpy(), self.confidence_map
-        )
+        probabilities = self.loaded.info.probabilities(logits)
         ood_scores = self.ood_scorer.score(stack_features(features)) if self.ood_scorer else None
         start = time.perf_counter()
         answers = [

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neurovit.confidence_map import apply_confidence_map
 from neurovit.drift import MonitoringReference, image_features
 from neurovit.model import LoadedModel, load_model
 from neurovit.ood import OODScorer, capture_features, stack_features, threshold_for_fpr
@@ -56,11 +55,7 @@ def write_monitoring_reference(
     scorer = OODScorer.fit(train_features, train_labels, val_features, target_fpr)
     val_scores = scorer.score(val_features)
     threshold = threshold_for_fpr(val_scores, target_fpr)
-    # The confidence the service reports: the temperature, then the confidence map.
-    val_confidence = apply_confidence_map(
-        torch.softmax(torch.from_numpy(val_logits).double() / loaded.info.temperature, -1).numpy(),
-        loaded.info.confidence_map,
-    ).max(axis=1)
+    val_confidence = loaded.info.probabilities(torch.from_numpy(val_logits)).max(axis=1)  # as served
 
     features = {
         **image_features(train_images),

@@ -17,9 +17,9 @@ measures of ``neurovit.explain_metrics``:
   the mean of the per-class hit rates (as TorchRay), each class reported too; the strict variant
   (tolerance 0) is in the JSON.
 - deletion AUC (Petsiuk et al. 2018, RISE): the temperature-calibrated probability of the explained class
-  (without the version's confidence map: a top-label step function, flat within its steps, it would hide how
-  fast the class' score falls) as the map's most relevant part of the input is replaced, the same fraction at
-  each step for every map (one patch-grid cell per step by default), by what ``--substrate`` names
+  (without the version's confidence map: it recalibrates the top label only, and the class a deletion curve
+  follows is not always the top one) as the map's most relevant part of the input is replaced, the same
+  fraction at each step for every map (one patch-grid cell per step by default), by what ``--substrate`` names
   (comma-separated to score several in one run): black (the scan's background, default), ``mean`` or ``blur``,
   ``road`` (ROAD's noisy linear imputation of the removed cells from their surroundings), or ``healthy`` on
   the demo set (the healthy tissue of the slice's lesion-free twin, put back in the scan before the intensity
