@@ -66,7 +66,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from neurovit.calibration import apply_temperature
-from neurovit.confidence_map import apply_confidence_map
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
 from neurovit.data.imageio import read_image
@@ -1009,7 +1008,7 @@ def run(args: ExplainEvalOptions) -> dict:
         if probabilities is None:
             probabilities = torch.softmax(torch.as_tensor(logits) / loaded.info.temperature, dim=-1).numpy()
             predicted = probabilities.argmax(axis=1)
-            served = apply_confidence_map(probabilities, loaded.info.confidence_map)  # what the service says
+            served = loaded.info.probabilities(logits)  # what the service says: the temperature, then the map
             predicted_probability = served[np.arange(len(slices)), predicted]
             accuracy = float(np.mean(predicted == true_classes))
             print(f"      accuracy on these slices {accuracy:.3f}", flush=True)
