@@ -456,7 +456,7 @@ def lesion_reliance(
     twins = to_tensor(np.stack([canonicalise(slices[i].healthy_scan, config) for i in chosen]), config)
     with torch.inference_mode():
         logits = loaded.model(twins).logits.float()
-    twin_probabilities = torch.softmax(logits / loaded.info.temperature, dim=-1).numpy()
+    twin_probabilities = apply_temperature(logits.numpy(), loaded.info.temperature)
     explained = targets[chosen]
     on_slice = probabilities[chosen, explained]
     on_twin = twin_probabilities[np.arange(len(chosen)), explained]
@@ -1006,7 +1006,7 @@ def run(args: ExplainEvalOptions) -> dict:
         )
         timings[f"maps_{explained}_s"] = time.perf_counter() - phase
         if probabilities is None:
-            probabilities = torch.softmax(torch.as_tensor(logits) / loaded.info.temperature, dim=-1).numpy()
+            probabilities = apply_temperature(logits, loaded.info.temperature)
             predicted = probabilities.argmax(axis=1)
             served = loaded.info.probabilities(logits)  # what the service says: the temperature, then the map
             predicted_probability = served[np.arange(len(slices)), predicted]
