@@ -112,6 +112,8 @@ class ModelInfo:
     def probabilities(self, logits: torch.Tensor) -> np.ndarray:
         """The calibrated (N, C) probabilities the service reports: softmax of the logits divided by the
         temperature, then the confidence map where there is one."""
+        # torch, not calibration.apply_temperature (the same maths): that one needs scipy, which the serving
+        # image does not install (pyproject's `serve` list; tests/integration/test_image_dependencies.py).
         scaled = torch.softmax(torch.as_tensor(logits).double() / self.temperature, dim=-1).numpy()
         return apply_confidence_map(scaled, self.confidence_map)
 
