@@ -307,6 +307,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
     names += ("geometry", "compile", "label_smoothing", "erase_max_fraction", "erase_spares_tumours")
+    names += ("weight_decay",)
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -350,7 +351,7 @@ def _lazy_type(module: str, name: str) -> Callable[[str], object]:
 
 
 def _share(text: str) -> float:
-    """A probability or a fraction of a slice: a number in [0, 1]."""
+    """A number in [0, 1]: a probability, a fraction of a slice, a weight decay."""
     try:
         value = float(text)
     except ValueError:
@@ -629,6 +630,11 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         "--geometry",
         type=float,
         help="multiply the training rotation, scale and shift ranges (default 1: 10 degrees, 0.9-1.1, 6 %%)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=_share,
+        help="AdamW's decoupled weight decay on the weight matrices, in [0, 1] (default TrainConfig's, 0.05)",
     )
     p.add_argument(
         "--teacher-fraction",

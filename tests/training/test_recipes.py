@@ -105,3 +105,14 @@ def test_erasing_options_reach_the_bench_and_shares_outside_zero_to_one_are_usag
         err = capsys.readouterr().err
         assert option in err and reason in err
     assert len(bench_calls) == 2  # nothing ran on a bad value
+
+
+def test_weight_decay_reaches_the_bench_and_its_default_is_training_s(bench_calls, tmp_path, capsys) -> None:
+    argv = ["bench", "train", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--weight-decay", "0.2"]) == 0
+    assert main([*argv, "--weight-decay", "0"]) == 0  # 0 is a choice (no decay), not "not given"
+    assert bench_calls == [{"weight_decay": 0.2}, {"weight_decay": 0.0}]
+    assert inspect.signature(bench_run).parameters["weight_decay"].default == TrainConfig.weight_decay
+    assert main([*argv, "--weight-decay", "-0.1"]) == 2
+    assert "--weight-decay" in capsys.readouterr().err
+    assert len(bench_calls) == 2  # nothing ran on a bad value

@@ -122,6 +122,7 @@ def run(
     amp: str = TrainConfig.amp,
     base_model: str | None = None,
     learning_rate: float = TrainConfig.learning_rate,
+    weight_decay: float = TrainConfig.weight_decay,
 ) -> dict:
     """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
@@ -161,6 +162,7 @@ def run(
         amp=amp,
         base_model=base_model,
         learning_rate=learning_rate,
+        weight_decay=weight_decay,
     )
     preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
     print(
@@ -174,7 +176,7 @@ def run(
         + (f", up to {erase_max_fraction:.0%} of the cells" if erase_prob else "")
         + (", never on a tumour or a slice that may hide one" if erase_prob and erase_spares_tumours else "")
         + f"; gamma, bias field and noise each p={acquisition_prob}; dropout {dropout}"
-        + f"; label smoothing {label_smoothing}"
+        + f"; label smoothing {label_smoothing}; weight decay {weight_decay}"
         + f"; rotation, scale and shift ranges x{geometry}"
         + ("; the training forward compiled (torch.compile)" if compile else "")
         + (
@@ -242,6 +244,7 @@ def run(
         "amp": amp,
         "base_model": base_model,
         "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
         "stem_channels": list(stem_channels),
         "data_fingerprint": plan.fingerprint[:12],
         "seed": seed,
