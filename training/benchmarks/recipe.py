@@ -68,9 +68,10 @@ BENCH_DROPOUT = ModelConfig.dropout
 # The rotation, scale and shift ranges of training.augment times this (`--geometry`): 1 keeps them as the
 # demo trains (10 degrees, 0.9-1.1, 6 % of the side). 2, at 264-281 epochs on three seeds, tilted the maps'
 # deletion against the centred Gaussian their way (5 of 6 map-and-seed pairs won under ROAD, 3 of 6 with
-# black cells; seed 1 tied) but cost held-out accuracy (mean 0.938 against 0.950 on the same seeds);
-# 1.5, on four seeds, moved neither accuracy (mean 0.950 against 0.948) nor deletion (rollout -0.016
-# against -0.016 on average; the seed still decides the sign). At 94 epochs 2 cost 0.006.
+# black cells; seed 1 won only with rollout under ROAD) but cost held-out accuracy (mean 0.938 against
+# 0.950 on the same seeds); 1.5, on four seeds, moved neither accuracy (mean 0.950 against 0.948) nor
+# deletion (rollout -0.016 against -0.016 on average; the seed still decides the sign). At 94 epochs 2
+# cost 0.006.
 BENCH_GEOMETRY = 1.0
 # The training forward under torch.compile (TrainConfig.compile): its forward and backward cost 0.57 of
 # eager (bf16, 2 cores, 96 px, batch 64, attentions out for the guide: 197 against 344 ms); a whole epoch,
