@@ -107,12 +107,14 @@ def test_erasing_options_reach_the_bench_and_shares_outside_zero_to_one_are_usag
     assert len(bench_calls) == 2  # nothing ran on a bad value
 
 
-def test_weight_decay_reaches_the_bench_and_its_default_is_training_s(bench_calls, tmp_path, capsys) -> None:
+def test_weight_decay_reaches_the_bench_and_the_gpu_recipe_keeps_training_s(bench_calls, tmp_path, capsys):
     argv = ["bench", "train", "--data-dir", str(tmp_path)]
-    assert main([*argv, "--weight-decay", "0.2"]) == 0
+    assert main([*argv, "--weight-decay", "0.1"]) == 0
     assert main([*argv, "--weight-decay", "0"]) == 0  # 0 is a choice (no decay), not "not given"
-    assert bench_calls == [{"weight_decay": 0.2}, {"weight_decay": 0.0}]
-    assert inspect.signature(bench_run).parameters["weight_decay"].default == TrainConfig.weight_decay
+    assert bench_calls == [{"weight_decay": 0.1}, {"weight_decay": 0.0}]
+    assert inspect.signature(bench_run).parameters["weight_decay"].default == bench.BENCH_WEIGHT_DECAY == 0.2
+    # the GPU recipe keeps the decay of the run that reached 0.961
+    assert gpu_bench_options()["weight_decay"] == gpu_recipe().weight_decay == 0.05
     assert main([*argv, "--weight-decay", "-0.1"]) == 2
     assert "--weight-decay" in capsys.readouterr().err
     assert len(bench_calls) == 2  # nothing ran on a bad value
