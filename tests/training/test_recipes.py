@@ -107,7 +107,7 @@ def test_erasing_options_reach_the_bench_and_shares_outside_zero_to_one_are_usag
     assert len(bench_calls) == 2  # nothing ran on a bad value
 
 
-def test_weight_decay_reaches_the_bench_and_the_gpu_recipe_keeps_training_s(bench_calls, tmp_path, capsys):
+def test_weight_decay_reaches_the_bench_and_the_gpu_recipe_keeps_its_own(bench_calls, tmp_path, capsys):
     argv = ["bench", "train", "--data-dir", str(tmp_path)]
     assert main([*argv, "--weight-decay", "0.1"]) == 0
     assert main([*argv, "--weight-decay", "0"]) == 0  # 0 is a choice (no decay), not "not given"
