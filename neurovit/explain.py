@@ -1,4 +1,4 @@
-"""Where the model looked: three saliency maps for NeuroViT predictions, for training, evaluation and serving.
+"""Where the model looked: saliency maps for NeuroViT predictions, for training, evaluation and serving.
 
 Every explainer takes the model and a preprocessed batch ``(N, 1, H, W)`` and returns maps on the patch grid,
 ``(N, g, g)`` float32 numpy in [0, 1] (each map min-max scaled; a constant map becomes zeros), for a target
@@ -22,10 +22,14 @@ class per image that defaults to the predicted one.
   Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", rules 5 and 6),
   checked against hila-chefer/Transformer-MM-Explainability ``Transformer_MM_explainability_ViT.ipynb``.
   This is the service's class heat map (``neurovit.serving.EXPLANATIONS``; docs/explainability.md).
+- ``lrp``: conservative layer-wise relevance propagation (Ali et al., ICML 2022; ``neurovit.explain_lrp``)
+  to the tokens entering the encoder, signed. Scored for comparison, not served: on the bench models it
+  points at real tumours less often than gradient rollout.
 
-The two gradient methods share one forward and one backward per batch (the sum of each image's target logit:
-images do not interact in eval mode, so each gets its own gradient). ``torch.autograd.grad`` differentiates
-only the tensors needed, so nothing is accumulated in the parameters' ``.grad``.
+The other gradient methods share one forward and one backward per batch (the sum of each image's target
+logit: images do not interact in eval mode, so each gets its own gradient); ``lrp`` runs its own, because
+its hooks change the gradients. ``torch.autograd.grad`` differentiates only the tensors needed, so nothing
+is accumulated in the parameters' ``.grad``.
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ from PIL import Image
 from torch import nn
 
 from neurovit.errors import NeuroVitError
+from neurovit.explain_lrp import token_relevance
 
-METHODS = ("rollout", "gradcam", "hirescam", "gradient_rollout")
+METHODS = ("rollout", "gradcam", "hirescam", "gradient_rollout", "lrp")
 HEAD_FUSIONS = ("mean", "max", "min")
-GRADIENT_METHODS = ("gradcam", "hirescam", "gradient_rollout")
+GRADIENT_METHODS = ("gradcam", "hirescam", "gradient_rollout", "lrp")
 TOKEN_METHODS = ("gradcam", "hirescam")  # the CAMs on the last block's input tokens
 # Rollout as the service and the scores run it: mean head fusion, nothing discarded, accumulated from the
 # third layer on (``start_layer``, as gradient rollout below and the CLIP notebook). Chosen on the validation
@@ -323,10 +328,11 @@ def explain(
             f"attention maps need eager attention, the model uses {model.config._attn_implementation!r}: "
             "load it with attn_implementation='eager' (neurovit.model.load_model does)"
         )
-    needs_grad = any(method in GRADIENT_METHODS for method in methods)
-    needs_tokens = any(method in TOKEN_METHODS for method in methods)
-    if needs_grad and torch.is_inference_mode_enabled():
+    if any(method in GRADIENT_METHODS for method in methods) and torch.is_inference_mode_enabled():
         raise ExplainError(f"{GRADIENT_METHODS} need autograd: call explain outside torch.inference_mode()")
+    # lrp runs its own forward and backward (below): its hooks change the gradients the others read
+    needs_grad = any(method in GRADIENT_METHODS and method != "lrp" for method in methods)
+    needs_tokens = any(method in TOKEN_METHODS for method in methods)
 
     captured: dict[str, torch.Tensor] = {}
     handle = None
@@ -362,6 +368,9 @@ def explain(
     finally:
         if handle is not None:
             handle.remove()
+    if "lrp" in methods:  # after the CAM hook is gone: this pass must not replace its tokens
+        with _eval_mode(model):
+            relevance = token_relevance(model, pixel_values, targets)
 
     result: dict[str, np.ndarray] = {}
     for method in methods:
@@ -371,6 +380,8 @@ def explain(
         elif method == "gradient_rollout":
             start = min(GRADIENT_ROLLOUT_START_LAYER, len(attentions) - 1)  # a one-layer model: its layer
             result[method] = gradient_rollout_from_attentions(attentions, gradients[: len(attentions)], start)
+        elif method == "lrp":
+            result[method] = _patch_grid(relevance)
         elif method == "hirescam":
             result[method] = hires_cam_from_tokens(captured["tokens"], gradients[-1])
         else:

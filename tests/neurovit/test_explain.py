@@ -1,4 +1,4 @@
-"""Explanation maps: rollout, Grad-CAM, HiResCAM and gradient rollout against hand-computed cases, a
+"""Explanation maps: rollout, Grad-CAM, HiResCAM, gradient rollout and LRP against hand-computed cases, a
 hand-built model whose class is read from one quadrant, an autograd reference, and the batch/gradient/mode
 contract."""
 
@@ -31,8 +31,8 @@ from neurovit.model import ModelConfig, build_model
 
 TINY = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
 GRID = 32 // TINY.patch_size
-METHODS = ("rollout", "gradcam", "hirescam", "gradient_rollout")
-CLASS_METHODS = ("gradcam", "hirescam", "gradient_rollout")
+METHODS = ("rollout", "gradcam", "hirescam", "gradient_rollout", "lrp")
+CLASS_METHODS = ("gradcam", "hirescam", "gradient_rollout", "lrp")
 
 
 @pytest.fixture(scope="module")

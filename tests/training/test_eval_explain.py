@@ -158,6 +158,7 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
             "gradcam",
             "hirescam",
             "gradient_rollout",
+            "lrp",
             "random",
             "gaussian",
             "centre",

@@ -5,7 +5,7 @@
 version's ``split.json``), or every image of ``--data-dir`` when that folder is not the data the version
 was trained on (a folder of masked slices such as real tumours outlined by radiologists: ``<class>/<id>.png``
 beside ``<class>/<id>.mask.png``; the class comes from the folder). It computes the explainers' maps
-(``rollout``, ``gradcam`` (the served "heatmap"), ``gradient_rollout``, and ``hirescam``, the CAM variant
+(the served ``rollout`` and ``gradient_rollout``, the "heatmap"; ``gradcam``, ``hirescam`` and ``lrp``,
 scored for comparison) and three baselines (a seeded uniform random map, a centred Gaussian on the patch
 grid, and the centre peak: a map whose maximum is the centre pixel), and scores every map with the
 measures of ``neurovit.explain_metrics``:
