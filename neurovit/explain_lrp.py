@@ -6,8 +6,8 @@ logit. Layer-wise relevance propagation for a transformer, written as gradient x
 the attention weights and LayerNorm's scale (1 / std) are held constant, so the network is linear in its
 input tokens apart from the MLP's nonlinearity and the biases, and the token relevances add up to the logit
 (exactly so without biases and with a ReLU MLP, as a test checks). Ali et al. name those two layers as what
-breaks plain gradients in transformers; their method succeeds Chefer et al.'s (CVPR 2021) LRP for ViTs,
-from the same group. ``make eval-explain`` scores it; it is not served: on the bench models it points at
+breaks plain gradients in transformers; their method came after Chefer et al.'s (CVPR 2021) LRP for ViTs,
+with an author in common. ``make eval-explain`` scores it; it is not served: on the bench models it points at
 real tumours less often than gradient rollout (docs/explainability.md).
 
 The forward values are unchanged: the hooks recompute each layer's output with detached constants, not
