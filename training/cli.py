@@ -307,7 +307,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
     names += ("geometry", "compile", "label_smoothing", "erase_max_fraction", "erase_spares_tumours")
-    names += ("weight_decay",)
+    names += ("weight_decay", "saliency_guided_weight")
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -606,6 +606,13 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         default=None,
         help="with --erase-prob: erase only no-tumour slices and masked slices outside their tumour, so a "
         "hole never removes evidence under a kept label",
+    )
+    p.add_argument(
+        "--saliency-guided-weight",
+        type=float,
+        help="weight of saliency-guided training (training.saliency_guided): each step also answers the "
+        "batch with its lowest-rollout cells black and adds the KL from the plain answer (default 0: off; "
+        "a step then costs twice as much)",
     )
     p.add_argument(
         "--acquisition-prob",

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from neurovit.base_model import checkpoint_image_size, load_base_model
 from neurovit.data.layout import NO_TUMOUR_CLASS
 from neurovit.errors import UsageError
-from neurovit.explain import ROLLOUT_START_LAYER
+from neurovit.explain import ROLLOUT_START_LAYER, rollout_relevance
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, standardise
 from neurovit.progress import progress_bar
@@ -40,6 +40,7 @@ from training.guide import (
     uniform_target_loss,
 )
 from training.precision import MixedPrecision
+from training.saliency_guided import DEFAULT_MAX_FRACTION, consistency_loss, masked_copy
 from training.teacher import distillation_loss, teacher_accuracy, train_teacher
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,12 @@ class TrainConfig:
     # (``training.guide.UNIFORM_TARGET``) trains the tumour-imputed slices towards no class at all rather
     # than towards one. None (the default) adds nothing.
     counterfactual_class: str | None = None
+    # Saliency-guided training (``training.saliency_guided``): each step also answers a copy of the batch
+    # with the cells rollout ranks lowest blacked out, and adds this weight times the KL divergence from the
+    # answer on the batch, so that what the map ranks low stops moving the answer. 0 (the default) trains
+    # exactly as before; above 0 a step costs a second forward and backward.
+    saliency_guided_weight: float = 0.0
+    saliency_guided_max_fraction: float = DEFAULT_MAX_FRACTION  # of the cells, drawn uniformly up to this
     # Knowledge distillation (training.teacher): this share of ``time_budget_s`` first trains a small CNN
     # teacher, whose top class then joins the labels with weight ``distill_weight`` (DeiT's hard
     # distillation). 0 (the default) trains without a teacher.
@@ -153,6 +160,11 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.saliency_guided_weight < 0 or not 0.0 < self.saliency_guided_max_fraction <= 1.0:
+            raise ValueError(
+                f"saliency_guided_weight must be >= 0 and saliency_guided_max_fraction in (0, 1], got "
+                f"{self.saliency_guided_weight} and {self.saliency_guided_max_fraction}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -536,6 +548,8 @@ def train(
     )
     train_data, masks = with_guide_slices(train_data, guide, config, class_names)
     guided = masks is not None and config.guide_weight > 0
+    saliency_guided = config.saliency_guided_weight > 0
+    black = float(standardise(torch.zeros(()), preprocessing))  # a black cell in model-input units
     train_loader = BatchLoader(
         *train_data,
         config.batch_size,
@@ -631,7 +645,7 @@ def train(
         )
         for images, targets, *batch_masks in bar:
             with precision.autocast():
-                outputs = forward(images, output_attentions=guided)
+                outputs = forward(images, output_attentions=guided or saliency_guided)
             logits = outputs.logits
             teacher_logits = None
             if teacher is not None:
@@ -653,6 +667,21 @@ def train(
                     loss = loss + config.guide_weight * guide_loss(
                         attentions, batch_masks[0][with_mask], start
                     )
+            if saliency_guided:
+                with torch.no_grad():
+                    attentions = [attention.detach().float() for attention in outputs.attentions]
+                    relevance = rollout_relevance(attentions, min(ROLLOUT_START_LAYER, len(attentions) - 1))
+                masked = masked_copy(
+                    images,
+                    relevance,
+                    config.model.patch_size,
+                    black,
+                    config.saliency_guided_max_fraction,
+                    generator,
+                )
+                with precision.autocast():
+                    masked_logits = forward(masked).logits
+                loss = loss + config.saliency_guided_weight * consistency_loss(masked_logits, logits)
             optimizer.zero_grad(set_to_none=True)
             precision.backward(loss)
             precision.unscale(optimizer)

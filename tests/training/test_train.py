@@ -395,3 +395,22 @@ def test_tumour_free_slices_are_the_no_tumour_the_imputed_and_the_masked_ones():
     assert tumour_free_slices(labels, None, classes).tolist() == [False, False, True, False, True, False]
     # a collection without a no-tumour class: only what is known to be free
     assert tumour_free_slices(np.array([0, 1]), None, ["glioma", "pituitary"]).tolist() == [False, False]
+
+
+def test_saliency_guided_training_learns_and_its_term_is_in_the_loss(data, tmp_path, monkeypatch):
+    train_data, val_data = data
+    config = tiny_config(saliency_guided_weight=1.0)
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "real", progress=False)
+    assert result.best_val_accuracy >= 0.9
+
+    # A term of 5 per step, whatever the answers, must show in every epoch's training loss.
+    calls = []
+
+    def five(masked_logits, logits):
+        calls.append(masked_logits.shape)
+        return masked_logits.sum() * 0 + 5.0
+
+    monkeypatch.setattr(train_module, "consistency_loss", five)
+    result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "spy", progress=False)
+    assert len(calls) == 4 * (160 // 16) and calls[0] == (16, 2)
+    assert min(record["train_loss"] for record in result.history) > 5.0

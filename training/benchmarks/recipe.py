@@ -133,6 +133,7 @@ def run(
     base_model: str | None = None,
     learning_rate: float = TrainConfig.learning_rate,
     weight_decay: float = BENCH_WEIGHT_DECAY,
+    saliency_guided_weight: float = TrainConfig.saliency_guided_weight,
 ) -> dict:
     """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
@@ -173,6 +174,7 @@ def run(
         base_model=base_model,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
+        saliency_guided_weight=saliency_guided_weight,
     )
     preprocessing = config.preprocessing()  # what train_stage used: its cached arrays are reused
     print(
@@ -189,6 +191,12 @@ def run(
         + f"; label smoothing {label_smoothing}; weight decay {weight_decay}"
         + f"; rotation, scale and shift ranges x{geometry}"
         + ("; the training forward compiled (torch.compile)" if compile else "")
+        + (
+            f"; saliency-guided, KL weight {saliency_guided_weight} on copies with up to "
+            + f"{config.saliency_guided_max_fraction:.0%} of the lowest-rollout cells black"
+            if saliency_guided_weight
+            else ""
+        )
         + (
             f"; the guide slices also with their tumour imputed, target {config.counterfactual_class}"
             if config.counterfactual_class
@@ -233,6 +241,7 @@ def run(
         "erase_prob": erase_prob,
         "erase_max_fraction": erase_max_fraction,
         "erase_spares_tumours": erase_spares_tumours,
+        "saliency_guided_weight": saliency_guided_weight,
         "acquisition_prob": acquisition_prob,
         "dropout": dropout,
         "label_smoothing": label_smoothing,
