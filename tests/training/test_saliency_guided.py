@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.saliency_guided import consistency_loss, lowest_cells, masked_copy
+from training.saliency_guided import consistency_loss, head_cells, lowest_cells, masked_copy
 from training.train import TrainConfig
 
 
@@ -17,12 +17,32 @@ def test_the_masked_cells_are_each_images_least_relevant_and_at_most_the_share()
             assert row[picked].max() < row[~picked].min()
 
 
+def test_only_candidate_cells_are_masked_and_the_share_is_of_the_candidates():
+    relevance = torch.rand(300, 16, generator=torch.Generator().manual_seed(2))
+    candidates = torch.zeros(300, 16, dtype=torch.bool)
+    candidates[:, 4:12] = True
+    masked = lowest_cells(relevance, 1.0, torch.Generator().manual_seed(0), candidates)
+    assert not masked[:, :4].any() and not masked[:, 12:].any()
+    assert masked.sum(dim=1).max() == 7  # floor(u * 8), u < 1: never all 8 candidates
+
+
+def test_head_cells_are_the_bright_ones_whatever_the_units():
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    disk = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 18**2).float()  # a head on a black background
+    for images in (disk.view(1, 1, 48, 48), (disk.view(1, 1, 48, 48) - 0.2) / 0.3 + 0.05):
+        cells = head_cells(images, 8).view(6, 6)
+        assert not cells[0, 0] and not cells[5, 5] and not cells[0, 5]  # corners: background
+        assert cells[1:5, 1:5].all()  # the middle: head
+    assert not head_cells(torch.ones(1, 1, 16, 16), 8).any()  # a flat image has no head to rank
+
+
 def test_the_copy_blacks_out_whole_cells_where_relevance_is_low():
     images = torch.ones(1, 1, 32, 32)
+    images[0, 0, 0, 0] = 0.0  # every cell is in the head
     relevance = torch.arange(16.0).view(1, 16)  # cell 0 (top left) least relevant, cell 15 most
     generator = torch.Generator().manual_seed(0)
     while True:  # draw until at least one cell is masked
-        copy = masked_copy(images, relevance, 8, -2.0, 1.0, generator)
+        copy = masked_copy(images, relevance, 8, -2.0, 0.5, generator)
         if (copy == -2.0).any():
             break
     filled = (copy[0, 0] == -2.0).float()
@@ -32,6 +52,7 @@ def test_the_copy_blacks_out_whole_cells_where_relevance_is_low():
     assert order[0] == 1.0 and order[15] == 0.0
     assert torch.all(order[:-1] >= order[1:])  # masked cells are a prefix of the relevance order
     assert torch.equal(copy[copy != -2.0], images[copy != -2.0])
+    assert (copy == -2.0).float().mean() <= 0.5  # never more than max_fraction of the cells
 
 
 def test_a_non_square_grid_is_refused():
