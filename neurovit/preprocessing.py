@@ -161,6 +161,12 @@ def standardise(images01: torch.Tensor, config: PreprocessConfig) -> torch.Tenso
     return (images01 - config.mean) / config.std
 
 
+def black_input(config: PreprocessConfig) -> float:
+    """A black pixel (intensity 0) in model-input units: the fill of black-cell deletion when scoring and of
+    the cells training blacks out, which must be the same value."""
+    return float(standardise(torch.zeros(()), config))
+
+
 def preprocess(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     """The full transform for one decoded grey image: (1, 1, size, size) float tensor."""
     return to_tensor(canonicalise(pixels, config), config)
@@ -170,6 +176,7 @@ __all__ = [
     "INTENSITY_WINDOWS",
     "PREPROCESSING_FILE",
     "PreprocessConfig",
+    "black_input",
     "canonicalise",
     "content_box",
     "intensity_window",

@@ -28,7 +28,7 @@ from neurovit.data.layout import NO_TUMOUR_CLASS
 from neurovit.errors import UsageError
 from neurovit.explain import ROLLOUT_START_LAYER, rollout_relevance
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
-from neurovit.preprocessing import PreprocessConfig, standardise
+from neurovit.preprocessing import PreprocessConfig, black_input, standardise
 from neurovit.progress import progress_bar
 from training.augment import AugmentConfig, augment_batch
 from training.guide import (
@@ -549,7 +549,7 @@ def train(
     train_data, masks = with_guide_slices(train_data, guide, config, class_names)
     guided = masks is not None and config.guide_weight > 0
     saliency_guided = config.saliency_guided_weight > 0
-    black = float(standardise(torch.zeros(()), preprocessing))  # a black cell in model-input units
+    black = black_input(preprocessing)  # the fill of the cells saliency-guided training blacks out
     train_loader = BatchLoader(
         *train_data,
         config.batch_size,

@@ -8,6 +8,7 @@ import torch
 
 from neurovit.preprocessing import (
     PreprocessConfig,
+    black_input,
     canonicalise,
     intensity_window,
     preprocess,
@@ -114,3 +115,10 @@ def test_config_rejects_nonsense():
         PreprocessConfig(foreground_median_level=1.5)
     with pytest.raises(FileNotFoundError, match="not a NeuroViT model folder"):
         PreprocessConfig.load("/nonexistent-folder")
+
+
+def test_black_input_is_what_a_black_canonical_image_becomes():
+    config = PreprocessConfig(image_size=8)
+    black = to_tensor(np.zeros((8, 8), dtype=np.uint8), config)
+    assert torch.all(black == black_input(config))
+    assert black_input(config) < 0  # below the standardised mean: a real fill, not zero

@@ -102,9 +102,9 @@ from neurovit.explain_metrics import (
 from neurovit.model import LoadedModel, load_model
 from neurovit.preprocessing import (
     PreprocessConfig,
+    black_input,
     canonicalise,
     resize_keep_aspect,
-    standardise,
     to_tensor,
 )
 from neurovit.serving import EXPLANATIONS
@@ -313,7 +313,7 @@ class Deletion:
     @classmethod
     def build(cls, name: str, loaded: LoadedModel, slices: list[Slice], inputs: torch.Tensor) -> Deletion:
         if name == "black":  # the model input of intensity 0
-            return cls(inputs, float(standardise(torch.zeros(()), loaded.preprocessing)))
+            return cls(inputs, black_input(loaded.preprocessing))
         if name != "healthy":
             return cls(inputs, name)
         missing = [item.relpath for item in slices if item.healthy_scan is None]
