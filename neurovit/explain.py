@@ -129,6 +129,12 @@ def _check_start_layer(start_layer: int, layers: int) -> None:
         raise ExplainError(f"start_layer must be in [0, {layers}), got {start_layer}")
 
 
+def served_start_layer(start_layer: int, layers: int) -> int:
+    """The layer a map starts at on a model with ``layers`` layers: ``start_layer``, or the last layer of a
+    model too shallow for it (the demo and test models), so training and serving read the same layers."""
+    return min(start_layer, layers - 1)
+
+
 def _work_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)  # half/bfloat16 -> float32; float64 stays
 
@@ -375,10 +381,10 @@ def explain(
     result: dict[str, np.ndarray] = {}
     for method in methods:
         if method == "rollout":
-            start = min(rollout_start_layer, len(attentions) - 1)  # a shallower model: its last layer
+            start = served_start_layer(rollout_start_layer, len(attentions))
             result[method] = rollout_from_attentions(attentions, head_fusion, discard_ratio, start)
         elif method == "gradient_rollout":
-            start = min(GRADIENT_ROLLOUT_START_LAYER, len(attentions) - 1)  # a one-layer model: its layer
+            start = served_start_layer(GRADIENT_ROLLOUT_START_LAYER, len(attentions))
             result[method] = gradient_rollout_from_attentions(attentions, gradients[: len(attentions)], start)
         elif method == "lrp":
             result[method] = _patch_grid(relevance)

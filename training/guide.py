@@ -31,7 +31,7 @@ from neurovit.data.imageio import read_image
 from neurovit.data.layout import discover
 from neurovit.data.masks import mask_on_input, mask_path, read_mask
 from neurovit.errors import DataError, NeuroVitError
-from neurovit.explain import rollout_relevance
+from neurovit.explain import rollout_relevance, served_start_layer
 from neurovit.explain_metrics import control_region, grown_lesion, noisy_linear_imputation
 from neurovit.preprocessing import PreprocessConfig, canonicalise
 
@@ -107,7 +107,7 @@ def guide_loss(attentions: list[torch.Tensor], masks: torch.Tensor, start_layer:
     in [0, 1] (augmented with their images). A cell counts as tumour when the mask covers any of it, so a
     small lesion still owns the cell it sits in.
     """
-    relevance = rollout_relevance(attentions, min(start_layer, len(attentions) - 1))
+    relevance = rollout_relevance(attentions, served_start_layer(start_layer, len(attentions)))
     side = int(round(relevance.shape[1] ** 0.5))
     cells = F.adaptive_max_pool2d(masks.float(), side).flatten(1) > 0.5
     share = (relevance * cells).sum(dim=1) / relevance.sum(dim=1).clamp_min(1e-12)

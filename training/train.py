@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from neurovit.base_model import checkpoint_image_size, load_base_model
 from neurovit.data.layout import NO_TUMOUR_CLASS
 from neurovit.errors import UsageError
-from neurovit.explain import ROLLOUT_START_LAYER, rollout_relevance
+from neurovit.explain import ROLLOUT_START_LAYER, rollout_relevance, served_start_layer
 from neurovit.model import ModelConfig, ModelInfo, NeuroViTForImageClassification, build_model, save_model
 from neurovit.preprocessing import PreprocessConfig, black_input, standardise
 from neurovit.progress import progress_bar
@@ -670,7 +670,8 @@ def train(
             if saliency_guided:
                 with torch.no_grad():
                     attentions = [attention.detach().float() for attention in outputs.attentions]
-                    relevance = rollout_relevance(attentions, min(ROLLOUT_START_LAYER, len(attentions) - 1))
+                    start = served_start_layer(ROLLOUT_START_LAYER, len(attentions))
+                    relevance = rollout_relevance(attentions, start)
                 masked = masked_copy(
                     images,
                     relevance,

@@ -25,6 +25,7 @@ from neurovit.explain import (
     hires_cam_from_tokens,
     overlay_png,
     rollout_from_attentions,
+    served_start_layer,
     upsample,
 )
 from neurovit.model import ModelConfig, build_model
@@ -273,6 +274,13 @@ def test_batched_maps_match_a_per_image_autograd_reference(model, images):
         expected_rollout = gradient_rollout_from_attentions(attentions, [a.grad for a in attentions], start)
         np.testing.assert_allclose(maps["gradcam"][index], expected_cam[0], atol=1e-5)
         np.testing.assert_allclose(maps["gradient_rollout"][index], expected_rollout[0], atol=1e-5)
+
+
+def test_a_map_starts_at_its_layer_or_at_the_last_layer_of_a_shallower_model():
+    assert served_start_layer(2, 6) == 2
+    assert served_start_layer(2, 3) == 2
+    assert served_start_layer(2, 2) == 1
+    assert served_start_layer(2, 1) == 0
 
 
 def test_the_served_heatmap_reads_the_layers_from_its_start_layer_on(images):
