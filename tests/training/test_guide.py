@@ -269,7 +269,7 @@ def test_training_with_uniform_counterfactuals_and_a_teacher_runs_to_the_end(tmp
         model=model,
         counterfactual_class="uniform",
         teacher_fraction=0.05,
-        time_budget_s=20,
+        time_budget_s=60,  # room for all 3 epochs on a busy machine (at 20 s a loaded one ran 2)
     )
     result = train(
         train_data, train_data, classes, preprocessing, config, tmp_path / "run", False, False, guide
