@@ -16,8 +16,10 @@ whole epoch) and fused optimiser and EMA updates (TrainConfig.fused_updates: 10 
 The epochs are planned from the budget, not capped, and the last EMA weights are kept, so the val split
 only calibrates. With weight decay 0.05 (the default until 2026-12-05), held-out 0.87-0.91 where 54-91
 epochs fit the budget (fp32 CPUs), 0.931-0.941 where 117-149 do, 0.935-0.965 where 176-283 do; with 0.2,
-0.949-0.961 on five seeds at 224-259 (docs/benchmarks.md). Both maps keep their black-cell deletion lead
-over a centred Gaussian at 117-149 epochs (four seeds); beyond 170 the seed decides (docs/explainability.md).
+0.949-0.961 on five seeds at 224-259 (docs/benchmarks.md). Both maps kept their black-cell deletion lead
+over a centred Gaussian at 117-149 epochs on 2 EPYC cores (four seeds), but at 122 on 2 Xeon cores they
+tied it (three seeds; one map won once); beyond 170 the seed decides (docs/explainability.md), so the
+epochs stay uncapped.
 With a GPU, `--recipe gpu` (128 px, the wide stem, 230 epochs, mixed precision: ``training.recipes``)
 reached 0.96.
 """
