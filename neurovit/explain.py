@@ -131,7 +131,8 @@ def _check_start_layer(start_layer: int, layers: int) -> None:
 
 def served_start_layer(start_layer: int, layers: int) -> int:
     """The layer a map starts at on a model with ``layers`` layers: ``start_layer``, or the last layer of a
-    model too shallow for it (the demo and test models), so training and serving read the same layers."""
+    model too shallow for it (a tiny test model or checkpoint), so training and serving read the same
+    layers."""
     return min(start_layer, layers - 1)
 
 
