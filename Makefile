@@ -26,12 +26,26 @@ export NEUROVIT_STORE ?= $(abspath $(STORE))
 .DEFAULT_GOAL := help
 
 # ---- SET-UP ------------------------------------------------------------------------------------
+# PyPI downloads can break off mid-file (CI once lost torchserve's wheel at 40 of 42 MB, six resumes in a
+# row): pip gets more resumes and reconnects (exported, so the image-dependency tests' installs get them
+# too), and a whole install that still fails is started afresh up to twice more before the target fails.
+export PIP_RETRIES        ?= 10
+export PIP_RESUME_RETRIES ?= 20
+PIP_ATTEMPTS := 3
+DEV_EXTRAS   := .[serve,train,dev]
+# $(call pip_install,<venv bin>,<pip args>)
+pip_install = for attempt in $$(seq $(PIP_ATTEMPTS)); do \
+	  $(1)/pip install --quiet $(2) && break; \
+	  [ $$attempt -lt $(PIP_ATTEMPTS) ] || exit 1; \
+	  echo "pip install $(2) failed (attempt $$attempt of $(PIP_ATTEMPTS)); retrying in 20 s" >&2; sleep 20; \
+	done
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV_BIN)/pip install --quiet --upgrade pip
+	$(call pip_install,$(VENV_BIN),--upgrade pip)
 	# torch is pinned in pyproject.toml to the CPU wheel (2.13.0); a bare `torch` would pull CUDA wheels.
 	# serve + train: every runtime dependency (the images install one list each: pyproject.toml).
-	$(VENV_BIN)/pip install --quiet -e '.[serve,train,dev]'
+	$(call pip_install,$(VENV_BIN),-e '$(DEV_EXTRAS)')
 	touch $@
 
 .PHONY: venv
@@ -41,8 +55,8 @@ venv: $(VENV)/.installed ## Create .venv and install NeuroViT with its pinned de
 TOOLS_VENV   := .venv-tools
 $(TOOLS_VENV)/.installed: requirements-tools.txt
 	$(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
-	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
+	$(call pip_install,$(TOOLS_VENV)/bin,--upgrade pip)
+	$(call pip_install,$(TOOLS_VENV)/bin,-r requirements-tools.txt)
 	touch $@
 
 .PHONY: tools-venv
@@ -54,8 +68,8 @@ tools-venv: $(TOOLS_VENV)/.installed ## Create .venv-tools (checkov, kserve SDK:
 KSERVE_VENV  := .venv-kserve
 $(KSERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/pip install --quiet --upgrade pip
-	$(KSERVE_VENV)/bin/pip install --quiet -e '.[serve-kserve]'
+	$(call pip_install,$(KSERVE_VENV)/bin,--upgrade pip)
+	$(call pip_install,$(KSERVE_VENV)/bin,-e '.[serve-kserve]')
 	touch $@
 
 .PHONY: kserve-venv
@@ -112,11 +126,11 @@ EXPLAIN      ?= all
 
 .PHONY: java
 java: ## Install Java 17 (TorchServe's frontend) where it is missing (Debian/Ubuntu, as root)
-	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq -o Acquire::Retries=5 && apt-get install -y -qq -o Acquire::Retries=5 openjdk-17-jre-headless)
 
 .PHONY: prometheus
 prometheus: ## Install Prometheus and promtool (monitoring checks, demos) where missing (Debian/Ubuntu, as root)
-	@command -v promtool >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+	@command -v promtool >/dev/null 2>&1 || (apt-get update -qq -o Acquire::Retries=5 && apt-get install -y -qq -o Acquire::Retries=5 --no-install-recommends prometheus)
 
 .PHONY: package
 package: venv ## Build MODEL's TorchServe archive and KServe config into outputs/package/<version>
