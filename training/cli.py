@@ -473,6 +473,18 @@ def add_training_commands(sub, result: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--deletion-batch-size", type=int, default=130, help="perturbed inputs per forward")
     p.add_argument("--gallery-per-class", type=int, default=2)
     p.add_argument("--max-per-class", type=int, help="evaluate at most this many slices per class")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        help="the part of the version's split scored when --data-dir is its data (default test; val to "
+        "choose settings without reading the test slices)",
+    )
+    p.add_argument(
+        "--without-masks",
+        action="store_true",
+        default=None,
+        help="score deletion on slices without lesion masks (pointing game and lesion references left out)",
+    )
     p.set_defaults(func=cmd_explain_eval)
 
     p = sub.add_parser(

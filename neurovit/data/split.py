@@ -383,40 +383,45 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def select_test_images(data_dir: Path, split_path: Path | None) -> tuple[list[tuple[Path, str, str]], str]:
-    """``[(path, relpath, label)]`` to evaluate and a line saying which: the split's test images when the
-    version's split file is there and the data still matches it, else every image of ``data_dir``
-    (eval-explain and ood-eval)."""
+def select_test_images(
+    data_dir: Path, split_path: Path | None, part: str = "test"
+) -> tuple[list[tuple[Path, str, str]], str]:
+    """``[(path, relpath, label)]`` to evaluate and a line saying which: the split's ``part`` images (its
+    test images unless asked for ``val``) when the version's split file is there and the data still matches
+    it, else every image of ``data_dir`` (eval-explain and ood-eval)."""
+    if part not in ("train", "val", "test"):
+        raise ValueError(f"part must be train, val or test, got {part!r}")
     root = data_dir.resolve()
     if split_path is not None and split_path.is_file():
         plan = load_split(split_path)
-        test = [entry for entry in plan.entries if entry.split == "test"]
-        if not test:
-            logger.warning("the version's split has no test part: evaluating every image of %s", root)
+        wanted = [entry for entry in plan.entries if entry.split == part]
+        if not wanted:
+            logger.warning("the version's split has no %s part: evaluating every image of %s", part, root)
         else:
             changed = [
                 e.relpath
-                for e in test
+                for e in wanted
                 if not (root / e.relpath).is_file() or _sha256(root / e.relpath) != e.sha256
             ]
-            if len(changed) == len(test) and not any((root / e.relpath).is_file() for e in test):
+            if len(changed) == len(wanted) and not any((root / e.relpath).is_file() for e in wanted):
                 index = discover(root)  # another folder altogether (real masked slices): all of it
                 chosen = [(record.path, record.relpath, record.label) for record in index.records]
                 return chosen, f"every image of {root} ({len(chosen)} images; not the version's data)"
             if not changed:
-                chosen = [(root / e.relpath, e.relpath, e.label) for e in test]
-                return chosen, f"test split of the version's split.json ({len(chosen)} images)"
+                chosen = [(root / e.relpath, e.relpath, e.label) for e in wanted]
+                return chosen, f"{part} split of the version's split.json ({len(chosen)} images)"
             logger.warning(
-                "%d of the %d test images of the version's split are missing or changed in %s (e.g. %s): "
+                "%d of the %d %s images of the version's split are missing or changed in %s (e.g. %s): "
                 "evaluating every image instead",
                 len(changed),
-                len(test),
+                len(wanted),
+                part,
                 root,
                 changed[0],
             )
     index = discover(root)
     chosen = [(record.path, record.relpath, record.label) for record in index.records]
-    return chosen, f"every image of {root} ({len(chosen)} images; no usable test split)"
+    return chosen, f"every image of {root} ({len(chosen)} images; no usable {part} split)"
 
 
 __all__ = [

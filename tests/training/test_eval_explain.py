@@ -110,6 +110,71 @@ def test_bad_masks_are_left_out_and_counted_and_a_folder_without_masks_is_refuse
     assert "has a lesion mask" in capsys.readouterr().err
 
 
+def test_a_split_without_masks_is_scored_on_deletion_alone_and_its_val_part_on_request(tmp_path, capsys):
+    # Real scans without outlines (a version's own brain-tumor-mri split): deletion needs no mask, so an
+    # explainer's settings can be chosen on the validation slices and the test slices left unread.
+    classes = ["glioma", "notumor"]
+    data, entries = tmp_path / "data", []
+    rng = np.random.default_rng(0)
+    parts = ("train", "val", "val", "val", "test", "test")
+    for label in classes:
+        (data / label).mkdir(parents=True)
+        for number, part in enumerate(parts):
+            image = (rng.random((32, 32)) * 120).astype(np.uint8)
+            image[8:16, 16:24] = 250 if label == "glioma" else 60
+            name = f"{label}/{label}_{number}.png"
+            Image.fromarray(image).save(data / name)
+            entries.append(
+                SplitEntry(name, label, part, hashlib.sha256((data / name).read_bytes()).hexdigest())
+            )
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+    version_dir = tmp_path / "version"
+    save_model(
+        build_model(config, classes),
+        version_dir / "model",
+        PreprocessConfig(image_size=32),
+        ModelInfo(class_names=classes),
+    )
+    SplitPlan(entries, classes, {}).write(version_dir / "split.json")
+    store = tmp_path / "store"
+    LocalStore(store).publish("neurovit", version_dir, metadata={})
+    argv = ["--store", str(store), "--data-dir", str(data), "--steps", "4", "--explained-class", "predicted"]
+
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 3  # the test split, no masks, not asked
+    assert "--without-masks" in capsys.readouterr().err
+
+    out = tmp_path / "val"
+    assert (
+        main([*argv, "--split", "val", "--without-masks", "--substrate", "black,road", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "val split of the version's split.json (6 images); no lesion masks: deletion alone" in printed
+    assert (
+        "no lesion masks: no pointing game; deletion AUC: 6 slices" in printed and "pointing ↑" not in printed
+    )
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["n_slices"] == 6
+    with (out / "per_image.csv").open() as handle:
+        scored = {row["relpath"] for row in csv.DictReader(handle)}
+    assert scored == {entry.relpath for entry in entries if entry.split == "val"}
+    explained = result["explained"]["predicted"]
+    for method, values in explained["methods"].items():
+        assert values["n_pointing_game"] == 0, method
+        assert set(values["deletion"]) == {"black", "road"}
+        for fill in ("black", "road"):
+            assert 0.0 <= values["deletion"][fill]["auc"] <= 1.0, (method, fill)
+    gain = explained["comparisons"]["rollout"]["gaussian"]
+    assert gain["pointing_game_gain"] is None and set(gain["deletion"]) == {"black", "road"}
+    assert explained["lesion_mask_reference"]["black"]["n"] == 0
+
+    out = tmp_path / "test"
+    assert main([*argv, "--without-masks", "--out", str(out)]) == 0  # the default part: test
+    assert "test split of the version's split.json (4 images)" in capsys.readouterr().out
+    assert json.loads((out / "explain_eval.json").read_text())["n_slices"] == 4
+
+
 @pytest.mark.slow  # about 14 s: seven methods, both explained classes, every substrate
 def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys):
     classes = ["glioma", "notumor"]

@@ -31,7 +31,10 @@ answer's map, explained as the truth, still shows whether the model saw the lesi
 compared with each baseline on the same images (paired bootstrap 95% intervals of the difference), which is
 what "better than the baseline" means here. A reference line gives the deletion AUC with the lesion mask
 itself as the map (lesion slices only). A slice whose image or mask cannot be read, or whose mask is not
-the image's size, is left out and counted; a folder without any lesion mask is refused.
+the image's size, is left out and counted; a folder without any lesion mask is refused, unless
+``--without-masks`` asks for deletion alone (real scans without outlines). ``--split val`` takes the
+version's validation split instead of its test split, so that an explainer's settings can be chosen
+without reading the test slices (with ``--without-masks`` on brain-tumor-mri, which has no outlines).
 
 Writes ``outputs/explain-eval/<version>/``: ``explain_eval.json`` (accuracy on the slices, per class; per
 explained class and method: pointing game overall and per class, deletion per fill; the comparisons),
@@ -737,23 +740,32 @@ def format_table(
     reliance: dict | None = None,
     imputation: dict | None = None,
 ) -> str:
-    """The table of one explained class: pointing game overall and per lesion class, deletion per fill."""
+    """The table of one explained class: pointing game overall and per lesion class (when any slice has a
+    lesion mask), deletion per fill."""
     first = next(iter(summary.values()))
+    pointing = first["n_pointing_game"] > 0
     classes = list(first["pointing_game_per_class"])
     substrates = list(first["deletion"])
-    head = f"{'map':<28} | {'pointing ↑':>10} | " + " | ".join(f"{name[:10]:>10}" for name in classes)
+    head = f"{'map':<28}"
+    if pointing:
+        head += f" | {'pointing ↑':>10} | " + " | ".join(f"{name[:10]:>10}" for name in classes)
     head += "".join(f" | {'del ' + substrate + ' ↓':>12}" for substrate in substrates)
     lines = [f"explained class: {explained}", head, "-" * len(head)]
     for method, values in summary.items():
         per_class = values["pointing_game_per_class"]
-        row = f"{LABELS[method]:<28} | {values['pointing_game']:>10.3f} | "
-        row += " | ".join(f"{per_class.get(name, float('nan')):>10.3f}" for name in classes)
+        row = f"{LABELS[method]:<28}"
+        if pointing:
+            row += f" | {values['pointing_game']:>10.3f} | "
+            row += " | ".join(f"{per_class.get(name, float('nan')):>10.3f}" for name in classes)
         row += "".join(f" | {values['deletion'][substrate]['auc']:>12.3f}" for substrate in substrates)
         lines.append(row)
-    lines.append(
-        f"(pointing game: {first['n_pointing_game']} lesion slices, mean of per-class hit rates, tolerance "
-        f"{tolerance}; deletion AUC: {first['n']} slices)"
-    )
+    if pointing:
+        lines.append(
+            f"(pointing game: {first['n_pointing_game']} lesion slices, mean of per-class hit rates, "
+            f"tolerance {tolerance}; deletion AUC: {first['n']} slices)"
+        )
+    else:
+        lines.append(f"(no lesion masks: no pointing game; deletion AUC: {first['n']} slices)")
     for substrate, reference in (lesion_reference or {}).items():
         if reference["n"]:
             same_slices = ", ".join(
@@ -795,10 +807,8 @@ def format_table(
                 f"{_interval(values['gain'])}"
                 for substrate, values in result["deletion"].items()
             )
-            lines.append(
-                f"  {method:<16} vs {baseline:<8}  pointing {pointing_ok} "
-                f"{_interval(result['pointing_game_gain'])}{deletion}"
-            )
+            played = f"  pointing {pointing_ok} {_interval(result['pointing_game_gain'])}" if pointing else ""
+            lines.append(f"  {method:<16} vs {baseline:<8}{played}{deletion}")
     return "\n".join(lines)
 
 
@@ -937,6 +947,11 @@ class ExplainEvalOptions:
         seed: random baseline and bootstrap.
         batch_size: images per explain() call; deletion_batch_size: perturbed inputs per forward.
         gallery_per_class: slices per class in the gallery; max_per_class: at most this many scored per class.
+        split: the part of the version's split.json scored when data_dir is the version's data: ``test``,
+            or ``val`` to choose an explainer's settings without reading the test slices.
+        without_masks: score deletion on slices that have no lesion masks (a split of real scans without
+            outlines); the pointing game and the lesion references then have nothing to score. Without it
+            such a folder is an error.
     """
 
     model: str = "latest"
@@ -952,6 +967,8 @@ class ExplainEvalOptions:
     deletion_batch_size: int = 130
     gallery_per_class: int = 2
     max_per_class: int | None = None
+    split: str = "test"
+    without_masks: bool = False
 
 
 def run(args: ExplainEvalOptions) -> dict:
@@ -964,7 +981,8 @@ def run(args: ExplainEvalOptions) -> dict:
         local = store.fetch(model_name, version, Path(scratch) / "version")
         loaded = load_model(local / "model")
         split_path = local / "split.json"
-        chosen, source = select_test_images(Path(args.data_dir), split_path if split_path.is_file() else None)
+        split_file = split_path if split_path.is_file() else None
+        chosen, source = select_test_images(Path(args.data_dir), split_file, args.split)
         guided = guide_hashes(local / GUIDE_FILE)
     skipped: dict[str, list[str]] = {}
     chosen = leave_out_guides(chosen, guided, skipped)
@@ -973,10 +991,13 @@ def run(args: ExplainEvalOptions) -> dict:
         slices = _lesion_slices_with_twins(slices)
         source += f"; healthy substrate: the {len(slices)} lesion slices with a twin"
     if not any(item.has_lesion for item in slices):
-        raise DataError(
-            f"none of the {len(slices)} slices of {args.data_dir} has a lesion mask (<id>.mask.png beside "
-            "<id>.png, not empty): the pointing game has nothing to score"
-        )
+        if not args.without_masks:
+            raise DataError(
+                f"none of the {len(slices)} slices of {args.data_dir} has a lesion mask (<id>.mask.png "
+                "beside <id>.png, not empty): the pointing game has nothing to score (--without-masks "
+                "scores deletion alone)"
+            )
+        source += "; no lesion masks: deletion alone"
     class_names = loaded.class_names
     grid = loaded.preprocessing.image_size // loaded.model.config.patch_size
     sides = sorted({max(item.lesion_mask.shape) for item in slices if item.has_lesion})
