@@ -487,5 +487,6 @@ __all__ = [
     "resolve_target",
     "rollout_from_attentions",
     "rollout_relevance",
+    "served_start_layer",
     "upsample",
 ]

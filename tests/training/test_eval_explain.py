@@ -37,6 +37,22 @@ def main(argv: list[str]) -> int:
     return neurovit(["explain-eval", *argv])
 
 
+TINY = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
+
+
+def _publish_tiny_version(tmp_path, classes, info=None, entries=None):
+    """A seeded tiny random model, with the split of ``entries`` when given, published to a local store
+    under ``tmp_path``: the store's path and the version id."""
+    torch.manual_seed(0)
+    version_dir = tmp_path / "version"
+    info = info or ModelInfo(class_names=classes)
+    save_model(build_model(TINY, classes), version_dir / "model", PreprocessConfig(image_size=32), info)
+    if entries is not None:
+        SplitPlan(entries, classes, {}).write(version_dir / "split.json")
+    store = tmp_path / "store"
+    return store, LocalStore(store).publish("neurovit", version_dir, metadata={})
+
+
 def test_masks_go_through_the_image_geometry(tmp_path):
     # A 48x30 image (not square: resized and padded) with a bright block and its mask.
     image = np.zeros((48, 30), dtype=np.uint8)
@@ -72,17 +88,7 @@ def _masked_folder(root, sizes):
 
 
 def test_bad_masks_are_left_out_and_counted_and_a_folder_without_masks_is_refused(tmp_path, capsys):
-    classes = ["glioma", "notumor"]
-    torch.manual_seed(0)
-    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
-    save_model(
-        build_model(config, classes),
-        tmp_path / "version" / "model",
-        PreprocessConfig(image_size=32),
-        ModelInfo(class_names=classes),
-    )
-    store = tmp_path / "store"
-    LocalStore(store).publish("neurovit", tmp_path / "version", metadata={})
+    store, _ = _publish_tiny_version(tmp_path, ["glioma", "notumor"])
     data = tmp_path / "masked"
     _masked_folder(data, [32, 32, 64, 0, "empty", None])
     out = tmp_path / "out"
@@ -127,18 +133,7 @@ def test_a_split_without_masks_is_scored_on_deletion_alone_and_its_val_part_on_r
             entries.append(
                 SplitEntry(name, label, part, hashlib.sha256((data / name).read_bytes()).hexdigest())
             )
-    torch.manual_seed(0)
-    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
-    version_dir = tmp_path / "version"
-    save_model(
-        build_model(config, classes),
-        version_dir / "model",
-        PreprocessConfig(image_size=32),
-        ModelInfo(class_names=classes),
-    )
-    SplitPlan(entries, classes, {}).write(version_dir / "split.json")
-    store = tmp_path / "store"
-    LocalStore(store).publish("neurovit", version_dir, metadata={})
+    store, _ = _publish_tiny_version(tmp_path, classes, entries=entries)
     argv = ["--store", str(store), "--data-dir", str(data), "--steps", "4", "--explained-class", "predicted"]
 
     assert main([*argv, "--out", str(tmp_path / "refused")]) == 3  # the test split, no masks, not asked
@@ -193,19 +188,9 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
             Image.fromarray(mask).save(data / f"{name}.mask.png")
             digest = hashlib.sha256((data / f"{name}.png").read_bytes()).hexdigest()
             entries.append(SplitEntry(f"{name}.png", label, "test" if number < 2 else "train", digest))
-    torch.manual_seed(0)
-    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
-    version_dir = tmp_path / "version"
-    save_model(
-        build_model(config, classes),
-        version_dir / "model",
-        PreprocessConfig(image_size=32),
-        # The map lifts every confidence to 0.9 or more: the per-image file must show it, as the service does.
-        ModelInfo(classes, temperature=1.5, confidence_map=ConfidenceMap((0.5, 1.0), (0.9, 0.95))),
-    )
-    SplitPlan(entries, classes, {}).write(version_dir / "split.json")
-    store = tmp_path / "store"
-    version = LocalStore(store).publish("neurovit", version_dir, metadata={})
+    # The map lifts every confidence to 0.9 or more: the per-image file must show it, as the service does.
+    info = ModelInfo(classes, temperature=1.5, confidence_map=ConfidenceMap((0.5, 1.0), (0.9, 0.95)))
+    store, version = _publish_tiny_version(tmp_path, classes, info, entries)
 
     out = tmp_path / "out"
     argv = ["--store", str(store), "--data-dir", str(data), "--out", str(out), "--steps", "4"]
@@ -285,8 +270,7 @@ def test_lesion_reliance_compares_each_lesion_slice_with_its_healthy_twin(tmp_pa
         for n in range(2)
     ]
     torch.manual_seed(0)
-    config = ModelConfig(image_size=32, stem_channels=(8, 16), hidden_size=32, num_layers=2, num_heads=2)
-    model = build_model(config, list(DEMO_CLASSES)).eval()
+    model = build_model(TINY, list(DEMO_CLASSES)).eval()
     preprocessing = PreprocessConfig(image_size=32)
     loaded = LoadedModel(model, preprocessing, ModelInfo(class_names=list(DEMO_CLASSES), temperature=2.0))
     slices = load_slices(chosen, loaded, None, data)

@@ -980,9 +980,7 @@ def run(args: ExplainEvalOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="neurovit-explain-eval-") as scratch:
         local = store.fetch(model_name, version, Path(scratch) / "version")
         loaded = load_model(local / "model")
-        split_path = local / "split.json"
-        split_file = split_path if split_path.is_file() else None
-        chosen, source = select_test_images(Path(args.data_dir), split_file, args.split)
+        chosen, source = select_test_images(Path(args.data_dir), local / "split.json", args.split)
         guided = guide_hashes(local / GUIDE_FILE)
     skipped: dict[str, list[str]] = {}
     chosen = leave_out_guides(chosen, guided, skipped)
