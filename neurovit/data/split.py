@@ -383,7 +383,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def select_test_images(
+def select_eval_images(
     data_dir: Path, split_path: Path | None, part: str = "test"
 ) -> tuple[list[tuple[Path, str, str]], str]:
     """``[(path, relpath, label)]`` to evaluate and a line saying which: the split's ``part`` images (its
@@ -433,6 +433,6 @@ __all__ = [
     "data_fingerprint",
     "load_split",
     "plan_split",
-    "select_test_images",
+    "select_eval_images",
     "split_dataset",
 ]

@@ -73,7 +73,7 @@ from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
 from neurovit.data.demo import healthy_twin
 from neurovit.data.imageio import read_image
 from neurovit.data.masks import mask_on_input, read_mask
-from neurovit.data.split import select_test_images
+from neurovit.data.split import select_eval_images
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import (
     GRADIENT_ROLLOUT_START_LAYER,
@@ -980,7 +980,7 @@ def run(args: ExplainEvalOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="neurovit-explain-eval-") as scratch:
         local = store.fetch(model_name, version, Path(scratch) / "version")
         loaded = load_model(local / "model")
-        chosen, source = select_test_images(Path(args.data_dir), local / "split.json", args.split)
+        chosen, source = select_eval_images(Path(args.data_dir), local / "split.json", args.split)
         guided = guide_hashes(local / GUIDE_FILE)
     skipped: dict[str, list[str]] = {}
     chosen = leave_out_guides(chosen, guided, skipped)

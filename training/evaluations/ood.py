@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from neurovit.config import DEFAULT_STORE, MODEL_NAME, OUTPUT_DIR
-from neurovit.data.split import select_test_images
+from neurovit.data.split import select_eval_images
 from neurovit.errors import DataError
 from neurovit.serving import ImageRequest, InvalidInput, Predictor
 from neurovit.store import resolve_version
@@ -123,7 +123,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="neurovit-ood-eval-") as scratch:
         local = store_.fetch(model_name, version, Path(scratch) / "version")
         predictor = Predictor.load(local / "model", model_name, version)
-        chosen, source = select_test_images(Path(data_dir), local / "split.json")  # none: every image
+        chosen, source = select_eval_images(Path(data_dir), local / "split.json")  # none: every image
         suspects = flagged_by_analysis(local / "analysis" / "report.json", Path(data_dir))
     if predictor.ood_scorer is None:
         raise DataError(f"{model_name}/{version} was published without an OOD scorer: retrain to get one")
