@@ -252,7 +252,27 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     for name in ("gallery.png", "gallery-true.png", "deletion_curves.png", "per_image.csv"):
         assert (out / name).stat().st_size > 0
     with (out / "per_image.csv").open() as handle:
-        assert min(float(row["probability"]) for row in csv.DictReader(handle)) >= 0.9
+        rows = list(csv.DictReader(handle))
+    assert min(float(row["probability"]) for row in rows) >= 0.9
+    # The mask as the map against each baseline, paired on the lesion slices only (the two gliomas):
+    # the gain is the baseline's AUC there minus the mask's, so a positive one means the lesion-first
+    # order removes the answer faster.
+    for explained_as, explained in result["explained"].items():
+        reference = explained["lesion_mask_reference"]["black"]
+        assert set(reference["deletion_vs_baseline"]) == {"random", "gaussian", "centre"}
+        for baseline, compared in reference["deletion_vs_baseline"].items():
+            on_lesions = [
+                float(row["deletion_auc_black"])
+                for row in rows
+                if (row["explained_as"], row["method"], row["label"]) == (explained_as, baseline, "glioma")
+            ]
+            gain = compared["gain"]
+            assert len(on_lesions) == 2
+            expected = np.mean(on_lesions) - reference["deletion_auc_lesion_slices"]
+            assert gain["mean_difference"] == pytest.approx(expected, abs=1e-4)  # the CSV keeps 4 decimals
+            assert gain["ci_low"] <= gain["mean_difference"] <= gain["ci_high"]
+            assert compared["beats_baseline"] == (gain["ci_low"] > 0)
+    assert "  lesion mask      vs gaussian   deletion black " in printed
     # an unknown fill is a usage error (exit 2) before anything runs
     assert main([*argv, "--substrate", "black,grey"]) == 2
 

@@ -425,14 +425,19 @@ def lesion_reference(
     *,
     steps: int | None,
     batch_size: int,
+    baselines: dict[str, np.ndarray],
+    seed: int,
 ) -> dict:
     """Mean deletion AUC over the lesion slices with the lesion mask as the map (then the cells around it,
-    ``lesion_map``), and their count.
+    ``lesion_map``), their count, and its paired gain over each baseline's AUC (``baselines``, per slice)
+    on the same slices.
 
     Not an explainer: it says how far deletion can fall on this model when the lesion goes first, so the
-    explainers' deletion scores can be read against it as well as against the baselines.
+    explainers' deletion scores can be read against it as well as against the baselines. Where the mask
+    itself does not beat a baseline, no map that points at the lesion can be expected to: the model reads
+    its answer from elsewhere too, or the fill's own artefact decides.
     """
-    aucs = []
+    chosen, aucs = [], []
     with torch.inference_mode():
         for i, item in enumerate(slices):
             if item.mask is not None and item.mask.any():  # the lesion as the model input holds it
@@ -440,8 +445,18 @@ def lesion_reference(
                 reference = lesion_map(item.mask, grid)[None]
                 source, fill = deletion.sources[i], deletion.fill(i)
                 curve = deletion_curves(model_fn, source, reference, steps, fill, batch_size)[0]
+                chosen.append(i)
                 aucs.append(deletion_auc(curve))
-    return {"deletion_auc_lesion_slices": float(np.mean(aucs)) if aucs else float("nan"), "n": len(aucs)}
+    gains = {}
+    if aucs:
+        for name, baseline_aucs in baselines.items():
+            gain = paired_bootstrap(np.asarray(baseline_aucs)[chosen], np.asarray(aucs), seed=seed)
+            gains[name] = {"gain": gain, "beats_baseline": gain["ci_low"] > 0}
+    return {
+        "deletion_auc_lesion_slices": float(np.mean(aucs)) if aucs else float("nan"),
+        "n": len(aucs),
+        "deletion_vs_baseline": gains,
+    }
 
 
 def lesion_reliance(
@@ -809,6 +824,15 @@ def format_table(
             )
             played = f"  pointing {pointing_ok} {_interval(result['pointing_game_gain'])}" if pointing else ""
             lines.append(f"  {method:<16} vs {baseline:<8}{played}{deletion}")
+    # The same gains for the lesion mask as the map: can any map that points at the lesion win deletion?
+    for baseline in BASELINES:
+        deletion = "".join(
+            f"   deletion {substrate} {'yes' if gain['beats_baseline'] else 'NO '} {_interval(gain['gain'])}"
+            for substrate, reference in (lesion_reference or {}).items()
+            if (gain := reference.get("deletion_vs_baseline", {}).get(baseline))
+        )
+        if deletion:
+            lines.append(f"  {'lesion mask':<16} vs {baseline:<8}{deletion}")
     return "\n".join(lines)
 
 
@@ -1042,7 +1066,10 @@ def run(args: ExplainEvalOptions) -> dict:
             deletion = Deletion.build(substrate, loaded, slices, inputs)
             settings = {"steps": steps, "batch_size": args.deletion_batch_size}
             deletions[substrate] = deletion_scores(slices, deletion, maps, targets, loaded, **settings)
-            references[substrate] = lesion_reference(slices, deletion, targets, loaded, grid, **settings)
+            baselines = {name: deletions[substrate][name]["auc"] for name in BASELINES}
+            references[substrate] = lesion_reference(
+                slices, deletion, targets, loaded, grid, **settings, baselines=baselines, seed=args.seed
+            )
         reliance = lesion_reliance(slices, targets, probabilities, loaded)
         imputation = lesion_imputation(imputed, slices, targets, probabilities, class_names)
         timings[f"scores_{explained}_s"] = time.perf_counter() - phase
@@ -1133,7 +1160,8 @@ def run(args: ExplainEvalOptions) -> dict:
                 "order": "most relevant first (cells of the map's own grid, pixels of a pixel map), ties in "
                 "raster order; the same fraction of the input removed at each step for every map",
                 "auc": "(sum - first/2 - last/2) / steps, as eclique/RISE",
-                "lesion_mask_reference": "the lesion's share of each grid cell as the map; lesion slices",
+                "lesion_mask_reference": "the lesion's share of each grid cell as the map, then the cells "
+                "nearest to it; lesion slices, with its paired gain over each baseline on them",
             },
             "lesion_reliance": "explained class' calibrated probability on each lesion slice and on the demo "
             "generator's lesion-free twin of it (same slice, pose and scanner draws), scaled as any input; "
