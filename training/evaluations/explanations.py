@@ -434,8 +434,9 @@ def lesion_reference(
 
     Not an explainer: it says how far deletion can fall on this model when the lesion goes first, so the
     explainers' deletion scores can be read against it as well as against the baselines. Where the mask
-    itself does not beat a baseline, no map that points at the lesion can be expected to: the model reads
-    its answer from elsewhere too, or the fill's own artefact decides.
+    itself does not beat a baseline, finding the lesion is not enough to win deletion there: the model also
+    reads its answer from elsewhere, or the fill's own artefact decides, and a map that wins does so by how
+    it orders what lies beyond the lesion.
     """
     chosen, aucs = [], []
     with torch.inference_mode():
@@ -824,7 +825,7 @@ def format_table(
             )
             played = f"  pointing {pointing_ok} {_interval(result['pointing_game_gain'])}" if pointing else ""
             lines.append(f"  {method:<16} vs {baseline:<8}{played}{deletion}")
-    # The same gains for the lesion mask as the map: can any map that points at the lesion win deletion?
+    # The same gains for the lesion mask as the map: does removing the lesion first win deletion at all?
     for baseline in BASELINES:
         deletion = "".join(
             f"   deletion {substrate} {'yes' if gain['beats_baseline'] else 'NO '} {_interval(gain['gain'])}"
