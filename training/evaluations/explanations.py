@@ -451,8 +451,7 @@ def lesion_reference(
     gains = {}
     if aucs:
         for name, baseline_aucs in baselines.items():
-            gain = paired_bootstrap(np.asarray(baseline_aucs)[chosen], np.asarray(aucs), seed=seed)
-            gains[name] = {"gain": gain, "beats_baseline": gain["ci_low"] > 0}
+            gains[name] = deletion_verdict(np.asarray(baseline_aucs)[chosen], np.asarray(aucs), seed)
     return {
         "deletion_auc_lesion_slices": float(np.mean(aucs)) if aucs else float("nan"),
         "n": len(aucs),
@@ -585,6 +584,13 @@ def _macro(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[
     return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
 
 
+def deletion_verdict(baseline_aucs: np.ndarray, aucs: np.ndarray, seed: int) -> dict:
+    """The paired gain of a map's deletion AUCs over a baseline's on the same slices (lower AUC is better, so
+    a positive gain favours the map) and whether it beats the baseline: the whole interval above zero."""
+    gain = paired_bootstrap(baseline_aucs, aucs, seed=seed)
+    return {"gain": gain, "beats_baseline": gain["ci_low"] > 0}
+
+
 def summarise(
     slices: list[Slice],
     pointing: dict[str, dict[str, np.ndarray]],
@@ -639,10 +645,10 @@ def summarise(
                 if lesion.any()
                 else None
             )
-            deletion = {}
-            for substrate, scores in deletions.items():
-                auc_gain = paired_bootstrap(scores[baseline]["auc"], scores[method]["auc"], seed=seed)
-                deletion[substrate] = {"gain": auc_gain, "beats_baseline": auc_gain["ci_low"] > 0}
+            deletion = {
+                substrate: deletion_verdict(scores[baseline]["auc"], scores[method]["auc"], seed)
+                for substrate, scores in deletions.items()
+            }
             comparisons[method][baseline] = {
                 "pointing_game_gain": gain,
                 "pointing_game_beats_baseline": gain is not None and gain["ci_low"] > 0,
@@ -747,6 +753,11 @@ def _interval(result: dict | None) -> str:
     return f"{result['mean_difference']:+.3f} [{result['ci_low']:+.3f}, {result['ci_high']:+.3f}]"
 
 
+def _deletion_cell(substrate: str, verdict: dict) -> str:
+    beats = "yes" if verdict["beats_baseline"] else "NO "
+    return f"   deletion {substrate} {beats} {_interval(verdict['gain'])}"
+
+
 def format_table(
     summary: dict,
     comparisons: dict,
@@ -819,18 +830,16 @@ def format_table(
         for baseline, result in against.items():
             pointing_ok = "yes" if result["pointing_game_beats_baseline"] else "NO "
             deletion = "".join(
-                f"   deletion {substrate} {'yes' if values['beats_baseline'] else 'NO '} "
-                f"{_interval(values['gain'])}"
-                for substrate, values in result["deletion"].items()
+                _deletion_cell(substrate, verdict) for substrate, verdict in result["deletion"].items()
             )
             played = f"  pointing {pointing_ok} {_interval(result['pointing_game_gain'])}" if pointing else ""
             lines.append(f"  {method:<16} vs {baseline:<8}{played}{deletion}")
     # The same gains for the lesion mask as the map: does removing the lesion first win deletion at all?
     for baseline in BASELINES:
         deletion = "".join(
-            f"   deletion {substrate} {'yes' if gain['beats_baseline'] else 'NO '} {_interval(gain['gain'])}"
+            _deletion_cell(substrate, reference["deletion_vs_baseline"][baseline])
             for substrate, reference in (lesion_reference or {}).items()
-            if (gain := reference.get("deletion_vs_baseline", {}).get(baseline))
+            if reference["n"]
         )
         if deletion:
             lines.append(f"  {'lesion mask':<16} vs {baseline:<8}{deletion}")

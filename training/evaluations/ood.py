@@ -123,7 +123,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="neurovit-ood-eval-") as scratch:
         local = store_.fetch(model_name, version, Path(scratch) / "version")
         predictor = Predictor.load(local / "model", model_name, version)
-        chosen, source = select_eval_images(Path(data_dir), local / "split.json")  # none: every image
+        chosen, source = select_eval_images(Path(data_dir), local / "split.json")  # no split file: all images
         suspects = flagged_by_analysis(local / "analysis" / "report.json", Path(data_dir))
     if predictor.ood_scorer is None:
         raise DataError(f"{model_name}/{version} was published without an OOD scorer: retrain to get one")
