@@ -292,14 +292,16 @@ def test_bars_are_drawn_on_a_terminal_outside_ci_only(monkeypatch, ci, tty, draw
     assert on_terminal(stream) is drawn
 
 
-def test_without_an_epoch_count_the_budget_plans_the_epochs_and_the_last_weights_are_kept(data, tmp_path):
+def test_without_an_epoch_count_the_budget_plans_the_epochs_and_the_last_weights_are_kept(
+    data, tmp_path, ticking_clock
+):
     train_data, val_data = data
-    # A budget of a few tiny epochs: the plan comes from the first epoch's time, not from a cap.
-    probe = train(train_data, val_data, CLASSES, PREPROCESSING, tiny_config(epochs=1), tmp_path / "probe")
-    budget = 3.5 * probe.train_seconds + 0.5
-    config = tiny_config(epochs=None, time_budget_s=budget, keep="last")
+    # Each epoch and each validation takes one tick (a second). In 4.5 s epoch 1's second plans 1 + 3
+    # epochs; once its validation counts (2 s per epoch), epoch 2 plans 3, and epoch 3 ends inside the budget.
+    config = tiny_config(epochs=None, time_budget_s=4.5, keep="last")
     result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "run", progress=False)
-    assert result.epochs_run == result.epochs_planned >= 2
+    assert result.epochs_run == result.epochs_planned == 3
+    assert [record["seconds"] for record in result.history] == [1.0, 1.0, 1.0]
     assert result.best_epoch == result.epochs_run  # the last EMA weights, whatever validation said
     assert result.best_val_accuracy == result.history[-1]["val_accuracy"]
     assert load_model(result.best_dir).class_names == CLASSES
@@ -363,12 +365,15 @@ def test_the_teacher_is_a_cnn_over_one_channel_slices():
     assert teacher(torch.zeros(3, 1, 32, 32)).shape == (3, 4)
 
 
-def test_a_run_trains_its_teacher_in_the_budget_records_it_and_reuses_it_on_resume(tmp_path):
+def test_a_run_trains_its_teacher_in_the_budget_records_it_and_reuses_it_on_resume(tmp_path, ticking_clock):
     train_data, val_data = stripe_images(160, seed=0), stripe_images(48, seed=1)
-    config = tiny_config(epochs=None, time_budget_s=12.0, teacher_fraction=0.3, keep="last")
+    config = tiny_config(epochs=None, time_budget_s=20.0, teacher_fraction=0.3, keep="last")
     result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
     teacher = result.teacher
-    assert teacher["epochs"] >= 1 and teacher["seconds"] <= 0.3 * 12.0 + 2.0  # its share, one epoch over
+    # Its share is 6 s; its first epoch took one tick (1 s), so it plans 6 epochs, and its clock read 8 s
+    # (the start, 6 epoch starts, the first epoch's end): what the ViT's plan then leaves out of the 20.
+    assert teacher["epochs"] == 6 and teacher["seconds"] == 8.0
+    assert result.epochs_run == result.epochs_planned == 6  # 12 s left at 2 s per epoch and validation
     assert teacher["val_accuracy"] >= 0.9  # stripes: a CNN learns them at once
     assert result.best_val_accuracy >= 0.9
     assert load_model(result.best_dir).info.extra["teacher"] == teacher  # the model records its teacher
