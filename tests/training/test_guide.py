@@ -269,12 +269,12 @@ def test_training_with_uniform_counterfactuals_and_a_teacher_runs_to_the_end(tmp
         model=model,
         counterfactual_class="uniform",
         teacher_fraction=0.05,
-        time_budget_s=60,  # one tick per epoch (tests/training/conftest.py): room for all 3 and the teacher's
+        time_budget_s=60,  # a ticking clock (tests/training/conftest.py): room for all 3 and the teacher's
     )
     result = train(
         train_data, train_data, classes, preprocessing, config, tmp_path / "run", False, False, guide
     )
     history = result.history
-    assert result.teacher is not None and result.teacher["epochs"] == 3  # its 3 s at a tick per epoch
+    assert result.teacher is not None and result.teacher["epochs"] == 3  # its 3 s, its first epoch one tick
     assert len(history) == 3 and all(np.isfinite(epoch["train_loss"]) for epoch in history)
     assert all(0.0 <= epoch["train_accuracy"] <= 1.0 for epoch in history)

@@ -296,8 +296,8 @@ def test_without_an_epoch_count_the_budget_plans_the_epochs_and_the_last_weights
     data, tmp_path, ticking_clock
 ):
     train_data, val_data = data
-    # Each epoch and each validation takes one tick (a second). In 4.5 s epoch 1's second plans 1 + 3
-    # epochs; once its validation counts (2 s per epoch), epoch 2 plans 3, and epoch 3 ends inside the budget.
+    # Each epoch and each validation takes one tick (a second). After epoch 1 (1 s) the 4.5 s fit 1 + 3
+    # epochs; after epoch 2 the clock has read 3 s (epoch 1's validation counts): 1.5 s an epoch, one more.
     config = tiny_config(epochs=None, time_budget_s=4.5, keep="last")
     result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path / "run", progress=False)
     assert result.epochs_run == result.epochs_planned == 3
@@ -370,8 +370,8 @@ def test_a_run_trains_its_teacher_in_the_budget_records_it_and_reuses_it_on_resu
     config = tiny_config(epochs=None, time_budget_s=20.0, teacher_fraction=0.3, keep="last")
     result = train(train_data, val_data, CLASSES, PREPROCESSING, config, tmp_path, progress=False)
     teacher = result.teacher
-    # Its share is 6 s; its first epoch took one tick (1 s), so it plans 6 epochs, and its clock read 8 s
-    # (the start, 6 epoch starts, the first epoch's end): what the ViT's plan then leaves out of the 20.
+    # Its share is 6 s; its first epoch took one tick (1 s), so it plans 6 epochs, and its clock moves 8 ticks
+    # (6 epoch starts, the first epoch's end, the last reading): what the ViT's plan leaves out of the 20.
     assert teacher["epochs"] == 6 and teacher["seconds"] == 8.0
     assert result.epochs_run == result.epochs_planned == 6  # 12 s left at 2 s per epoch and validation
     assert teacher["val_accuracy"] >= 0.9  # stripes: a CNN learns them at once
