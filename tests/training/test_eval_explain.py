@@ -272,7 +272,19 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
             assert gain["mean_difference"] == pytest.approx(expected, abs=1e-4)  # the CSV keeps 4 decimals
             assert gain["ci_low"] <= gain["mean_difference"] <= gain["ci_high"]
             assert compared["beats_baseline"] == (gain["ci_low"] > 0)
+        # and each map against the mask: the mask's AUC minus the map's, so positive favours the map
+        assert set(reference["maps_vs_lesion_mask"]) == set(explained["comparisons"])
+        for method, compared in reference["maps_vs_lesion_mask"].items():
+            on_lesions = [
+                float(row["deletion_auc_black"])
+                for row in rows
+                if (row["explained_as"], row["method"], row["label"]) == (explained_as, method, "glioma")
+            ]
+            expected = reference["deletion_auc_lesion_slices"] - np.mean(on_lesions)
+            assert compared["gain"]["mean_difference"] == pytest.approx(expected, abs=1e-4)
+            assert compared["beats_baseline"] == (compared["gain"]["ci_low"] > 0)
     assert "  lesion mask      vs gaussian   deletion black " in printed
+    assert "  gradient_rollout vs mask       deletion black " in printed
     # an unknown fill is a usage error (exit 2) before anything runs
     assert main([*argv, "--substrate", "black,grey"]) == 2
 

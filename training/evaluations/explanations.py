@@ -425,18 +425,19 @@ def lesion_reference(
     *,
     steps: int | None,
     batch_size: int,
-    baselines: dict[str, np.ndarray],
+    scored: dict[str, np.ndarray],
     seed: int,
 ) -> dict:
     """Mean deletion AUC over the lesion slices with the lesion mask as the map (then the cells around it,
-    ``lesion_map``), their count, and its paired gain over each baseline's AUC (``baselines``, per slice)
-    on the same slices.
+    ``lesion_map``), their count, its paired gain over each baseline's AUC on the same slices, and each
+    map's paired gain over it (``scored``: every scored method's AUCs, per slice).
 
     Not an explainer: it says how far deletion can fall on this model when the lesion goes first, so the
     explainers' deletion scores can be read against it as well as against the baselines. Where the mask
     itself does not beat a baseline, finding the lesion is not enough to win deletion there: the model also
     reads its answer from elsewhere, or the fill's own artefact decides, and a map that wins does so by how
-    it orders what lies beyond the lesion.
+    it orders what lies beyond the lesion. A map level with the mask (its gain's interval across zero) does
+    about as well on deletion as the lesion's own outline.
     """
     chosen, aucs = [], []
     with torch.inference_mode():
@@ -448,14 +449,20 @@ def lesion_reference(
                 curve = deletion_curves(model_fn, source, reference, steps, fill, batch_size)[0]
                 chosen.append(i)
                 aucs.append(deletion_auc(curve))
-    gains = {}
+    over_baselines, maps_over_it = {}, {}
     if aucs:
-        for name, baseline_aucs in baselines.items():
-            gains[name] = deletion_verdict(np.asarray(baseline_aucs)[chosen], np.asarray(aucs), seed)
+        outline = np.asarray(aucs)
+        for name, method_aucs in scored.items():
+            on_lesions = np.asarray(method_aucs)[chosen]
+            if name in BASELINES:
+                over_baselines[name] = deletion_verdict(on_lesions, outline, seed)
+            else:
+                maps_over_it[name] = deletion_verdict(outline, on_lesions, seed)
     return {
         "deletion_auc_lesion_slices": float(np.mean(aucs)) if aucs else float("nan"),
         "n": len(aucs),
-        "deletion_vs_baseline": gains,
+        "deletion_vs_baseline": over_baselines,
+        "maps_vs_lesion_mask": maps_over_it,
     }
 
 
@@ -843,6 +850,15 @@ def format_table(
         )
         if deletion:
             lines.append(f"  {'lesion mask':<16} vs {baseline:<8}{deletion}")
+    # Each map against the mask: as good as knowing where the lesion is? ('yes': removes the answer faster)
+    for method in comparisons:
+        deletion = "".join(
+            _deletion_cell(substrate, reference["maps_vs_lesion_mask"][method])
+            for substrate, reference in (lesion_reference or {}).items()
+            if reference["n"]
+        )
+        if deletion:
+            lines.append(f"  {method:<16} vs {'mask':<8}{deletion}")
     return "\n".join(lines)
 
 
@@ -1076,9 +1092,9 @@ def run(args: ExplainEvalOptions) -> dict:
             deletion = Deletion.build(substrate, loaded, slices, inputs)
             settings = {"steps": steps, "batch_size": args.deletion_batch_size}
             deletions[substrate] = deletion_scores(slices, deletion, maps, targets, loaded, **settings)
-            baselines = {name: deletions[substrate][name]["auc"] for name in BASELINES}
+            scored = {name: scores["auc"] for name, scores in deletions[substrate].items()}
             references[substrate] = lesion_reference(
-                slices, deletion, targets, loaded, grid, **settings, baselines=baselines, seed=args.seed
+                slices, deletion, targets, loaded, grid, **settings, scored=scored, seed=args.seed
             )
         reliance = lesion_reliance(slices, targets, probabilities, loaded)
         imputation = lesion_imputation(imputed, slices, targets, probabilities, class_names)
@@ -1171,7 +1187,8 @@ def run(args: ExplainEvalOptions) -> dict:
                 "raster order; the same fraction of the input removed at each step for every map",
                 "auc": "(sum - first/2 - last/2) / steps, as eclique/RISE",
                 "lesion_mask_reference": "the lesion's share of each grid cell as the map, then the cells "
-                "nearest to it; lesion slices, with its paired gain over each baseline on them",
+                "nearest to it; lesion slices, with its paired gain over each baseline on them and each "
+                "map's paired gain over it (maps_vs_lesion_mask)",
             },
             "lesion_reliance": "explained class' calibrated probability on each lesion slice and on the demo "
             "generator's lesion-free twin of it (same slice, pose and scanner draws), scaled as any input; "
