@@ -841,24 +841,18 @@ def format_table(
             )
             played = f"  pointing {pointing_ok} {_interval(result['pointing_game_gain'])}" if pointing else ""
             lines.append(f"  {method:<16} vs {baseline:<8}{played}{deletion}")
-    # The same gains for the lesion mask as the map: does removing the lesion first win deletion at all?
-    for baseline in BASELINES:
+    # The same gains for the lesion mask as the map (does removing the lesion first win deletion at all?),
+    # then each map's over the mask (as good as knowing where the lesion is? 'yes': the map is faster).
+    against_mask = [("lesion mask", baseline, "deletion_vs_baseline", baseline) for baseline in BASELINES]
+    against_mask += [(method, "mask", "maps_vs_lesion_mask", method) for method in comparisons]
+    for label, against, key, name in against_mask:
         deletion = "".join(
-            _deletion_cell(substrate, reference["deletion_vs_baseline"][baseline])
+            _deletion_cell(substrate, reference[key][name])
             for substrate, reference in (lesion_reference or {}).items()
             if reference["n"]
         )
         if deletion:
-            lines.append(f"  {'lesion mask':<16} vs {baseline:<8}{deletion}")
-    # Each map against the mask: as good as knowing where the lesion is? ('yes': removes the answer faster)
-    for method in comparisons:
-        deletion = "".join(
-            _deletion_cell(substrate, reference["maps_vs_lesion_mask"][method])
-            for substrate, reference in (lesion_reference or {}).items()
-            if reference["n"]
-        )
-        if deletion:
-            lines.append(f"  {method:<16} vs {'mask':<8}{deletion}")
+            lines.append(f"  {label:<16} vs {against:<8}{deletion}")
     return "\n".join(lines)
 
 
