@@ -254,6 +254,15 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
     with (out / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert min(float(row["probability"]) for row in rows) >= 0.9
+
+    def glioma_aucs(explained_as: str, method: str) -> list[float]:
+        """A method's black-cell deletion AUCs on the lesion slices (the two gliomas), from the CSV."""
+        return [
+            float(row["deletion_auc_black"])
+            for row in rows
+            if (row["explained_as"], row["method"], row["label"]) == (explained_as, method, "glioma")
+        ]
+
     # The mask as the map against each baseline, paired on the lesion slices only (the two gliomas):
     # the gain is the baseline's AUC there minus the mask's, so a positive one means the lesion-first
     # order removes the answer faster.
@@ -261,11 +270,7 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
         reference = explained["lesion_mask_reference"]["black"]
         assert set(reference["deletion_vs_baseline"]) == {"random", "gaussian", "centre"}
         for baseline, compared in reference["deletion_vs_baseline"].items():
-            on_lesions = [
-                float(row["deletion_auc_black"])
-                for row in rows
-                if (row["explained_as"], row["method"], row["label"]) == (explained_as, baseline, "glioma")
-            ]
+            on_lesions = glioma_aucs(explained_as, baseline)
             gain = compared["gain"]
             assert len(on_lesions) == 2
             expected = np.mean(on_lesions) - reference["deletion_auc_lesion_slices"]
@@ -275,12 +280,7 @@ def test_the_command_scores_every_method_and_writes_its_outputs(tmp_path, capsys
         # and each map against the mask: the mask's AUC minus the map's, so positive favours the map
         assert set(reference["maps_vs_lesion_mask"]) == set(explained["comparisons"])
         for method, compared in reference["maps_vs_lesion_mask"].items():
-            on_lesions = [
-                float(row["deletion_auc_black"])
-                for row in rows
-                if (row["explained_as"], row["method"], row["label"]) == (explained_as, method, "glioma")
-            ]
-            expected = reference["deletion_auc_lesion_slices"] - np.mean(on_lesions)
+            expected = reference["deletion_auc_lesion_slices"] - np.mean(glioma_aucs(explained_as, method))
             assert compared["gain"]["mean_difference"] == pytest.approx(expected, abs=1e-4)
             assert compared["beats_baseline"] == (compared["gain"]["ci_low"] > 0)
     assert "  lesion mask      vs gaussian   deletion black " in printed
