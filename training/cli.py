@@ -307,7 +307,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     names += ("device", "seed", "guide_dir", "guide_weight", "amp", "base_model", "erase_prob")
     names += ("teacher_fraction", "distill_weight", "counterfactual_class", "acquisition_prob", "dropout")
     names += ("geometry", "compile", "label_smoothing", "erase_max_fraction", "erase_spares_tumours")
-    names += ("weight_decay", "saliency_guided_weight")
+    names += ("weight_decay", "saliency_guided_weight", "black_counterfactuals")
     options = _given(args, *names)
     if options.get("counterfactual_class") == "none":
         options["counterfactual_class"] = None
@@ -600,6 +600,14 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
         help="with --guide-dir: the guide slices also train with their tumour imputed from the tissue "
         "around it, towards no class at all ('uniform', the default) or labelled as a class (e.g. "
         "notumor), so the answer has to rest on the tumour; 'none' adds no such slices",
+    )
+    p.add_argument(
+        "--black-counterfactuals",
+        action="store_true",
+        default=None,
+        help="with the counterfactual slices: also each guide slice with the token cells its tumour touches "
+        "black (same target) and the same cells black elsewhere in the head (label kept); measured, off by "
+        "default (docs/explainability.md)",
     )
     p.add_argument(
         "--erase-prob",

@@ -125,11 +125,17 @@ class Counterfactuals:
     controlled: np.ndarray
 
 
-def counterfactual_slices(guide: GuideSet, seed: int = 0) -> Counterfactuals:
+def counterfactual_slices(guide: GuideSet, seed: int = 0, black_cells: int | None = None) -> Counterfactuals:
     """Each guide slice with its tumour (``grown_lesion``) imputed from the tissue around it as ROAD imputes
     (``noisy_linear_imputation``), and, as its pair, with a patch of the same shape imputed elsewhere in the
     head (``control_region``): the counterfactual slices training labels by what is left
     (``TrainConfig.counterfactual_class``).
+
+    ``black_cells`` (the model's patch size in pixels) makes the other kind of pair: the token cells the
+    tumour touches set to black, as black-cell deletion removes them, and the same cells moved elsewhere in
+    the head set to black instead. A model whose answer for a tumour slice falls to "no tumour" under any
+    black middle (docs/explainability.md, "Where a black middle sends the answer") is then shown a black
+    middle that keeps its label and a black tumour that leaves no answer.
 
     On real slices the answer for glioma barely needs the tumour (docs/explainability.md, "Does the answer
     need the tumour?"): a slice of the tumour collections is recognised as such from the rest of it. The
@@ -145,12 +151,16 @@ def counterfactual_slices(guide: GuideSet, seed: int = 0) -> Counterfactuals:
         filled = noisy_linear_imputation(pixels, region, rng=seed + index)
         return (filled[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
 
+    def blacked(image: np.ndarray, region: np.ndarray, index: int) -> np.ndarray:
+        return np.where(region, 0, image).astype(np.uint8)
+
+    remove = imputed if black_cells is None else blacked
     for index, (image, mask) in enumerate(zip(guide.images, guide.masks, strict=True)):
-        tumour = grown_lesion(mask > 127)
-        without_tumour.append(imputed(image, tumour, index))
+        tumour = grown_lesion(mask > 127) if black_cells is None else touched_cells(mask > 127, black_cells)
+        without_tumour.append(remove(image, tumour, index))
         control = control_region(tumour, image, rng)
         if control is not None:
-            with_control.append(imputed(image, control, index))
+            with_control.append(remove(image, control, index))
             controlled.append(index)
     empty = np.zeros((0, *guide.images.shape[1:]), dtype=np.uint8)
     return Counterfactuals(
@@ -158,6 +168,17 @@ def counterfactual_slices(guide: GuideSet, seed: int = 0) -> Counterfactuals:
         np.stack(with_control) if with_control else empty,
         np.asarray(controlled, dtype=np.int64),
     )
+
+
+def touched_cells(mask: np.ndarray, cell: int) -> np.ndarray:
+    """``mask`` ``(H, W)`` grown to every whole ``cell`` x ``cell`` token cell it touches (the cells
+    black-cell deletion has to remove before no tumour is left)."""
+    height, width = mask.shape
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.zeros((rows * cell, cols * cell), dtype=bool)
+    padded[:height, :width] = mask
+    touched = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
+    return np.kron(touched, np.ones((cell, cell), dtype=bool))[:height, :width]
 
 
 def uniform_target_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -178,4 +199,5 @@ __all__ = [
     "load_guide_set",
     "Counterfactuals",
     "counterfactual_slices",
+    "touched_cells",
 ]

@@ -534,7 +534,11 @@ def run_main_job(
     guide, extra_files = None, {}
     if guide_dir is not None:
         guide = load_guide_set(guide_dir, plan.classes, config.preprocessing())
-        settings = {"guide_weight": config.guide_weight, "counterfactual_class": config.counterfactual_class}
+        settings = {
+            "guide_weight": config.guide_weight,
+            "counterfactual_class": config.counterfactual_class,
+            "black_counterfactuals": config.black_counterfactuals,
+        }
         guide.write(run_dir / GUIDE_FILE, settings)
         extra_files[GUIDE_FILE] = run_dir / GUIDE_FILE
         print(f"      guiding the rollout map with {len(guide.entries)} masked slices of {guide_dir}")

@@ -99,6 +99,11 @@ class TrainConfig:
     # (``training.guide.UNIFORM_TARGET``) trains the tumour-imputed slices towards no class at all rather
     # than towards one. None (the default) adds nothing.
     counterfactual_class: str | None = None
+    # With ``counterfactual_class``: a second kind of pair beside the imputed one, the tumour's token cells
+    # black (same target) and the same cells black elsewhere in the head (label kept). Black-cell deletion's
+    # own probe, so only ROAD can say whether it made the maps faithful rather than the score easy
+    # (docs/explainability.md). Off by default.
+    black_counterfactuals: bool = False
     # Saliency-guided training (``training.saliency_guided``): each step also answers a copy of the batch
     # with the cells rollout ranks lowest blacked out, and adds this weight times the KL divergence from the
     # answer on the batch, so that what the map ranks low stops moving the answer. 0 (the default) trains
@@ -458,27 +463,33 @@ def with_guide_slices(
 ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
     """The training images and labels with the guide slices added (and, with ``counterfactual_class``, the
     same slices with their tumour imputed, labelled as that class or ``NO_EVIDENCE``, and their pairs with a
-    patch imputed elsewhere, label kept: ``training.guide.counterfactual_slices``), and per image its mask
+    patch imputed elsewhere, label kept: ``training.guide.counterfactual_slices``; with
+    ``black_counterfactuals`` the black-cell pairs after those), and per image its mask
     (uint8, all zero where there is none), or None without a guide."""
     if guide is None:
         return train_data, None
     images = [train_data[0], guide.images]
     labels = [train_data[1], guide.labels.astype(train_data[1].dtype)]
     masks = [np.zeros_like(train_data[0]), guide.masks]
+    if config.black_counterfactuals and config.counterfactual_class is None:
+        raise UsageError("black_counterfactuals needs a counterfactual_class (the black tumour's target)")
     if config.counterfactual_class is not None:
         targets = [*class_names, UNIFORM_TARGET]
         if config.counterfactual_class not in targets:  # a usage error: exit status 2, not a crash
             raise UsageError(f"counterfactual_class {config.counterfactual_class!r} is not one of {targets}")
-        pairs = counterfactual_slices(guide, config.seed)
-        images += [pairs.without_tumour, pairs.with_control]
         uniform = config.counterfactual_class == UNIFORM_TARGET
         label = NO_EVIDENCE if uniform else class_names.index(config.counterfactual_class)
-        labels += [
-            np.full(len(pairs.without_tumour), label, train_data[1].dtype),
-            guide.labels[pairs.controlled].astype(train_data[1].dtype),
-        ]
-        # no tumour left to guide the map towards; the pair keeps its tumour, and its mask
-        masks += [np.zeros_like(pairs.without_tumour), guide.masks[pairs.controlled]]
+        kinds = [counterfactual_slices(guide, config.seed)]
+        if config.black_counterfactuals:
+            kinds.append(counterfactual_slices(guide, config.seed, black_cells=config.model.patch_size))
+        for pairs in kinds:
+            images += [pairs.without_tumour, pairs.with_control]
+            labels += [
+                np.full(len(pairs.without_tumour), label, train_data[1].dtype),
+                guide.labels[pairs.controlled].astype(train_data[1].dtype),
+            ]
+            # no tumour left to guide the map towards; the pair keeps its tumour, and its mask
+            masks += [np.zeros_like(pairs.without_tumour), guide.masks[pairs.controlled]]
     return (np.concatenate(images), np.concatenate(labels)), np.concatenate(masks)
 
 

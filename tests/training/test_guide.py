@@ -27,6 +27,7 @@ from training.guide import (
     guide_loss,
     in_guide_half,
     load_guide_set,
+    touched_cells,
 )
 from training.teacher import distillation_loss
 from training.train import CHECKPOINT_FILE, TrainConfig, labelled_loss, train, with_guide_slices
@@ -234,6 +235,46 @@ def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_joi
     np.testing.assert_array_equal(images[6 + n : 6 + 2 * n], pairs.without_tumour)
     assert (labels[6 + n : 6 + 2 * n] == NO_EVIDENCE).all()
     assert (labels[: 6 + n] >= 0).all() and (labels[6 + 2 * n :] >= 0).all()
+
+
+def test_black_counterfactuals_black_out_the_cells_a_tumour_touches_and_as_many_elsewhere(tmp_path):
+    _masked_slices(tmp_path / "masked", count=24)
+    classes = ["glioma", "meningioma", "notumor"]
+    guide = load_guide_set(tmp_path / "masked", classes, PreprocessConfig(32))
+    pairs = counterfactual_slices(guide, black_cells=8)
+    n = len(guide.images)
+    assert pairs.without_tumour.shape == guide.images.shape and pairs.without_tumour.dtype == np.uint8
+    assert 0 < len(pairs.controlled) <= n and len(pairs.with_control) == len(pairs.controlled)
+    triples = zip(guide.images, guide.masks, pairs.without_tumour, strict=True)
+    for index, (image, mask, after) in enumerate(triples):
+        tumour = mask > 127
+        cells = touched_cells(tumour, 8)
+        per_cell = cells.reshape(4, 8, 4, 8).mean(axis=(1, 3))
+        assert set(np.unique(per_cell)) <= {0.0, 1.0} and (cells >= tumour).all()  # whole cells, all of it
+        assert (after[cells] == 0).all()
+        np.testing.assert_array_equal(after[~cells], image[~cells])
+        if index in pairs.controlled:  # the pair keeps its tumour cells and loses as many elsewhere
+            paired = pairs.with_control[list(pairs.controlled).index(index)]
+            lost = paired != image
+            np.testing.assert_array_equal(paired[cells], image[cells])
+            assert (paired[lost] == 0).all() and 0.5 * cells.sum() <= lost.sum() <= cells.sum()
+
+    rng = np.random.default_rng(0)
+    train_data = ((rng.random((6, 32, 32)) * 80).astype(np.uint8), np.array([0, 1, 2, 0, 1, 2]))
+    model = ModelConfig(image_size=32, stem_channels=(8, 16, 32))  # stride 8: 4x4 cells
+    config = TrainConfig(epochs=1, counterfactual_class="uniform", black_counterfactuals=True, model=model)
+    (images, labels), masks = with_guide_slices(train_data, guide, config, classes)
+    imputed = counterfactual_slices(guide)
+    start = 6 + 2 * n + len(imputed.controlled)  # after the imputed pairs, as before
+    k = len(pairs.controlled)
+    assert len(images) == len(labels) == len(masks) == start + n + k
+    np.testing.assert_array_equal(images[start : start + n], pairs.without_tumour)
+    assert (labels[start : start + n] == NO_EVIDENCE).all() and not masks[start : start + n].any()
+    np.testing.assert_array_equal(images[start + n :], pairs.with_control)
+    np.testing.assert_array_equal(labels[start + n :], guide.labels[pairs.controlled])
+    np.testing.assert_array_equal(masks[start + n :], guide.masks[pairs.controlled])
+    with pytest.raises(UsageError, match="black_counterfactuals needs a counterfactual_class"):
+        with_guide_slices(train_data, guide, TrainConfig(black_counterfactuals=True), classes)
 
 
 def test_slices_without_evidence_are_trained_towards_no_class_and_the_rest_as_before():

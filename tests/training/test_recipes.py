@@ -81,6 +81,13 @@ def test_the_bench_trains_counterfactuals_towards_no_class_unless_told_otherwise
     assert bench_calls == [{"counterfactual_class": "notumor"}, {"counterfactual_class": None}]
 
 
+def test_black_counterfactuals_are_off_unless_asked_for(bench_calls, tmp_path) -> None:
+    assert inspect.signature(bench_run).parameters["black_counterfactuals"].default is False
+    assert main(["bench", "train", "--data-dir", str(tmp_path)]) == 0
+    assert main(["bench", "train", "--data-dir", str(tmp_path), "--black-counterfactuals"]) == 0
+    assert bench_calls == [{}, {"black_counterfactuals": True}]
+
+
 def test_label_smoothing_zero_reaches_the_bench_and_its_default_is_training_s(bench_calls, tmp_path) -> None:
     # 0 is a real choice (no smoothing), not "not given"
     assert main(["bench", "train", "--data-dir", str(tmp_path), "--label-smoothing", "0"]) == 0

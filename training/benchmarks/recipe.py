@@ -142,6 +142,7 @@ def run(
     learning_rate: float = TrainConfig.learning_rate,
     weight_decay: float = BENCH_WEIGHT_DECAY,
     saliency_guided_weight: float = BENCH_SALIENCY_GUIDED_WEIGHT,
+    black_counterfactuals: bool = TrainConfig.black_counterfactuals,
 ) -> dict:
     """The benchmark (module docstring); returns the summary it prints as its last JSON line."""
     if guide_dir is not None and not guide_dir.is_dir():
@@ -173,6 +174,7 @@ def run(
         seed=seed,
         guide_weight=guide_weight if guide_dir is not None else 0.0,
         counterfactual_class=counterfactual_class if guide_dir is not None else None,
+        black_counterfactuals=black_counterfactuals,
         channels_last=True,
         compile=compile,
         fused_updates=True,
@@ -207,6 +209,7 @@ def run(
         )
         + (
             f"; the guide slices also with their tumour imputed, target {config.counterfactual_class}"
+            + (" (and with its token cells black)" if config.black_counterfactuals else "")
             if config.counterfactual_class
             else ""
         )
@@ -280,6 +283,7 @@ def run(
         else len(json.loads((run_dir / GUIDE_FILE).read_text())["slices"]),
         "guide_weight": config.guide_weight,
         "counterfactual_class": config.counterfactual_class,
+        "black_counterfactuals": config.black_counterfactuals,
     }
     print(json.dumps(summary), flush=True)
     return summary
