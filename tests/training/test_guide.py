@@ -191,16 +191,22 @@ def test_erasing_blacks_out_whole_token_cells_and_the_masks_lose_them():
     assert (share > 0).float().mean() > 0.6  # most images lose something (fraction ~ U(0, 0.5))
 
 
-def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_join_as_the_given_class(
-    tmp_path,
-):
+def _guide_and_pairs(tmp_path, **options):
+    """A guide set of 24 masked 32 px slices and its counterfactual pairs, with the shapes every kind has."""
     _masked_slices(tmp_path / "masked", count=24)
     classes = ["glioma", "meningioma", "notumor"]
     guide = load_guide_set(tmp_path / "masked", classes, PreprocessConfig(32))
-    pairs = counterfactual_slices(guide)
-    n = len(guide.images)
+    pairs = counterfactual_slices(guide, **options)
     assert pairs.without_tumour.shape == guide.images.shape and pairs.without_tumour.dtype == np.uint8
-    assert 0 < len(pairs.controlled) <= n and len(pairs.with_control) == len(pairs.controlled)
+    assert 0 < len(pairs.controlled) <= len(guide.images) and len(pairs.with_control) == len(pairs.controlled)
+    return classes, guide, pairs
+
+
+def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_join_as_the_given_class(
+    tmp_path,
+):
+    classes, guide, pairs = _guide_and_pairs(tmp_path)
+    n = len(guide.images)
     triples = zip(guide.images, guide.masks, pairs.without_tumour, strict=True)
     for index, (image, mask, after) in enumerate(triples):
         tumour = mask > 127
@@ -238,13 +244,8 @@ def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_joi
 
 
 def test_black_counterfactuals_black_out_the_cells_a_tumour_touches_and_as_many_elsewhere(tmp_path):
-    _masked_slices(tmp_path / "masked", count=24)
-    classes = ["glioma", "meningioma", "notumor"]
-    guide = load_guide_set(tmp_path / "masked", classes, PreprocessConfig(32))
-    pairs = counterfactual_slices(guide, black_cells=8)
+    classes, guide, pairs = _guide_and_pairs(tmp_path, black_cells=8)
     n = len(guide.images)
-    assert pairs.without_tumour.shape == guide.images.shape and pairs.without_tumour.dtype == np.uint8
-    assert 0 < len(pairs.controlled) <= n and len(pairs.with_control) == len(pairs.controlled)
     triples = zip(guide.images, guide.masks, pairs.without_tumour, strict=True)
     for index, (image, mask, after) in enumerate(triples):
         tumour = mask > 127
