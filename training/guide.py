@@ -32,7 +32,7 @@ from neurovit.data.layout import discover
 from neurovit.data.masks import mask_on_input, mask_path, read_mask
 from neurovit.errors import DataError, NeuroVitError
 from neurovit.explain import rollout_relevance, served_start_layer
-from neurovit.explain_metrics import control_region, grown_lesion, noisy_linear_imputation
+from neurovit.explain_metrics import cell_index, control_region, grown_lesion, noisy_linear_imputation
 from neurovit.preprocessing import PreprocessConfig, canonicalise
 
 GUIDE_FILE = "guide.json"
@@ -171,14 +171,11 @@ def counterfactual_slices(guide: GuideSet, seed: int = 0, black_cells: int | Non
 
 
 def touched_cells(mask: np.ndarray, cell: int) -> np.ndarray:
-    """``mask`` ``(H, W)`` grown to every whole ``cell`` x ``cell`` token cell it touches (the cells
-    black-cell deletion has to remove before no tumour is left)."""
+    """``mask`` ``(H, W)`` grown to every whole ``cell`` x ``cell`` token cell it touches: the cells
+    black-cell deletion (``cell_index``, the same grid) has to remove before no tumour is left."""
     height, width = mask.shape
-    rows, cols = -(-height // cell), -(-width // cell)
-    padded = np.zeros((rows * cell, cols * cell), dtype=bool)
-    padded[:height, :width] = mask
-    touched = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
-    return np.kron(touched, np.ones((cell, cell), dtype=bool))[:height, :width]
+    cells = cell_index((height // cell, width // cell), height, width)
+    return np.isin(cells, cells[mask])
 
 
 def uniform_target_loss(logits: torch.Tensor) -> torch.Tensor:
