@@ -267,17 +267,22 @@ def grown_lesion(mask: np.ndarray, margin: float = LESION_MARGIN) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=max(1, int(round(margin * max(mask.shape)))))
 
 
-def control_region(lesion: np.ndarray, image: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+def control_region(
+    lesion: np.ndarray, image: np.ndarray, rng: np.random.Generator, step: int = 1
+) -> np.ndarray | None:
     """``lesion`` ``(H, W)`` moved to another place in the head of ``image`` (canonical uint8, same shape):
     mostly inside the head and not touching the lesion; None when no seeded draw fits. Imputing it beside
-    imputing the lesion separates "the lesion mattered" from "any imputed patch of that size matters"."""
+    imputing the lesion separates "the lesion mattered" from "any imputed patch of that size matters".
+
+    ``step`` moves it by whole multiples of that many pixels only: a region of whole token cells stays on
+    the token grid, so that its copy differs from it in place only, not in how it cuts the cells."""
     lesion = np.asarray(lesion, dtype=bool)
     head = ndimage.binary_fill_holes(np.asarray(image) > HEAD_LEVEL * 255)
     height, width = lesion.shape
-    reach = max(1, int(round(CONTROL_SHIFT * max(height, width))))
+    reach = max(1, int(round(CONTROL_SHIFT * max(height, width))) // step)
     rows, cols = np.nonzero(lesion)
     for _ in range(CONTROL_TRIES):
-        dy, dx = rng.integers(-reach, reach + 1, size=2)
+        dy, dx = rng.integers(-reach, reach + 1, size=2) * step
         y, x = rows + dy, cols + dx
         inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
         if inside.mean() < CONTROL_IN_HEAD:

@@ -133,9 +133,10 @@ def counterfactual_slices(guide: GuideSet, seed: int = 0, black_cells: int | Non
 
     ``black_cells`` (the model's patch size in pixels) makes the other kind of pair: the token cells the
     tumour touches set to black, as black-cell deletion removes them, and the same cells moved elsewhere in
-    the head set to black instead. A model whose answer for a tumour slice falls to "no tumour" under any
-    black middle (docs/explainability.md, "Where a black middle sends the answer") is then shown a black
-    middle that keeps its label and a black tumour that leaves no answer.
+    the head (by whole cells, so that both holes sit on the token grid) set to black instead. A model whose
+    answer for a tumour slice falls to "no tumour" under any black middle (docs/explainability.md, "Where a
+    black middle sends the answer") is then shown a black middle that keeps its label and a black tumour
+    that leaves no answer.
 
     On real slices the answer for glioma barely needs the tumour (docs/explainability.md, "Does the answer
     need the tumour?"): a slice of the tumour collections is recognised as such from the rest of it. The
@@ -158,7 +159,7 @@ def counterfactual_slices(guide: GuideSet, seed: int = 0, black_cells: int | Non
     for index, (image, mask) in enumerate(zip(guide.images, guide.masks, strict=True)):
         tumour = grown_lesion(mask > 127) if black_cells is None else touched_cells(mask > 127, black_cells)
         without_tumour.append(remove(image, tumour, index))
-        control = control_region(tumour, image, rng)
+        control = control_region(tumour, image, rng, step=black_cells or 1)
         if control is not None:
             with_control.append(remove(image, control, index))
             controlled.append(index)

@@ -243,7 +243,7 @@ def test_counterfactual_slices_lose_their_tumour_to_the_tissue_around_it_and_joi
     assert (labels[: 6 + n] >= 0).all() and (labels[6 + 2 * n :] >= 0).all()
 
 
-def test_black_counterfactuals_black_out_the_cells_a_tumour_touches_and_as_many_elsewhere(tmp_path):
+def test_black_counterfactuals_black_out_the_cells_a_tumour_touches_and_as_many_cells_elsewhere(tmp_path):
     classes, guide, pairs = _guide_and_pairs(tmp_path, black_cells=8)
     n = len(guide.images)
     triples = zip(guide.images, guide.masks, pairs.without_tumour, strict=True)
@@ -259,6 +259,9 @@ def test_black_counterfactuals_black_out_the_cells_a_tumour_touches_and_as_many_
             lost = paired != image
             np.testing.assert_array_equal(paired[cells], image[cells])
             assert (paired[lost] == 0).all() and 0.5 * cells.sum() <= lost.sum() <= cells.sum()
+            moved = (paired != image).reshape(4, 8, 4, 8).any(axis=(1, 3))  # the cells the control touched
+            whole = (paired.reshape(4, 8, 4, 8) == 0).all(axis=(1, 3))
+            assert (whole[moved]).all()  # on the token grid too: whole black cells, like the tumour's
 
     rng = np.random.default_rng(0)
     train_data = ((rng.random((6, 32, 32)) * 80).astype(np.uint8), np.array([0, 1, 2, 0, 1, 2]))
