@@ -603,11 +603,11 @@ def add_training_benchmarks(bench, result: list[argparse.ArgumentParser]) -> Non
     )
     p.add_argument(
         "--black-counterfactuals",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="with the counterfactual slices: also each guide slice with the token cells its tumour touches "
-        "black (same target) and the same cells black elsewhere in the head (label kept); measured, off by "
-        "default (docs/explainability.md)",
+        "black (same target) and as many cells black elsewhere in the head (label kept); on by default "
+        "wherever there are counterfactual slices (docs/explainability.md)",
     )
     p.add_argument(
         "--erase-prob",

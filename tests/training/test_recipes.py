@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import training.benchmarks.recipe as bench
+from training.benchmarks.recipe import BENCH_BLACK_COUNTERFACTUALS, black_pairs_for
 from training.benchmarks.recipe import run as bench_run  # before a test replaces it
 from training.cli import main
 from training.recipes import (
@@ -81,11 +82,19 @@ def test_the_bench_trains_counterfactuals_towards_no_class_unless_told_otherwise
     assert bench_calls == [{"counterfactual_class": "notumor"}, {"counterfactual_class": None}]
 
 
-def test_black_counterfactuals_are_off_unless_asked_for(bench_calls, tmp_path) -> None:
-    assert inspect.signature(bench_run).parameters["black_counterfactuals"].default is False
+def test_black_counterfactuals_join_the_imputed_pairs_by_default_and_can_be_turned_off(bench_calls, tmp_path):
+    assert inspect.signature(bench_run).parameters["black_counterfactuals"].default is None  # the bench's
+    assert BENCH_BLACK_COUNTERFACTUALS is True
     assert main(["bench", "train", "--data-dir", str(tmp_path)]) == 0
+    assert main(["bench", "train", "--data-dir", str(tmp_path), "--no-black-counterfactuals"]) == 0
     assert main(["bench", "train", "--data-dir", str(tmp_path), "--black-counterfactuals"]) == 0
-    assert bench_calls == [{}, {"black_counterfactuals": True}]
+    assert bench_calls == [{}, {"black_counterfactuals": False}, {"black_counterfactuals": True}]
+    guide = tmp_path  # what run() then trains with
+    assert black_pairs_for(None, "uniform", guide) is True
+    assert black_pairs_for(False, "uniform", guide) is False
+    assert black_pairs_for(None, None, guide) is False  # --counterfactual-class none: no pairs of either kind
+    assert black_pairs_for(True, None, guide) is True  # asked for without a class: training's usage error
+    assert black_pairs_for(True, "uniform", None) is False  # no masked slices, nothing to pair
 
 
 def test_label_smoothing_zero_reaches_the_bench_and_its_default_is_training_s(bench_calls, tmp_path) -> None:
