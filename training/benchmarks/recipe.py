@@ -113,11 +113,11 @@ BENCH_WEIGHT_DECAY = 0.2
 # Beside the imputed pairs, each guide slice also trains with the token cells its tumour touches black
 # (towards no class) and as many cells black elsewhere in the head, moved by whole cells (label kept):
 # training.guide.counterfactual_slices(black_cells=). Losing models read any black middle as "no tumour";
-# these pairs teach that only a black tumour removes the answer. On the 228 unseen masked slices, four runs
+# these pairs teach that only a black tumour removes the answer. On the 228 unseen masked slices, five runs
 # with them (seeds 0-2, 2 EPYC cores, 141-151 epochs) won black-cell deletion against the centred Gaussian
-# with both maps on all four and under ROAD, the fill they never trained on, 5 times of 8 and never lost;
-# the same-day control without them tied black and lost ROAD by 0.04. Held out 0.941-0.955
-# (docs/explainability.md, "Black-cell counterfactual pairs").
+# with both maps in all five and under ROAD, the fill they never train on, 7 times of 10 and never lost;
+# the same-day control without them tied black and lost ROAD by 0.04. Held out 0.927-0.955 against the
+# control's 0.949 (docs/explainability.md, "Black-cell counterfactual pairs").
 # `--no-black-counterfactuals` turns them off.
 BENCH_BLACK_COUNTERFACTUALS = True
 
