@@ -19,7 +19,9 @@ epochs fit the budget (fp32 CPUs), 0.931-0.941 where 117-149 do, 0.935-0.965 whe
 0.949-0.961 on five seeds at 224-259 (docs/benchmarks.md). Both maps kept their black-cell deletion lead
 over a centred Gaussian at 117-149 epochs on 2 EPYC cores (four seeds), but at 122 on 2 Xeon cores they
 tied it (three seeds; one map won once); beyond 170 the seed decides (docs/explainability.md), so the
-epochs stay uncapped.
+epochs stay uncapped. Since 2026-12-06 the black-cell counterfactual pairs (BENCH_BLACK_COUNTERFACTUALS)
+train too: 0.927-0.955 held out at 141-149 epochs on 2 EPYC cores (three seeds), both maps ahead of the
+Gaussian with black cells on all three and under ROAD on two (rollout on all three).
 With a GPU, `--recipe gpu` (128 px, the wide stem, 230 epochs, mixed precision: ``training.recipes``)
 reached 0.96.
 """
